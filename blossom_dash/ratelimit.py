@@ -1,0 +1,119 @@
+"""Per-user and global request limits over a moving window (the ``limits`` library).
+
+Every request takes one slot from the user's window and one from the global window,
+or from neither: the check and the take happen under one lock, so the limit is exact
+under any number of threads (a plain test-then-hit pair of calls is not).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from .errors import RateLimited
+
+_GLOBAL_ID = "__global__"
+
+
+@dataclass(frozen=True)
+class WindowStatus:
+    """One window's state.
+
+    Attributes:
+        limit: Requests allowed per 60 s moving window (RPM).
+        remaining: Requests still admitted now.
+        reset_in_s: Seconds until the oldest request leaves the window (0 if empty).
+    """
+
+    limit: int
+    remaining: int
+    reset_in_s: float
+
+
+@dataclass(frozen=True)
+class LimitStatus:
+    """The state of a user's window and of the global window."""
+
+    user: WindowStatus
+    global_: WindowStatus
+
+
+class RateLimiter:
+    """Moving-window limits per user and for the whole process.
+
+    Args:
+        per_user_rpm: Requests per minute one user identity may make.
+        global_rpm: Requests per minute all users together may make.
+    """
+
+    def __init__(self, *, per_user_rpm: int = 30, global_rpm: int = 120) -> None:
+        self._lock = threading.Lock()
+        self._storage = MemoryStorage()
+        self._strategy = MovingWindowRateLimiter(self._storage)
+        self._user_item = RateLimitItemPerMinute(per_user_rpm)
+        self._global_item = RateLimitItemPerMinute(global_rpm)
+
+    def _window(self, item: RateLimitItemPerMinute, ident: str) -> WindowStatus:
+        stats = self._strategy.get_window_stats(item, ident)
+        reset_in = max(0.0, stats.reset_time - time.time()) if stats.remaining < item.amount else 0.0
+        return WindowStatus(limit=item.amount, remaining=max(0, stats.remaining), reset_in_s=round(reset_in, 3))
+
+    def acquire(self, user: str) -> LimitStatus:
+        """Take one slot for ``user`` and one global slot, or neither.
+
+        Returns:
+            The status after taking the slots.
+
+        Raises:
+            RateLimited: a window is full; ``retry_after_s`` is when its oldest
+                request leaves it, ``scope`` says which window ("user"/"global").
+        """
+        with self._lock:
+            checks = ((self._user_item, user, "user"), (self._global_item, _GLOBAL_ID, "global"))
+            for item, ident, scope in checks:
+                if not self._strategy.test(item, ident):
+                    status = self._window(item, ident)
+                    who = "You have" if scope == "user" else "All users together have"
+                    raise RateLimited(
+                        f"{who} reached the limit of {item.amount} requests per minute.",
+                        f"Wait {status.reset_in_s:.0f} s, or raise the limit on the Controls page.",
+                        retry_after_s=max(status.reset_in_s, 0.001),
+                        scope=scope,
+                        status_code=None,
+                    )
+            for item, ident, _ in checks:
+                self._strategy.hit(item, ident)
+            return LimitStatus(self._window(self._user_item, user), self._window(self._global_item, _GLOBAL_ID))
+
+    def status(self, user: str) -> LimitStatus:
+        """The current windows of ``user`` and of the process, without taking a slot."""
+        with self._lock:
+            return LimitStatus(self._window(self._user_item, user), self._window(self._global_item, _GLOBAL_ID))
+
+    def configure(self, *, per_user_rpm: int | None = None, global_rpm: int | None = None) -> None:
+        """Change the limits; they apply to the next request.
+
+        The moving windows are keyed by their limit in ``limits``, so a new limit
+        starts with an empty window.
+
+        Raises:
+            ValueError: a limit below 1.
+        """
+        for name, value in (("per_user_rpm", per_user_rpm), ("global_rpm", global_rpm)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 request per minute")
+        with self._lock:
+            if per_user_rpm is not None:
+                self._user_item = RateLimitItemPerMinute(per_user_rpm)
+            if global_rpm is not None:
+                self._global_item = RateLimitItemPerMinute(global_rpm)
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        """``(per_user_rpm, global_rpm)``."""
+        return self._user_item.amount, self._global_item.amount

@@ -1,0 +1,108 @@
+"""Settings for blossom-dash, read from the environment (pydantic-settings).
+
+Every field maps to an environment variable prefixed ``BLOSSOM_DASH_`` (for example
+``BLOSSOM_DASH_BACKEND=demo``). The Pollinations key is the one exception: it is read
+from ``POLLINATIONS_API_KEY`` (or ``.streamlit/secrets.toml`` through ``ui.py``) and is
+held as a ``SecretStr`` so that it never appears in a repr, a log line or a cache key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The real Pollinations gateway (BLOSSOM_SDK.md, "Endpoints and redirection").
+POLLINATIONS_URL = "https://gen.pollinations.ai"
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration of the service.
+
+    Attributes:
+        backend: ``"auto"`` (Pollinations when a key is set and it answers a quick
+            probe, else the embedded demo), ``"demo"``, ``"pollinations"``, or a base
+            URL ``http(s)://host[:port]`` of a Pollinations- or OpenAI-compatible server.
+        api_key: Pollinations key (``sk_`` secret or ``pk_`` publishable), from
+            ``POLLINATIONS_API_KEY`` or ``BLOSSOM_DASH_API_KEY``.
+        demo_latency: Simulate per-model TTFT and tokens/s on the demo backend; off for
+            benchmarks.
+        request_timeout_s: Deadline of one backend call, seconds.
+        image_timeout_s: Deadline of one image generation, seconds.
+        retries: Extra attempts for transient upstream failures (502/503/504 and
+            dropped connections); waits honour ``Retry-After`` up to
+            ``retry_max_wait_s``.
+        cache_enabled / cache_ttl_s / cache_max_entries: the response cache.
+        per_user_rpm / global_rpm: moving-window request limits per minute.
+        data_dir: Folder for the SQLite usage store (created on first run).
+        database_url: Any SQLAlchemy URL; empty means ``sqlite:///<data_dir>/usage.db``.
+        max_prompt_chars: Longest accepted prompt (all messages together); the SDK
+            caps a request at 5,000 characters (BLOSSOM_SDK.md).
+        metrics_window: How many recent events the collector keeps in memory.
+        default_text_model / default_image_model: preferred models when the page
+            picks none; empty means the first model the backend lists.
+        user: Fallback user identity for calls made without one.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="BLOSSOM_DASH_", extra="ignore", populate_by_name=True
+    )
+
+    backend: str = "auto"
+    api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("api_key", "POLLINATIONS_API_KEY", "BLOSSOM_DASH_API_KEY"),
+    )
+    demo_latency: bool = True
+    request_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    image_timeout_s: float = Field(default=120.0, gt=0, le=600)
+    retries: int = Field(default=1, ge=0, le=5)
+    retry_max_wait_s: float = Field(default=5.0, ge=0, le=60)
+
+    cache_enabled: bool = True
+    cache_ttl_s: float = Field(default=3600.0, gt=0)
+    cache_max_entries: int = Field(default=512, ge=1, le=100_000)
+
+    per_user_rpm: int = Field(default=30, ge=1, le=100_000)
+    global_rpm: int = Field(default=120, ge=1, le=1_000_000)
+
+    data_dir: Path = Path("data")
+    database_url: str = ""
+
+    max_prompt_chars: int = Field(default=5000, ge=1, le=5000)
+    metrics_window: int = Field(default=5000, ge=100, le=1_000_000)
+    default_text_model: str = ""
+    default_image_model: str = ""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    user: str = "anonymous"
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() in {"auto", "demo", "pollinations"}:
+            return value.lower()
+        if value.startswith(("http://", "https://")) and len(value) > len("http://"):
+            return value.rstrip("/")
+        raise ValueError(
+            f"backend must be auto, demo, pollinations or an http(s):// URL, not {value!r}"
+        )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL of the usage store.
+
+        Returns:
+            ``database_url`` when set, else ``sqlite:///<data_dir>/usage.db``.
+        """
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'usage.db').as_posix()}"

@@ -1,0 +1,80 @@
+"""Shared fixtures: a loopback-only network guard, isolated data dirs, a demo service."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from blossom_dash import BlossomService, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+_outbound: list[str] = []
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _is_local(host: object) -> bool:
+    if not isinstance(host, str):
+        return True  # AF_UNIX paths and the like
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self: socket.socket, address: object) -> object:
+    host = address[0] if isinstance(address, tuple) else address
+    if not _is_local(host):
+        _outbound.append(str(address))
+        raise ConnectionRefusedError(f"test guard: no traffic to {address!r}, loopback only")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: object) -> int:
+    host = address[0] if isinstance(address, tuple) else address
+    if not _is_local(host):
+        _outbound.append(str(address))
+        return 111  # ECONNREFUSED
+    return _real_connect_ex(self, address)
+
+
+def _guarded_getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+    name = host.decode() if isinstance(host, bytes) else host
+    if name is not None and not _is_local(name):
+        _outbound.append(f"dns:{name}")
+        raise socket.gaierror(socket.EAI_NONAME, f"test guard: no lookups of {name!r}")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+socket.getaddrinfo = _guarded_getaddrinfo  # type: ignore[assignment]
+
+
+@pytest.fixture(autouse=True)
+def _no_outbound_traffic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test: its own data dir, the demo backend, and no traffic off loopback."""
+    monkeypatch.setenv("BLOSSOM_DASH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BLOSSOM_DASH_BACKEND", "demo")
+    monkeypatch.delenv("POLLINATIONS_API_KEY", raising=False)
+    before = len(_outbound)
+    yield
+    attempts = _outbound[before:]
+    assert not attempts, f"a test tried to reach beyond loopback: {attempts}"
+
+
+@pytest.fixture(scope="module")
+def demo_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlossomService]:
+    """A service on the embedded demo backend, latency off, its own SQLite file."""
+    data = tmp_path_factory.mktemp("svc")
+    svc = BlossomService(Settings(backend="demo", demo_latency=False, data_dir=data, retries=0,
+                                  per_user_rpm=100_000, global_rpm=100_000))
+    yield svc
+    svc.close()
