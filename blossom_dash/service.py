@@ -239,7 +239,7 @@ class BlossomService:
         """
         try:
             Settings.model_validate({"backend": spec})
-        except Exception as exc:  # noqa: BLE001 - pydantic's message is what we show
+        except Exception as exc:
             raise InvalidRequest(
                 f"{spec!r} is not a backend.", "Use demo, pollinations, auto, or a URL such as http://127.0.0.1:11434."
             ) from exc
@@ -274,7 +274,7 @@ class BlossomService:
             try:
                 async with asyncio.timeout(timeout_s):
                     return await fn()
-            except Exception as exc:  # noqa: BLE001 - everything is mapped to words
+            except Exception as exc:
                 raise to_dash_error(exc, obs, backend=backend, model=model, timeout_s=timeout_s) from exc
             finally:
                 current_observation.reset(token)
@@ -504,8 +504,7 @@ class BlossomService:
 
     def _replay(self, stream: TextStream, cached: TextResult, nbytes: int, t0: float,
                 base: dict[str, Any]) -> Iterator[str]:
-        for piece in re.findall(r"\S+\s*|\s+", cached.text):
-            yield piece
+        yield from re.findall(r"\S+\s*|\s+", cached.text)
         latency = monotonic_ms() - t0
         stream.result = TextResult(cached.text, cached.model, cached.backend, latency, latency, cached.usage,
                                    True, base["request_id"], cached.finish_reason)
@@ -725,7 +724,7 @@ class BlossomService:
         for coro in ([backend.close()] if backend else []) + ([self._demo.stop()] if self._demo else []):
             try:
                 self._loop.run(coro, timeout=5)
-            except Exception:  # noqa: BLE001 - best effort at shutdown
+            except Exception:
                 log.debug("error while closing", exc_info=True)
         self._loop.stop()
         self.store.close()

@@ -124,7 +124,8 @@ class UsageStore:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(events)).scalar() or 0)
 
-    def frame(self, since: float | None = None, *, limit: int = 200_000, columns: Sequence[str] = EVENT_COLUMNS) -> pd.DataFrame:
+    def frame(self, since: float | None = None, *, limit: int = 200_000,
+              columns: Sequence[str] = EVENT_COLUMNS) -> pd.DataFrame:
         """Events with ``ts >= since`` (epoch seconds), oldest first, at most ``limit``.
 
         Returns:

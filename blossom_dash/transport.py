@@ -76,7 +76,7 @@ class SdkLogger:
         if _sdk_log.isEnabledFor(logging.DEBUG):
             _sdk_log.debug("%s %s", message, {k: v for k, v in kwargs.items() if k != "prompt"})
 
-    def debug(self, message: str, **kwargs: Any) -> None:  # noqa: D102 - protocol
+    def debug(self, message: str, **kwargs: Any) -> None:
         self._emit(message, kwargs)
 
     info = warning = error = critical = debug
@@ -87,16 +87,16 @@ class NoLimiter:
 
     requests_per_minute = 0
 
-    async def acquire(self, key: str = "default") -> bool:  # noqa: D102 - protocol
+    async def acquire(self, key: str = "default") -> bool:
         return True
 
-    async def acquire_with_wait(self, key: str = "default", timeout: float | None = None) -> bool:  # noqa: D102
+    async def acquire_with_wait(self, key: str = "default", timeout: float | None = None) -> bool:
         return True
 
-    async def release(self, key: str = "default") -> None:  # noqa: D102 - protocol
+    async def release(self, key: str = "default") -> None:
         return None
 
-    async def close(self) -> None:  # noqa: D102 - protocol
+    async def close(self) -> None:
         return None
 
 
@@ -238,7 +238,7 @@ class LoopThread:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> "asyncio.Future[T]":
+    def submit(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
         """Schedule ``coro`` on the loop; returns a concurrent future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[return-value]
 

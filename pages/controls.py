@@ -1,0 +1,101 @@
+"""Controls: the live cache, rate limits, backend and API key (they apply at once)."""
+
+import streamlit as st
+
+from blossom_dash import ui
+
+handle = ui.session_handle()
+service = handle.service
+st.title("Controls")
+ui.backend_badge(service)
+st.caption("Cache, limits and backend are shared by everyone using this app; the API key you enter below is "
+           "yours only.")
+
+cache_col, limit_col = st.columns(2)
+
+with cache_col:
+    st.subheader("Response cache")
+    stats = service.cache.stats()
+    with st.form("controls_cache_form"):
+        enabled = st.toggle("Cache enabled", value=stats.enabled, key="controls_cache_enabled")
+        ttl = st.number_input("TTL (seconds)", 1, 7 * 86400, int(stats.ttl_s), key="controls_cache_ttl")
+        max_entries = st.number_input("Max entries", 1, 100_000, stats.max_entries, key="controls_cache_max")
+        if st.form_submit_button("Apply cache settings", type="primary"):
+            stats = service.cache.configure(enabled=enabled, ttl_s=float(ttl), max_entries=int(max_entries))
+            st.toast("Cache settings applied.", icon="✅")
+    if st.button("Clear cache", key="controls_cache_clear", icon="🗑️"):
+        st.toast(f"Cleared {service.cache.clear()} entries.", icon="🗑️")
+        stats = service.cache.stats()
+    m = st.columns(3)
+    m[0].metric("Entries", f"{stats.entries:,} / {stats.max_entries:,}")
+    m[1].metric("Hit rate", f"{stats.hit_rate:.0%}", help=f"{stats.hits:,} hits, {stats.misses:,} misses")
+    m[2].metric("Size", f"{stats.bytes / 1024:,.1f} KiB")
+    st.caption(f"{stats.evictions:,} evicted (full) · {stats.expirations:,} expired (TTL) · "
+               f"{stats.saved_ms / 1000:,.1f} s of backend time saved · "
+               + ("**on**" if stats.enabled else "**off**: every request goes to the backend"))
+
+with limit_col:
+    st.subheader("Rate limits")
+    user_rpm, global_rpm = service.limiter.limits
+    with st.form("controls_limits_form"):
+        new_user = st.number_input("Per-user limit (RPM)", 1, 100_000, user_rpm, key="controls_user_rpm")
+        new_global = st.number_input("Global limit (RPM)", 1, 1_000_000, global_rpm, key="controls_global_rpm")
+        if st.form_submit_button("Apply limits", type="primary"):
+            service.limiter.configure(per_user_rpm=int(new_user), global_rpm=int(new_global))
+            st.toast("Limits applied; windows start empty.", icon="✅")
+
+    @st.fragment(run_every=1)
+    def quota() -> None:
+        """This user's and the global moving windows, counting down live."""
+        status = handle.rate_status()
+        q = st.columns(2)
+        q[0].metric("Your remaining", f"{status.user.remaining} / {status.user.limit}",
+                    help="Requests you can still make in the 60 s moving window")
+        q[1].metric("Global remaining", f"{status.global_.remaining} / {status.global_.limit}")
+        if status.user.remaining == 0:
+            st.warning(f"You are at your limit: the next slot frees in {status.user.reset_in_s:.0f} s.", icon="⏳")
+        elif status.user.reset_in_s:
+            st.caption(f"Your oldest request leaves the window in {status.user.reset_in_s:.0f} s.")
+
+    quota()
+
+st.divider()
+backend_col, key_col = st.columns(2)
+
+with backend_col:
+    st.subheader("Backend")
+    health = service.health()
+    icon = "🟢" if health["ok"] else "🔴"
+    st.markdown(f"{icon} **{health['label']}** — {health['detail']} ({health['latency_ms']:,.0f} ms)")
+    if st.button("Check now", key="controls_health", icon="🔄"):
+        service.health(max_age_s=0)
+        st.rerun()
+    with st.form("controls_backend_form"):
+        choice = st.radio("Switch to", ["demo", "pollinations", "custom URL"], horizontal=True,
+                          key="controls_backend_choice")
+        url = st.text_input("Custom base URL", key="controls_backend_url",
+                            placeholder="http://127.0.0.1:11434 (OpenAI-compatible)")
+        if st.form_submit_button("Switch backend"):
+            with ui.guard("switching backend"):
+                spec = url.strip() if choice == "custom URL" else choice
+                info = service.switch_backend(spec)
+                st.success(f"Now using {info['label']}.")
+                st.rerun()
+
+with key_col:
+    st.subheader("API key")
+    configured = service.settings.api_key is not None
+    st.markdown(("✅ A key is configured for the app (environment or secrets)." if configured else
+                 "No app-wide key: set `POLLINATIONS_API_KEY` or `.streamlit/secrets.toml`.")
+                + ("\n\n🔑 **Your session key is set** (used for your requests only; never shown)."
+                   if handle.has_session_key else ""))
+    with st.form("controls_key_form", clear_on_submit=True):
+        key = st.text_input("Use a key for this session only", type="password", key="controls_session_key",
+                            placeholder="sk_… or pk_…")
+        c1, c2 = st.columns(2)
+        if c1.form_submit_button("Use this key") and key.strip():
+            handle.set_api_key(key)
+            st.rerun()
+        if c2.form_submit_button("Forget my key"):
+            handle.set_api_key(None)
+            st.rerun()

@@ -1,0 +1,99 @@
+"""Playground: chat with a model (streamed answers) and generate images."""
+
+import random
+
+import streamlit as st
+
+from blossom_dash import DashError, ui
+
+handle = ui.session_handle()
+service = handle.service
+st.title("Playground")
+ui.backend_badge(service)
+
+SIZES = {"Square 1024×1024": (1024, 1024), "Square 512×512": (512, 512), "Landscape 1024×768": (1024, 768),
+         "Portrait 768×1024": (768, 1024), "Wide 1280×720": (1280, 720)}
+st.session_state.setdefault("playground_messages", [])
+st.session_state.setdefault("playground_image_seed", random.randint(0, 2**31 - 1))
+
+chat_tab, image_tab = st.tabs(["💬 Chat", "🖼️ Image"])
+
+with chat_tab:
+    with st.expander("Model and parameters", expanded=False):
+        left, right = st.columns(2)
+        with ui.guard("listing models"):
+            text_models = service.list_models("text")
+        model = left.selectbox("Model", text_models, key="playground_model")
+        max_tokens = right.number_input("Max tokens", 1, 8192, 512, step=64, key="playground_max_tokens")
+        temperature = left.slider("Temperature", 0.0, 2.0, 1.0, 0.05, key="playground_temperature",
+                                  help="0 = focused and repeatable, 1 = the model's default, 2 = most varied.")
+        seed = right.number_input("Seed (optional)", 0, 2**31 - 1, value=None, key="playground_seed",
+                                  placeholder="random", help="Set a seed to get the same answer again.")
+        system = st.text_area("System prompt (optional)", key="playground_system", height=80,
+                              placeholder="e.g. You are a concise analyst. Answer in bullet points.")
+        stream_on = st.toggle("Stream the answer", value=True, key="playground_stream")
+
+    history = st.session_state["playground_messages"]
+    if history and st.button("Clear chat", key="playground_clear", icon="🧹"):
+        st.session_state["playground_messages"] = history = []
+    conversation = st.container()  # turns render here, above the input box
+    prompt = st.chat_input("Ask a model…", key="playground_prompt")
+    if not history and prompt is None:
+        conversation.info("Ask anything below. Answers stream in as they are generated; the line under each "
+                          "answer shows its latency, time to first token (TTFT), tokens and whether it came "
+                          "from the cache.")
+    for msg in history:
+        with conversation.chat_message(msg["role"]):
+            st.markdown(msg["content"])
+            if msg.get("caption"):
+                st.caption(msg["caption"])
+    if prompt is not None:
+        with conversation.chat_message("user"):
+            st.markdown(prompt)
+        params = {"model": model, "system": system or None, "max_tokens": int(max_tokens),
+                  "temperature": None if temperature == 1.0 else float(temperature),
+                  "seed": None if seed is None else int(seed),
+                  "messages": [{"role": m["role"], "content": m["content"]} for m in history]}
+        with conversation.chat_message("assistant"):
+            try:
+                if stream_on:
+                    stream = handle.stream_text(prompt, **params)
+                    st.write_stream(stream)
+                    result = stream.result
+                else:
+                    with st.spinner("Waiting for the answer…"):
+                        result = handle.generate_text(prompt, **params)
+                    st.markdown(result.text)
+            except DashError as err:
+                ui.show_error(err)
+            else:
+                caption = ui.result_caption(result)
+                st.caption(caption)
+                history += [{"role": "user", "content": prompt},
+                            {"role": "assistant", "content": result.text, "caption": caption}]
+
+with image_tab:
+    with st.form("playground_image_form", border=False):
+        image_prompt = st.text_area("Describe the image", key="playground_image_prompt", height=90,
+                                    placeholder="A watercolour lighthouse at dawn, soft light")
+        c1, c2, c3 = st.columns([2, 2, 1])
+        with ui.guard("listing image models"):
+            image_models = service.list_models("image")
+        image_model = c1.selectbox("Model", image_models, key="playground_image_model")
+        size = c2.selectbox("Size", list(SIZES), key="playground_image_size")
+        image_seed = c3.number_input("Seed", 0, 2**31 - 1, key="playground_image_seed")
+        generate = st.form_submit_button("Generate image", type="primary", icon="🎨")
+    st.button("🎲 New seed", key="playground_new_seed", help="Pick a random seed for a different image",
+              on_click=lambda: st.session_state.update(playground_image_seed=random.randint(0, 2**31 - 1)))
+    if generate:
+        width, height = SIZES[size]
+        with ui.guard("generating the image"), st.spinner("Generating…"):
+            st.session_state["playground_last_image"] = handle.generate_image(
+                image_prompt, model=image_model, width=width, height=height, seed=int(image_seed))
+    image = st.session_state.get("playground_last_image")
+    if image is not None:
+        st.image(image.data, caption=f"seed {image.seed} · {image.width}×{image.height}", width=min(image.width, 640))
+        st.caption(ui.result_caption(image))
+        ext = image.content_type.split("/")[-1].replace("jpeg", "jpg")
+        st.download_button("Download", image.data, file_name=f"blossom-{image.model}-{image.seed}.{ext}",
+                           mime=image.content_type, key="playground_download", icon="⬇️")
