@@ -8,13 +8,13 @@ that mean what they say, live reconfiguration, and the canonical request key.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from cachetools import TTLCache
 
 
@@ -29,8 +29,7 @@ def request_key(**parts: Any) -> str:
         A 64-character hex digest. Key order does not matter; ``None`` values are kept,
         so ``seed=None`` and ``seed=1`` are different keys.
     """
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -63,32 +63,30 @@ class RateLimiter:
         reset_in = max(0.0, stats.reset_time - time.time()) if stats.remaining < item.amount else 0.0
         return WindowStatus(limit=item.amount, remaining=max(0, stats.remaining), reset_in_s=round(reset_in, 3))
 
-    def acquire(self, user: str) -> LimitStatus:
+    def acquire(self, user: str) -> None:
         """Take one slot for ``user`` and one global slot, or neither.
-
-        Returns:
-            The status after taking the slots.
 
         Raises:
             RateLimited: a window is full; ``retry_after_s`` is when its oldest
                 request leaves it, ``scope`` says which window ("user"/"global").
         """
         with self._lock:
-            checks = ((self._user_item, user, "user"), (self._global_item, _GLOBAL_ID, "global"))
-            for item, ident, scope in checks:
-                if not self._strategy.test(item, ident):
-                    status = self._window(item, ident)
-                    who = "You have" if scope == "user" else "All users together have"
-                    raise RateLimited(
-                        f"{who} reached the limit of {item.amount} requests per minute.",
-                        f"Wait {status.reset_in_s:.0f} s, or raise the limit on the Controls page.",
-                        retry_after_s=max(status.reset_in_s, 0.001),
-                        scope=scope,
-                        status_code=None,
-                    )
-            for item, ident, _ in checks:
-                self._strategy.hit(item, ident)
-            return LimitStatus(self._window(self._user_item, user), self._window(self._global_item, _GLOBAL_ID))
+            # test(global), then hit(user) which tests and takes in one step, then
+            # hit(global), which cannot fail under the lock: both slots or neither.
+            if not self._strategy.test(self._global_item, _GLOBAL_ID):
+                raise self._refusal(self._global_item, _GLOBAL_ID, "global")
+            if not self._strategy.hit(self._user_item, user):
+                raise self._refusal(self._user_item, user, "user")
+            self._strategy.hit(self._global_item, _GLOBAL_ID)
+
+    def _refusal(self, item: RateLimitItemPerMinute, ident: str, scope: str) -> RateLimited:
+        status = self._window(item, ident)
+        who = "You have" if scope == "user" else "All users together have"
+        return RateLimited(
+            f"{who} reached the limit of {item.amount} requests per minute.",
+            f"Wait {status.reset_in_s:.0f} s, or raise the limit on the Controls page.",
+            retry_after_s=max(status.reset_in_s, 0.001), scope=scope, status_code=None,
+        )
 
     def status(self, user: str) -> LimitStatus:
         """The current windows of ``user`` and of the process, without taking a slot."""

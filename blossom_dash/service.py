@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy.exc import SQLAlchemyError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from .backend import STATIC_MODELS, TRANSIENT_STATUS, Backend, StreamChunk, to_dash_error
@@ -165,11 +164,10 @@ class BlossomService:
         self._demo: Any = None
         self._models: dict[tuple[str, str], tuple[float, list[str]]] = {}
         self._health: tuple[float, dict[str, Any]] | None = None
-        self.store_errors = 0
         self.cache = ResponseCache(enabled=s.cache_enabled, ttl_s=s.cache_ttl_s, max_entries=s.cache_max_entries)
         self.limiter = RateLimiter(per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm)
         self.store = UsageStore(s.resolved_database_url())
-        self.metrics = MetricsCollector(self.store, window=s.metrics_window)
+        self.metrics = MetricsCollector(self.store, s.data_dir / "journal", window=s.metrics_window)
         self._closed = False
         key = s.api_key.get_secret_value() if s.api_key else None
         try:
@@ -279,24 +277,34 @@ class BlossomService:
             finally:
                 current_observation.reset(token)
 
-        def wait(state: Any) -> float:
-            err = state.outcome.exception() if state.outcome else None
-            hinted = getattr(err, "retry_after_s", None)
-            base = hinted if hinted is not None else 0.25 * 2 ** (state.attempt_number - 1)
-            return min(base, self.settings.retry_max_wait_s)
-
         def transient(exc: BaseException) -> bool:
             return isinstance(exc, UpstreamError) and exc.status_code in TRANSIENT_STATUS
 
+        retries = self.settings.retries if retry else 0
+        try:
+            return await attempt(), last[-1]
+        except DashError as err:
+            if not retries or not transient(err):
+                raise
+            first_error = err
+
+        max_wait = self.settings.retry_max_wait_s
+
+        def backoff(err: BaseException | None, attempt_number: int) -> float:
+            hinted = getattr(err, "retry_after_s", None)  # the backend's Retry-After wins
+            return min(hinted if hinted is not None else 0.25 * 2 ** (attempt_number - 1), max_wait)
+
+        # The first attempt above runs without tenacity (its per-call set-up costs
+        # more than the rest of the service's overhead); only retries go through it.
+        await asyncio.sleep(backoff(first_error, 1))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + (self.settings.retries if retry else 0)),
-            retry=retry_if_exception(transient), wait=wait, reraise=True,
+            stop=stop_after_attempt(retries), retry=retry_if_exception(transient), reraise=True,
+            wait=lambda state: backoff(state.outcome.exception() if state.outcome else None, state.attempt_number + 1),
         )
         async for att in retrying:
             with att:
                 value = await attempt()
-        obs = last[-1]
-        return value, obs
+        return value, last[-1]
 
     # ----- validation -------------------------------------------------------------
 
@@ -374,23 +382,21 @@ class BlossomService:
                 ts: float, error: DashError | None = None, latency_ms: float | None = None,
                 ttft_ms: float | None = None, usage: Usage | None = None, nbytes: int | None = None,
                 status_code: int | None = None, prompt: str | None = None) -> None:
+        if status_code is None and error is not None:
+            status_code = error.status_code
         event = Event(
-            request_id=request_id, user=user, session=session, kind=kind, model=model,
-            backend=self._backend.name, outcome=outcome, ts=ts,
-            error_type=type(error).__name__ if error else "",
-            status_code=status_code if status_code is not None else (error.status_code if error else None),
-            latency_ms=None if latency_ms is None else round(latency_ms, 3),
-            ttft_ms=None if ttft_ms is None else round(ttft_ms, 3),
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            bytes=nbytes, prompt=(prompt or "")[:200] or None,
+            ts, request_id, user, session, kind, model, self._backend.name, outcome,
+            type(error).__name__ if error else "", status_code,
+            latency_ms, ttft_ms,
+            usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
+            nbytes, prompt[:200] if prompt else None,
         )
         try:
             self.metrics.record(event)
-        except SQLAlchemyError:
-            # The answer is still good; a failed history write must not lose it.
-            self.store_errors += 1
-            log.exception("could not store event %s", request_id)
+        except OSError:
+            # The answer is still good; a failed journal write must not lose it.
+            self.metrics.store_errors += 1
+            log.exception("could not journal event %s", request_id)
 
     def _admit(self, *, user: str, session: str, kind: str, model: str, request_id: str, ts: float,
                prompt: str) -> None:
@@ -727,6 +733,7 @@ class BlossomService:
             except Exception:
                 log.debug("error while closing", exc_info=True)
         self._loop.stop()
+        self.metrics.close()
         self.store.close()
 
     def __enter__(self) -> BlossomService:

@@ -8,7 +8,7 @@ result is returned, so a result the user saw is never missing from the history.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pandas as pd
 from sqlalchemy import (
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -37,6 +38,8 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "error_type", "status_code", "latency_ms", "ttft_ms", "prompt_tokens",
     "completion_tokens", "bytes",
 )
+#: What a stored row holds: the event columns, then the (truncated) prompt.
+ROW_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "prompt")
 
 metadata = MetaData()
 
@@ -45,7 +48,7 @@ events = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("ts", Float, nullable=False, index=True),  # unix epoch seconds, UTC
-    Column("request_id", String(32), nullable=False, index=True),
+    Column("request_id", String(32), nullable=False),
     Column("user", String(128), nullable=False),
     Column("session", String(64), nullable=False),
     Column("kind", String(16), nullable=False),
@@ -60,6 +63,8 @@ events = Table(
     Column("completion_tokens", Integer, nullable=True),
     Column("bytes", Integer, nullable=True),
     Column("prompt", Text, nullable=True),
+    # Unique so that replaying a journal after a crash never duplicates an event.
+    Index("ix_events_request_id", "request_id", unique=True),
 )
 
 meta_table = Table(
@@ -114,10 +119,26 @@ class UsageStore:
             value = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
         return int(value or 0)
 
-    def write(self, row: Mapping[str, Any]) -> None:
-        """Insert one event and commit it before returning."""
+    def write_many(self, rows: Sequence[Sequence[Any]]) -> int:
+        """Insert events (tuples in ``ROW_COLUMNS`` order) in one transaction.
+
+        A row whose ``request_id`` is already stored is skipped, so replaying a
+        journal twice is harmless.
+
+        Returns:
+            How many rows were given.
+        """
+        if not rows:
+            return 0
+        dialect = self.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            module = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
+            stmt = module.insert(events).on_conflict_do_nothing(index_elements=["request_id"])
+        else:  # other databases: plain insert (duplicates only arise from a crash replay)
+            stmt = insert(events)
         with self._write_lock, self.engine.begin() as conn:
-            conn.execute(insert(events), [dict(row)])
+            conn.execute(stmt, [dict(zip(ROW_COLUMNS, row, strict=True)) for row in rows])
+        return len(rows)
 
     def count(self) -> int:
         """How many events the store holds."""
