@@ -89,13 +89,15 @@ with key_col:
                  "No app-wide key: set `POLLINATIONS_API_KEY` or `.streamlit/secrets.toml`.")
                 + ("\n\n🔑 **Your session key is set** (used for your requests only; never shown)."
                    if handle.has_session_key else ""))
-    with st.form("controls_key_form", clear_on_submit=True):
-        key = st.text_input("Use a key for this session only", type="password", key="controls_session_key",
-                            placeholder="sk_… or pk_…")
+
+    def _use_key(clear: bool = False) -> None:
+        """Hand the typed key to this session's handle, then wipe the field."""
+        handle.set_api_key(None if clear else st.session_state.get("controls_session_key", ""))
+        st.session_state["controls_session_key"] = ""
+
+    with st.form("controls_key_form"):
+        st.text_input("Use a key for this session only", type="password", key="controls_session_key",
+                      placeholder="sk_… or pk_…")
         c1, c2 = st.columns(2)
-        if c1.form_submit_button("Use this key") and key.strip():
-            handle.set_api_key(key)
-            st.rerun()
-        if c2.form_submit_button("Forget my key"):
-            handle.set_api_key(None)
-            st.rerun()
+        c1.form_submit_button("Use this key", on_click=_use_key)
+        c2.form_submit_button("Forget my key", on_click=_use_key, kwargs={"clear": True})

@@ -71,6 +71,7 @@ with chat_tab:
                 st.caption(caption)
                 history += [{"role": "user", "content": prompt},
                             {"role": "assistant", "content": result.text, "caption": caption}]
+                st.rerun()  # redraw from history, so the turn sits above the input with its controls
 
 with image_tab:
     with st.form("playground_image_form", border=False):

@@ -78,3 +78,19 @@ def demo_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlossomSe
                                   per_user_rpm=100_000, global_rpm=100_000))
     yield svc
     svc.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_streamlit_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """AppTest runs share Streamlit's process-wide caches: start and end each test empty.
+
+    Clearing ``cache_resource`` also closes the cached service (its ``on_release``).
+    """
+    import streamlit as st
+
+    monkeypatch.setenv("BLOSSOM_DASH_DEMO_LATENCY", "false")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()

@@ -1,0 +1,103 @@
+"""Controls page: cache and limits change the live service; backend switch; session key."""
+
+from __future__ import annotations
+
+from pages_helpers import app, texts
+from streamlit.testing.v1 import AppTest
+
+
+def _submit(at: AppTest, label: str) -> AppTest:
+    return next(b for b in at.button if b.label == label).click().run()
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(str(m.value) for m in at.metric if m.label == label)
+
+
+class TestCacheControls:
+    def test_turning_the_cache_off_takes_effect(self) -> None:
+        """With the cache off, a repeated prompt is answered again, not from the cache."""
+        at = app("pages/controls.py").run()
+        at.toggle(key="controls_cache_enabled").set_value(False)
+        _submit(at, "Apply cache settings")
+        assert not at.exception
+        assert any("**off**" in c for c in texts(at, "caption"))
+        chat = app("pages/playground.py").run()
+        for _ in range(2):
+            chat.chat_input(key="playground_prompt").set_value("same again").run()
+        assert not any("from cache" in c for c in texts(chat, "caption"))
+
+    def test_ttl_max_entries_and_clear(self) -> None:
+        """TTL and capacity apply at once; Clear empties the cache."""
+        chat = app("pages/playground.py").run()
+        chat.chat_input(key="playground_prompt").set_value("to be cached").run()
+        at = app("pages/controls.py").run()
+        assert _metric(at, "Entries") == "1 / 512"
+        at.number_input(key="controls_cache_max").set_value(5)
+        at.number_input(key="controls_cache_ttl").set_value(120)
+        _submit(at, "Apply cache settings")
+        assert _metric(at, "Entries") == "1 / 5"
+        at.button(key="controls_cache_clear").click().run()
+        assert _metric(at, "Entries") == "0 / 5"
+
+
+class TestLimitControls:
+    def test_lowering_the_user_limit_refuses_the_next_request(self) -> None:
+        """A per-user limit of 1 RPM lets one prompt through and refuses the next with a wait time."""
+        at = app("pages/controls.py").run()
+        at.number_input(key="controls_user_rpm").set_value(1)
+        _submit(at, "Apply limits")
+        assert _metric(at, "Your remaining") == "1 / 1"
+        chat = app("pages/playground.py").run()
+        chat.chat_input(key="playground_prompt").set_value("one").run()
+        chat.chat_input(key="playground_prompt").set_value("two").run()
+        assert not chat.exception
+        warnings = texts(chat, "warning")
+        assert any("limit of 1 requests per minute" in w and "Wait" in w for w in warnings), warnings
+
+
+class TestBackendControls:
+    def test_health_is_shown(self) -> None:
+        """The live backend and its health are on the page."""
+        at = app("pages/controls.py").run()
+        assert any("demo" in m and "text models listed" in m for m in texts(at, "markdown"))
+
+    def test_bad_url_is_a_message(self) -> None:
+        """Switching to something that is not a URL says what to type instead."""
+        at = app("pages/controls.py").run()
+        at.radio(key="controls_backend_choice").set_value("custom URL")
+        at.text_input(key="controls_backend_url").set_value("not a url")
+        _submit(at, "Switch backend")
+        assert not at.exception
+        assert any("is not a backend" in e for e in texts(at, "error"))
+
+    def test_switch_to_a_refusing_url_then_back(self) -> None:
+        """A backend that refuses connections shows as unhealthy; prompts fail with words."""
+        at = app("pages/controls.py").run()
+        at.radio(key="controls_backend_choice").set_value("custom URL")
+        at.text_input(key="controls_backend_url").set_value("http://127.0.0.1:9")
+        _submit(at, "Switch backend")
+        assert not at.exception
+        assert any("🔴" in m for m in texts(at, "markdown"))
+        chat = app("pages/playground.py").run()
+        chat.chat_input(key="playground_prompt").set_value("anyone there?").run()
+        assert not chat.exception
+        assert any("Cannot reach" in e for e in texts(chat, "error"))
+        at.radio(key="controls_backend_choice").set_value("demo")
+        _submit(at, "Switch backend")
+        assert any("🟢" in m for m in texts(at, "markdown"))
+
+
+class TestSessionKey:
+    def test_key_is_used_but_never_echoed(self) -> None:
+        """A session key is acknowledged without being shown, and can be forgotten."""
+        secret = "sk_test_0123456789abcdef"
+        at = app("pages/controls.py").run()
+        at.text_input(key="controls_session_key").set_value(secret)
+        _submit(at, "Use this key")
+        assert not at.exception
+        shown = " ".join(texts(at, "markdown") + texts(at, "caption"))
+        assert "Your session key is set" in shown and secret not in shown
+        assert at.session_state["controls_session_key"] == "", "the field is cleared after use"
+        _submit(at, "Forget my key")
+        assert "Your session key is set" not in " ".join(texts(at, "markdown"))
