@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import httpx
-
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pages_helpers import ROOT, app, texts
 
 PAGES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "pages").glob("*.py"))
