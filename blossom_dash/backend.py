@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from blossom_ai import BlossomClient, BlossomError, EmptyResponseError
+from blossom_ai import ValidationError as SdkValidationError
 from blossom_ai.core.config import ENDPOINTS, SessionConfig
 from blossom_ai.core.models import DEFAULT_IMAGE_MODELS, DEFAULT_TEXT_MODELS
 
@@ -254,6 +255,9 @@ def to_dash_error(exc: BaseException, obs: Observation | None, *, backend: Backe
             f"The request to {where} failed: {type(exc).__name__}.",
             "Check the network and the backend, then try again.",
         )
+    if isinstance(exc, SdkValidationError):
+        return InvalidRequest(f"The request was refused before sending: {getattr(exc, 'message', exc)}",
+                              "Check the prompt and parameters.")
     if isinstance(exc, EmptyResponseError):
         return UpstreamError(
             f"Model {model!r} on {where} returned an empty answer.",

@@ -1,8 +1,9 @@
 """The service's response cache: an in-memory TTL + LRU map with honest statistics.
 
-Built on ``cachetools.TTLCache``; this module adds what a dashboard needs on top: a
-lock (the service is called from many Streamlit threads), hit/miss/eviction counters
-that mean what they say, live reconfiguration, and the canonical request key.
+Built on ``cachetools.TLRUCache`` (LRU with a per-entry expiry time); this module adds
+what a dashboard needs on top: a lock (the service is called from many Streamlit
+threads), hit/miss/eviction/expiration counters that mean what they say, live
+reconfiguration that keeps each entry's age and recency, and the canonical request key.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from cachetools import TTLCache
+from cachetools import TLRUCache
 
 
 def request_key(**parts: Any) -> str:
@@ -70,17 +71,33 @@ class CacheStats:
     saved_ms: float
 
 
-class _CountingTTLCache(TTLCache):
-    """TTLCache that reports capacity evictions (``popitem``) to a callback."""
+class _CountingCache(TLRUCache):
+    """TLRUCache that reports capacity evictions and expirations to callbacks."""
 
-    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float], on_evict: Callable[[], None]) -> None:
-        super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
+    def __init__(self, maxsize: int, ttl_s: Callable[[], float], timer: Callable[[], float],
+                 on_evict: Callable[[], None], on_expire: Callable[[int], None]) -> None:
+        # An entry expires ttl_s after it was first stored, whenever it is re-inserted.
+        super().__init__(maxsize=maxsize, ttu=lambda _k, entry, _now: entry.created + ttl_s(), timer=timer)
         self._on_evict = on_evict
+        self._on_expire = on_expire
 
     def popitem(self) -> tuple[Any, Any]:
         item = super().popitem()
         self._on_evict()
         return item
+
+    def expire(self, time: float | None = None) -> list[tuple[Any, Any]]:
+        expired = super().expire(time)
+        if expired:
+            self._on_expire(len(expired))
+        return expired
+
+    def lru_items(self) -> list[tuple[Any, Any]]:
+        """Every live entry, least recently used first (empties the cache)."""
+        items = []
+        while len(self):
+            items.append(TLRUCache.popitem(self))  # the base method: not an eviction
+        return items
 
 
 class ResponseCache:
@@ -109,11 +126,16 @@ class ResponseCache:
         self._saved_ms = 0.0
         self._data = self._new_map(max_entries)
 
-    def _new_map(self, max_entries: int) -> _CountingTTLCache:
-        return _CountingTTLCache(max_entries, self._ttl_s, self._timer, self._count_eviction)
+    def _new_map(self, max_entries: int) -> _CountingCache:
+        return _CountingCache(max_entries, lambda: self._ttl_s, self._timer, self._count_eviction,
+                              self._count_expirations)
 
+    # Both are called under self._lock, from inside the cache's own methods.
     def _count_eviction(self) -> None:
-        self._evictions += 1  # called under self._lock, from inside __setitem__
+        self._evictions += 1
+
+    def _count_expirations(self, n: int) -> None:
+        self._expirations += n
 
     def get(self, key: str) -> CacheEntry | None:
         """Look a key up, counting a hit or a miss.
@@ -125,12 +147,7 @@ class ResponseCache:
         with self._lock:
             if not self._enabled:
                 return None
-            entry = self._data.get(key)
-            if entry is not None and self._timer() - entry.created >= self._ttl_s:
-                # TTL shortened since the entry was stored: honour the new TTL now.
-                del self._data[key]
-                self._expirations += 1
-                entry = None
+            entry = self._data.get(key)  # None once expired (purged and counted by expire())
             if entry is None:
                 self._misses += 1
                 return None
@@ -186,12 +203,15 @@ class ResponseCache:
             if ttl_s is not None or max_entries is not None:
                 if ttl_s is not None:
                     self._ttl_s = float(ttl_s)
+                capacity = max_entries or int(self._data.maxsize)
+                self._data.expire()  # under the old TTL
+                old = self._data.lru_items()
+                self._evictions += max(0, len(old) - capacity)
+                self._data = self._new_map(capacity)
                 now = self._timer()
-                old = list(self._data.items())  # LRU order, oldest first
-                self._data = self._new_map(max_entries or self._data.maxsize)
-                for key, entry in old:
-                    if now - entry.created >= self._ttl_s:
-                        self._expirations += 1
+                for key, entry in old[-capacity:]:  # the most recently used, in recency order
+                    if entry.created + self._ttl_s <= now:
+                        self._expirations += 1  # a shorter TTL has already run out
                     else:
                         self._data[key] = entry
         return self.stats()

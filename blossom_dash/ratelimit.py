@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
@@ -57,6 +58,7 @@ class RateLimiter:
         self._strategy = MovingWindowRateLimiter(self._storage)
         self._user_item = RateLimitItemPerMinute(per_user_rpm)
         self._global_item = RateLimitItemPerMinute(global_rpm)
+        self._seen: dict[str, float] = {}  # identity -> last admitted (epoch s), for configure()
 
     def _window(self, item: RateLimitItemPerMinute, ident: str) -> WindowStatus:
         stats = self._strategy.get_window_stats(item, ident)
@@ -78,6 +80,7 @@ class RateLimiter:
             if not self._strategy.hit(self._user_item, user):
                 raise self._refusal(self._user_item, user, "user")
             self._strategy.hit(self._global_item, _GLOBAL_ID)
+            self._seen[user] = time.time()
 
     def _refusal(self, item: RateLimitItemPerMinute, ident: str, scope: str) -> RateLimited:
         status = self._window(item, ident)
@@ -96,8 +99,10 @@ class RateLimiter:
     def configure(self, *, per_user_rpm: int | None = None, global_rpm: int | None = None) -> None:
         """Change the limits; they apply to the next request.
 
-        The moving windows are keyed by their limit in ``limits``, so a new limit
-        starts with an empty window.
+        Requests already in a window keep counting against the new limit. ``limits``
+        keys a moving window by its limit, so they are carried into the new window
+        as if made now: the new window is exact in count and at most 60 s
+        conservative in when those slots free up.
 
         Raises:
             ValueError: a limit below 1.
@@ -106,10 +111,22 @@ class RateLimiter:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 request per minute")
         with self._lock:
-            if per_user_rpm is not None:
-                self._user_item = RateLimitItemPerMinute(per_user_rpm)
-            if global_rpm is not None:
-                self._global_item = RateLimitItemPerMinute(global_rpm)
+            cutoff = time.time() - 60
+            self._seen = {u: t for u, t in self._seen.items() if t > cutoff}
+            if per_user_rpm is not None and per_user_rpm != self._user_item.amount:
+                self._user_item = self._carry(self._user_item, RateLimitItemPerMinute(per_user_rpm), self._seen)
+            if global_rpm is not None and global_rpm != self._global_item.amount:
+                self._global_item = self._carry(self._global_item, RateLimitItemPerMinute(global_rpm),
+                                                [_GLOBAL_ID])
+
+    def _carry(self, old: RateLimitItemPerMinute, new: RateLimitItemPerMinute, idents: Iterable[str]
+               ) -> RateLimitItemPerMinute:
+        for ident in idents:
+            used = old.amount - self._strategy.get_window_stats(old, ident).remaining
+            if used > 0:
+                self._strategy.hit(new, ident, cost=min(used, new.amount))
+            self._strategy.clear(old, ident)
+        return new
 
     @property
     def limits(self) -> tuple[int, int]:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from PIL import Image, UnidentifiedImageError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
@@ -41,6 +42,9 @@ _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 MAX_TOKENS_LIMIT = 8192
 IMAGE_MIN_PX, IMAGE_MAX_PX = 64, 2048  # the SDK's own bounds (_Validators.dimensions)
 SEED_MAX = 2**31 - 1
+#: Longest URL-encoded image prompt the SDK sends (MAX_SAFE_URL_LENGTH - 200 in
+#: blossom_ai.generators.image_generator).
+IMAGE_PROMPT_URL_CHARS = 1848
 MODELS_TTL_S = 300.0
 
 
@@ -56,6 +60,13 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+
+    @classmethod
+    def estimate(cls, messages: list[dict[str, Any]], text: str) -> Usage:
+        """Estimated usage (``estimate_tokens``) when the backend reported none."""
+        p = estimate_tokens(" ".join(str(m["content"]) for m in messages))
+        c = estimate_tokens(text)
+        return cls(p, c, p + c)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> Usage:
@@ -130,16 +141,32 @@ class TextStream:
         self.result: TextResult | None = None
         self.error: DashError | None = None
         self._gen = gen_factory(self)
+        self._started = False
 
     def __iter__(self) -> Iterator[str]:
         return self
 
     def __next__(self) -> str:
+        self._started = True
         return next(self._gen)
 
     def close(self) -> None:
-        """Stop reading; the backend call is cancelled."""
+        """Stop reading; the backend call is cancelled and the event recorded."""
+        if not self._started:
+            # A generator closed before its first next() never runs its finally
+            # block: start it, so that it records its event and cancels the call.
+            self._started = True
+            try:
+                next(self._gen)
+            except (StopIteration, DashError):
+                return
         self._gen.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
 
 
 class BlossomService:
@@ -251,6 +278,7 @@ class BlossomService:
 
     def _run(self, coro: Any, timeout_s: float) -> Any:
         if self._closed:
+            coro.close()
             raise BackendUnavailable("The service has been shut down.", "Reload the page to start it again.")
         try:
             return self._loop.run(coro, timeout=timeout_s)
@@ -266,7 +294,7 @@ class BlossomService:
         last: list[Observation] = []
 
         async def attempt() -> Any:
-            obs = Observation(api_key=api_key)
+            obs = Observation(api_key=api_key, timeout_s=timeout_s)
             last.append(obs)
             token = current_observation.set(obs)
             try:
@@ -393,7 +421,7 @@ class BlossomService:
         )
         try:
             self.metrics.record(event)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the journal is closed (service shut down)
             # The answer is still good; a failed journal write must not lose it.
             self.metrics.store_errors += 1
             log.exception("could not journal event %s", request_id)
@@ -468,8 +496,7 @@ class BlossomService:
         except DashError as err:
             raise self._fail(err, model=req.model, latency_ms=monotonic_ms() - t0, **base) from None
         latency = monotonic_ms() - t0
-        usage = Usage.from_dict(obs.usage) if obs.usage else Usage(
-            estimate_tokens(" ".join(str(m["content"]) for m in req.messages)), estimate_tokens(text))
+        usage = Usage.from_dict(obs.usage) if obs.usage else Usage.estimate(req.messages, text)
         result = TextResult(text, req.model, backend.name, latency, latency, usage, False, rid)
         self._record(model=req.model, outcome="ok", latency_ms=latency, ttft_ms=latency, usage=usage,
                      nbytes=obs.nbytes, status_code=obs.status_code, **base)
@@ -582,8 +609,7 @@ class BlossomService:
                 self._record(model=req.model, outcome="error", error=error, latency_ms=latency, ttft_ms=ttft,
                              **base)
             else:
-                usage = Usage.from_dict(usage_raw) if usage_raw else Usage(
-                    estimate_tokens(" ".join(str(m["content"]) for m in req.messages)), estimate_tokens(text))
+                usage = Usage.from_dict(usage_raw) if usage_raw else Usage.estimate(req.messages, text)
                 result = TextResult(text, req.model, backend.name, latency, ttft, usage, False,
                                     base["request_id"], finish, stopped_early=not done)
                 stream.result = result
@@ -619,9 +645,12 @@ class BlossomService:
         try:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise InvalidRequest("The image prompt is empty.", "Describe the picture you want first.")
-            if len(prompt) > self.settings.max_prompt_chars:
-                raise InvalidRequest(f"The prompt has {len(prompt):,} characters; the limit is "
-                                     f"{self.settings.max_prompt_chars:,}.", "Shorten it.")
+            encoded = len(quote(prompt.strip(), safe=""))
+            if len(prompt) > self.settings.max_prompt_chars or encoded > IMAGE_PROMPT_URL_CHARS:
+                raise InvalidRequest(
+                    f"The image prompt is too long: {len(prompt):,} characters, {encoded:,} once URL-encoded; "
+                    f"an image prompt travels in the URL, which holds {IMAGE_PROMPT_URL_CHARS:,}.",
+                    "Shorten the description (spaces and punctuation count three times).")
             for name, value in (("width", width), ("height", height)):
                 if isinstance(value, bool) or not isinstance(value, int) or not IMAGE_MIN_PX <= value <= IMAGE_MAX_PX:
                     raise InvalidRequest(f"{name} must be {IMAGE_MIN_PX} to {IMAGE_MAX_PX} pixels, not {value!r}.",

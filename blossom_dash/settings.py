@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     backend: str = "auto"
     api_key: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("api_key", "POLLINATIONS_API_KEY", "BLOSSOM_DASH_API_KEY"),
+        # Only these two variables: a bare "api_key" alias would also read any
+        # unrelated API_KEY variable from the environment.
+        validation_alias=AliasChoices("POLLINATIONS_API_KEY", "BLOSSOM_DASH_API_KEY"),
     )
     demo_latency: bool = True
     request_timeout_s: float = Field(default=60.0, gt=0, le=600)

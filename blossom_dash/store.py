@@ -26,11 +26,15 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
 
-SCHEMA_VERSION = 1
+#: 1: first schema. 2: ``request_id`` unique (journal replays must not duplicate).
+SCHEMA_VERSION = 2
 
 #: The columns of one event, in DESIGN.md's order ("One event per request").
 EVENT_COLUMNS: tuple[str, ...] = (
@@ -107,11 +111,26 @@ class UsageStore:
         # SQLite allows one writer at a time; serialising writes here avoids
         # "database is locked" retries under many request threads.
         self._write_lock = threading.Lock()
-        metadata.create_all(self.engine)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older one up to ``SCHEMA_VERSION`` in place."""
         with self.engine.begin() as conn:
+            fresh = not inspect(conn).has_table("events")
+            metadata.create_all(conn)
             row = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
+            version = SCHEMA_VERSION if fresh else int(row[0]) if row else 1
+            if version < 2:
+                # Keep the first row of any duplicated request id, then make the index unique.
+                conn.execute(text("DELETE FROM events WHERE id NOT IN "
+                                  "(SELECT MIN(id) FROM events GROUP BY request_id)"))
+                conn.execute(text("DROP INDEX IF EXISTS ix_events_request_id"))
+                conn.execute(text("CREATE UNIQUE INDEX ix_events_request_id ON events (request_id)"))
             if row is None:
                 conn.execute(insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif version != SCHEMA_VERSION:
+                conn.execute(update(meta_table).where(meta_table.c.key == "schema_version")
+                             .values(value=str(SCHEMA_VERSION)))
 
     def schema_version(self) -> int:
         """The schema version recorded in the database."""

@@ -106,6 +106,7 @@ class Observation:
 
     Attributes:
         api_key: Key to send instead of the configured one (per session), or None.
+        timeout_s: HTTP read timeout for the call's requests (the SDK passes none).
         extra_headers: Headers added to every request of the call.
         status_code: HTTP status of the last response, None if none arrived.
         retry_after_s: ``Retry-After`` header or ``retryAfterSeconds`` body field.
@@ -116,6 +117,7 @@ class Observation:
     """
 
     api_key: str | None = None
+    timeout_s: float | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     status_code: int | None = None
     retry_after_s: float | None = None
@@ -170,8 +172,21 @@ class ObservingHttpClient(HttpxClient):
             if obs.api_key:
                 headers["Authorization"] = f"Bearer {obs.api_key}"
             kwargs["headers"] = headers
+            if obs.timeout_s is not None and "timeout" not in kwargs:
+                kwargs["timeout"] = obs.timeout_s
             obs.attempts += 1
         return url
+
+    def _validate_url(self, url: str) -> str:
+        """The SDK's checks, but ``..`` counts as traversal only as a whole path segment.
+
+        The SDK rejects any URL containing ``..``, so an image prompt such as "A cat...
+        and a dog" (quoted into the path, where ``.`` stays as it is) would fail.
+        """
+        segments = httpx.URL(url).path.split("/")
+        if ".." in segments:
+            raise ValueError("Path traversal detected in URL")
+        return super()._validate_url(url.replace("..", "%2E%2E")).replace("%2E%2E", "..")
 
     @staticmethod
     def _observe(response: httpx.Response) -> None:

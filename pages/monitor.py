@@ -32,7 +32,7 @@ def live(window_s: int) -> None:
     """KPIs and charts for the last ``window_s`` seconds; reruns on its own."""
     now = time.time()
     df = service.metrics.frame(since=now - window_s)
-    span = (pd.Timestamp(now - window_s, unit="s", tz="UTC"), pd.Timestamp(now, unit="s", tz="UTC"))
+    span = (pd.Timestamp(int(now - window_s), unit="s", tz="UTC"), pd.Timestamp(int(now) + 1, unit="s", tz="UTC"))
     s = summarize(df)
     k = st.columns(7)
     k[0].metric("Requests", f"{s['requests']:,}")

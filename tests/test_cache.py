@@ -150,9 +150,6 @@ class TestTtl:
         s = c.stats()
         assert (s.entries, s.bytes, s.hits, s.misses) == (0, 0, 1, 1)
 
-    @pytest.mark.xfail(reason="BUG: natural expiry is done silently by cachetools.TTLCache; only entries "
-                              "dropped by a shortened TTL are counted in expirations (cache.py get/stats)",
-                       strict=True)
     def test_natural_expiry_is_counted(self) -> None:
         """An entry that outlives its TTL counts one expiration."""
         clock = FakeClock()
@@ -186,9 +183,6 @@ class TestTtl:
         clock.now = 50
         assert c.get("k") is not None
 
-    @pytest.mark.xfail(reason="BUG: configure() re-inserts entries into a new TTLCache, which restarts "
-                              "their TTL; stats() trusts TTLCache.expire() and counts expired entries",
-                       strict=True)
     def test_stats_after_resize_do_not_count_expired_entries(self) -> None:
         """After a resize, an entry past its TTL is not counted in entries or bytes."""
         clock = FakeClock()
@@ -221,8 +215,6 @@ class TestCapacity:
         s = c.configure(max_entries=2)
         assert (s.max_entries, s.entries, s.evictions, s.bytes) == (2, 2, 3, 2)
 
-    @pytest.mark.xfail(reason="BUG: configure() rebuilds from list(self._data.items()), which is insertion "
-                              "order, not LRU order, so shrinking evicts recently used entries", strict=True)
     def test_shrinking_evicts_the_least_recently_used(self) -> None:
         """Shrinking keeps the most recently used entries."""
         c = filled(max_entries=3)
