@@ -4,10 +4,11 @@ Run ``python -m blossom_dash.bench [--n 300]``. With the demo backend's latency 
 (in-process, on loopback), it times the median of:
 
 - raw: an ``httpx.AsyncClient`` POST of a chat completion, submitted from this thread
-  to an event loop in a daemon thread: the transport the SDK needs in Streamlit
+  to the service's event loop thread: the transport the SDK needs in Streamlit
   (BLOSSOM_SDK.md, "Event loops and threads"), without the SDK or the service;
 - raw (sync): the same POST with a plain ``httpx.Client`` from this thread, for
   reference (no thread hop, no asyncio);
+- SDK alone: ``client.text.chat`` on the same loop (no cache, limits or events);
 - miss: ``BlossomService.generate_text`` with a new prompt each call (validation,
   cache miss, rate limit, the SDK on the loop thread, one journaled event);
 - hit: the same call repeated (served from the cache; still one journaled event).
@@ -28,16 +29,18 @@ from collections.abc import Callable
 import httpx
 
 from . import BlossomService, Settings
-from .transport import LoopThread
 
 
-def _median_ms(fn: Callable[[int], object], n: int) -> float:
-    samples = []
+def _interleaved_medians(fns: dict[str, Callable[[int], object]], n: int) -> dict[str, float]:
+    """Median ms of each function, timed in turn call by call so that drift and noise
+    from the rest of the machine fall on all of them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(n):
-        t0 = time.perf_counter()
-        fn(i)
-        samples.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(samples)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(i)
+            samples[name].append((time.perf_counter() - t0) * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ``--warmup`` untimed calls first).
 
     Returns:
-        ``{"raw_ms", "raw_sync_ms", "miss_ms", "hit_ms", "miss_ratio", "hit_ratio"}``.
+        ``{"raw_ms", "raw_sync_ms", "sdk_ms", "miss_ms", "hit_ms", "miss_ratio", "hit_ratio"}``.
     """
     parser = argparse.ArgumentParser(description="blossom-dash service overhead benchmark")
     parser.add_argument("--n", type=int, default=300, help="timed calls per measurement (default 300)")
@@ -57,8 +60,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings(backend="demo", demo_latency=False, data_dir=data_dir, per_user_rpm=100_000,
                             global_rpm=1_000_000, cache_max_entries=100_000, retries=0)
-        loop = LoopThread("bench-raw-loop")
         with BlossomService(settings) as svc, httpx.Client(timeout=30) as sync_client:
+            # The raw client runs on the service's own loop thread, beside the SDK's
+            # client and the in-process demo server: the same hops, minus SDK and service.
+            loop = svc._loop
             model = svc.list_models("text")[0]
             url = f"{svc.backend.base_url}/v1/chat/completions"
             async_client = loop.run(_make_async_client())
@@ -76,6 +81,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             def raw_sync(i: int, tag: str = "sync") -> None:
                 sync_client.post(url, json=body(tag, i)).raise_for_status()
 
+            async def _sdk(i: int, tag: str) -> None:
+                await svc.backend.chat([{"role": "user", "content": f"{tag} prompt {i}"}], model=model,
+                                       max_tokens=64, extra={})
+
+            def sdk(i: int, tag: str = "sdk") -> None:
+                loop.run(_sdk(i, tag), timeout=30)
+
             def miss(i: int, tag: str = "miss") -> None:
                 svc.generate_text(f"{tag} prompt {i}", model=model, max_tokens=64)
 
@@ -85,28 +97,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             for i in range(args.warmup):
                 raw(i, "warm-raw")
                 raw_sync(i, "warm-sync")
+                sdk(i, "warm-sdk")
                 miss(i, "warm-miss")
             hit(0)
-            raw_ms = _median_ms(raw, args.n)
-            raw_sync_ms = _median_ms(raw_sync, args.n)
-            miss_ms = _median_ms(miss, args.n)
-            hit_ms = _median_ms(hit, args.n)
+            medians = _interleaved_medians({"raw": raw, "raw_sync": raw_sync, "sdk": sdk, "miss": miss, "hit": hit},
+                                           args.n)
+            raw_ms, raw_sync_ms, sdk_ms = medians["raw"], medians["raw_sync"], medians["sdk"]
+            miss_ms, hit_ms = medians["miss"], medians["hit"]
             stats = svc.cache.stats()
             svc.metrics.flush()
             events = svc.store.count()
             loop.run(async_client.aclose())
-        loop.stop()
-    figures = {"raw_ms": raw_ms, "raw_sync_ms": raw_sync_ms, "miss_ms": miss_ms, "hit_ms": hit_ms,
+    figures = {"raw_ms": raw_ms, "raw_sync_ms": raw_sync_ms, "sdk_ms": sdk_ms, "miss_ms": miss_ms, "hit_ms": hit_ms,
                "miss_ratio": miss_ms / raw_ms, "hit_ratio": hit_ms / raw_ms}
     print(f"blossom-dash benchmark · demo backend in-process on loopback, latency off · {args.n} timed calls each")
     print(f"  raw httpx POST median (async, loop thread) {raw_ms:8.3f} ms")
     print(f"  raw httpx POST median (sync, this thread)  {raw_sync_ms:8.3f} ms")
+    print(f"  SDK alone (client.text.chat) median        {sdk_ms:8.3f} ms   sdk/raw  = {sdk_ms / raw_ms:.2f}")
     print(f"  service cache-miss median                  {miss_ms:8.3f} ms   miss/raw = "
           f"{miss_ms / raw_ms:.2f} (target <= 1.4) · vs sync {miss_ms / raw_sync_ms:.2f}")
     print(f"  service cache-hit median                   {hit_ms:8.3f} ms   hit/raw  = "
           f"{hit_ms / raw_ms:.3f} (target <= 0.02) · vs sync {hit_ms / raw_sync_ms:.3f}")
-    print(f"  calls: raw {args.n + args.warmup}, raw sync {args.n + args.warmup}, miss {args.n + args.warmup}, "
-          f"hit {args.n + 1}; cache hits {stats.hits}, misses {stats.misses}; events stored {events}")
+    print(f"  calls: {args.n + args.warmup} each of raw, raw sync, SDK and miss; hit {args.n + 1}; "
+          f"cache hits {stats.hits}, misses {stats.misses}; events stored {events}")
     return figures
 
 
