@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from .backend import STATIC_MODELS, TRANSIENT_STATUS, Backend, StreamChunk, to_dash_error
-from .cache import ResponseCache, request_key
+from .cache import CacheEntry, ResponseCache, request_key
 from .errors import BackendUnavailable, DashError, InvalidRequest, UpstreamError
 from .metrics import Event, MetricsCollector, new_request_id
 from .ratelimit import LimitStatus, RateLimiter
@@ -400,9 +400,26 @@ class BlossomService:
             extra["seed"] = seed
         return _TextRequest(head + history + tail, model, max_tokens or 1024, extra, prompt)
 
-    def _key(self, kind: str, req: _TextRequest) -> str:
-        return request_key(backend=self._backend.base_url, kind=kind, model=req.model,
-                           messages=req.messages, max_tokens=req.max_tokens, **req.extra)
+    def _begin_text(self, kind: str, prompt: str, user: str, session: str, **params: Any
+                    ) -> tuple[dict[str, Any], _TextRequest, str, CacheEntry | None]:
+        """Validate a text request and look it up in the cache.
+
+        Returns:
+            ``(base event fields, request, cache key, cache entry or None)``.
+
+        Raises:
+            InvalidRequest: recorded as an error event first.
+        """
+        base = {"request_id": new_request_id(), "user": user, "session": session, "kind": kind,
+                "ts": time.time(), "prompt": prompt if isinstance(prompt, str) else None}
+        try:
+            req = self._text_request(prompt, **params)
+        except DashError as err:
+            raise self._fail(err, model=str(params.get("model") or ""), **base) from None
+        # Streamed and whole answers share keys: the answer is the same either way.
+        key = request_key(backend=self._backend.base_url, kind="text", model=req.model,
+                          messages=req.messages, max_tokens=req.max_tokens, **req.extra)
+        return base, req, key, self.cache.get(key)
 
     # ----- recording ---------------------------------------------------------------
 
@@ -466,17 +483,12 @@ class BlossomService:
             InvalidRequest, RateLimited, BackendUnavailable, UpstreamError,
             AuthenticationFailed.
         """
-        ts, t0, rid = time.time(), monotonic_ms(), new_request_id()
-        base = {"request_id": rid, "user": user, "session": session, "kind": "text", "ts": ts,
-                "prompt": prompt if isinstance(prompt, str) else None}
-        try:
-            req = self._text_request(prompt, model=model, system=system, messages=messages,
-                                     max_tokens=max_tokens, temperature=temperature, seed=seed)
-        except DashError as err:
-            raise self._fail(err, model=str(model or ""), **base) from None
+        t0 = monotonic_ms()
+        base, req, key, hit = self._begin_text("text", prompt, user, session, model=model, system=system,
+                                               messages=messages, max_tokens=max_tokens,
+                                               temperature=temperature, seed=seed)
+        rid = base["request_id"]
         backend = self._backend
-        key = self._key("text", req)
-        hit = self.cache.get(key)
         if hit is not None:
             latency = monotonic_ms() - t0
             cached: TextResult = hit.value
@@ -520,16 +532,10 @@ class BlossomService:
             InvalidRequest, RateLimited (here); BackendUnavailable, UpstreamError,
             AuthenticationFailed, RateLimited (while iterating).
         """
-        ts, t0, rid = time.time(), monotonic_ms(), new_request_id()
-        base = {"request_id": rid, "user": user, "session": session, "kind": "stream", "ts": ts,
-                "prompt": prompt if isinstance(prompt, str) else None}
-        try:
-            req = self._text_request(prompt, model=model, system=system, messages=messages,
-                                     max_tokens=max_tokens, temperature=temperature, seed=seed)
-        except DashError as err:
-            raise self._fail(err, model=str(model or ""), **base) from None
-        key = self._key("text", req)
-        hit = self.cache.get(key)
+        t0 = monotonic_ms()
+        base, req, key, hit = self._begin_text("stream", prompt, user, session, model=model, system=system,
+                                               messages=messages, max_tokens=max_tokens,
+                                               temperature=temperature, seed=seed)
         if hit is not None:
             return TextStream(lambda s: self._replay(s, hit.value, hit.nbytes, t0, base))
         self._admit(model=req.model, **base)

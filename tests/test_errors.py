@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+from helpers import demo_stats, make_service
 
 from blossom_dash import (
     AuthenticationFailed,
@@ -18,7 +19,6 @@ from blossom_dash import (
     DashError,
     InvalidRequest,
     RateLimited,
-    Settings,
     UpstreamError,
 )
 from blossom_dash.backend import Backend, to_dash_error
@@ -42,22 +42,11 @@ FAULTS: dict[str, tuple[type[DashError] | tuple[type[DashError], ...], int | Non
 IMAGE_FAULTS = {**FAULTS, "not-image": (UpstreamError, 200)}
 
 
-def make_service(tmp_path: Path, **overrides: Any) -> BlossomService:
-    """A fresh service on its own demo backend and SQLite file (latency off, no retries)."""
-    opts: dict[str, Any] = {"backend": "demo", "demo_latency": False, "retries": 0, "data_dir": tmp_path,
-                            "per_user_rpm": 100_000, "global_rpm": 100_000}
-    opts.update(overrides)
-    return BlossomService(Settings(**opts))
-
 
 def demo_url(svc: BlossomService, path: str) -> str:
     """A URL on the service's demo backend."""
     return f"{svc.backend.base_url}{path}"
 
-
-def demo_stats(svc: BlossomService) -> dict[str, int]:
-    """Requests the service's demo backend has served, per route kind."""
-    return httpx.get(demo_url(svc, "/_demo/stats"), timeout=5).json()
 
 
 def queue_fault(svc: BlossomService, **plan: Any) -> None:

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers import make_service
 
-from blossom_dash import BlossomService, RateLimited, Settings, TextResult
+from blossom_dash import RateLimited, TextResult
 from blossom_dash.ratelimit import LimitStatus, RateLimiter
-
-
-def make_service(tmp_path: Path, **overrides: Any) -> BlossomService:
-    """A fresh service on its own demo backend and SQLite file (latency off, no retries)."""
-    opts: dict[str, Any] = {"backend": "demo", "demo_latency": False, "retries": 0, "data_dir": tmp_path,
-                            "per_user_rpm": 100_000, "global_rpm": 100_000}
-    opts.update(overrides)
-    return BlossomService(Settings(**opts))
 
 
 def refusal(limiter: RateLimiter, user: str) -> RateLimited:

@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from blossom_ai.core.models import DEFAULT_IMAGE_MODELS, DEFAULT_TEXT_MODELS
+from helpers import demo_stats, make_service
 from PIL import Image
 
 from blossom_dash import (
@@ -24,24 +24,10 @@ from blossom_dash import (
     BlossomService,
     ImageResult,
     InvalidRequest,
-    Settings,
     TextResult,
     TextStream,
 )
 from blossom_dash.demo_backend import IMAGE_MODELS, TEXT_MODELS, DemoServer, count_tokens
-
-
-def make_service(tmp_path: Path, **overrides: Any) -> BlossomService:
-    """A fresh service on its own demo backend and SQLite file (latency off, no retries)."""
-    opts: dict[str, Any] = {"backend": "demo", "demo_latency": False, "retries": 0, "data_dir": tmp_path,
-                            "per_user_rpm": 100_000, "global_rpm": 100_000}
-    opts.update(overrides)
-    return BlossomService(Settings(**opts))
-
-
-def demo_stats(svc: BlossomService) -> dict[str, int]:
-    """Requests the service's demo backend has served, per route kind."""
-    return httpx.get(f"{svc.backend.base_url}/_demo/stats", timeout=5).json()
 
 
 def closed_port() -> int:

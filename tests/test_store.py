@@ -16,9 +16,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from helpers import make_service
 from pydantic import ValidationError
 
-from blossom_dash import BlossomService, Settings
+from blossom_dash import Settings
 from blossom_dash.metrics import summarize
 from blossom_dash.store import EVENT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, UsageStore
 
@@ -41,13 +42,6 @@ def sqlite_url(path: Path) -> str:
     """The SQLAlchemy URL of a SQLite file."""
     return f"sqlite:///{path.as_posix()}"
 
-
-def make_service(tmp_path: Path, **overrides: Any) -> BlossomService:
-    """A service on the demo backend whose usage store lives under ``tmp_path``."""
-    opts: dict[str, Any] = {"backend": "demo", "demo_latency": False, "retries": 0, "data_dir": tmp_path,
-                            "per_user_rpm": 100_000, "global_rpm": 100_000}
-    opts.update(overrides)
-    return BlossomService(Settings(**opts))
 
 
 class TestUsageStore:
