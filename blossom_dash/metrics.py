@@ -23,6 +23,7 @@ import os
 import threading
 from collections import deque
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import orjson
@@ -145,6 +146,7 @@ class MetricsCollector:
         self._recent: deque[Event] = deque(maxlen=window)
         self._pending: list[Event] = []
         self._full: list[tuple[_Journal, list[Event]]] = []  # rotated, not yet in the store
+        self._sinks: list[Callable[[Event], None]] = []
         self.store_errors = 0
         self.recover()
         self._journal = self._open_journal()
@@ -186,6 +188,19 @@ class MetricsCollector:
                 self._journal.append(line)
             self._pending.append(event)
             self._recent.append(event)
+        for sink in self._sinks:
+            try:
+                sink(event)
+            except Exception:  # a broken exporter must not fail the request
+                log.exception("event sink %r failed", sink)
+
+    def add_sink(self, sink: Callable[[Event], None]) -> None:
+        """Call ``sink(event)`` after every recorded event (Prometheus, JSON logs).
+
+        Sinks run on the request's thread after the event is durable; their errors
+        are logged, never raised.
+        """
+        self._sinks.append(sink)
 
     def _rotate_locked(self) -> tuple[_Journal, list[Event]]:
         """Start a new journal; returns the old one and its events (under the lock)."""

@@ -434,7 +434,7 @@ class BlossomService:
             type(error).__name__ if error else "", status_code,
             latency_ms, ttft_ms,
             usage.prompt_tokens if usage else None, usage.completion_tokens if usage else None,
-            nbytes, prompt[:200] if prompt else None,
+            nbytes, prompt[:self.settings.prompt_chars] if prompt and self.settings.store_prompts else None,
         )
         try:
             self.metrics.record(event)

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
         default_text_model / default_image_model: preferred models when the page
             picks none; empty means the first model the backend lists.
         user: Fallback user identity for calls made without one.
+        log_level: Level of the one-JSON-line-per-request log on stderr.
+        log_prompts: Include the (truncated) prompt in those log lines.
+        metrics_port: Serve Prometheus metrics on this port (off when unset).
+        store_prompts / prompt_chars: Keep the first ``prompt_chars`` characters of
+            each prompt in the usage store, or no prompt at all.
+        retention_days: History older than this many days may be deleted from the
+            Monitor page (never deleted silently); None keeps everything.
     """
 
     model_config = SettingsConfigDict(
@@ -78,6 +85,11 @@ class Settings(BaseSettings):
     default_text_model: str = ""
     default_image_model: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_prompts: bool = False
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    store_prompts: bool = True
+    prompt_chars: int = Field(default=200, ge=0, le=5000)
+    retention_days: float | None = Field(default=None, gt=0)
     user: str = "anonymous"
 
     @field_validator("backend")
