@@ -22,8 +22,8 @@ import mmap
 import os
 import threading
 from collections import deque
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
