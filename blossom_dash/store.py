@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -158,6 +159,17 @@ class UsageStore:
         with self._write_lock, self.engine.begin() as conn:
             conn.execute(stmt, [dict(zip(ROW_COLUMNS, row, strict=True)) for row in rows])
         return len(rows)
+
+    def delete_older_than(self, cutoff_ts: float) -> int:
+        """Delete the events recorded before ``cutoff_ts`` (epoch seconds).
+
+        Deleting is explicit (the Monitor page asks first); nothing calls this on its own.
+
+        Returns:
+            How many events were deleted.
+        """
+        with self._write_lock, self.engine.begin() as conn:
+            return int(conn.execute(delete(events).where(events.c.ts < cutoff_ts)).rowcount or 0)
 
     def count(self) -> int:
         """How many events the store holds."""
