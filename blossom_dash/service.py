@@ -28,6 +28,7 @@ from .backend import STATIC_MODELS, TRANSIENT_STATUS, Backend, StreamChunk, to_d
 from .cache import CacheEntry, ResponseCache, request_key
 from .errors import BackendUnavailable, DashError, InvalidRequest, UpstreamError
 from .metrics import Event, MetricsCollector, new_request_id
+from .observability import attach, attach_logging
 from .ratelimit import LimitStatus, RateLimiter
 from .settings import POLLINATIONS_URL, Settings
 from .store import UsageStore
@@ -199,6 +200,8 @@ class BlossomService:
         key = s.api_key.get_secret_value() if s.api_key else None
         try:
             self._backend = self._make_backend(s.backend, key)
+            attach(self, s.metrics_port)  # Prometheus sink + exporter (once per process)
+            attach_logging(self)  # one JSON line per request on stderr
         except BaseException:
             self.close()
             raise
