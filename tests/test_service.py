@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import json
 import logging
 import re
 import socket
@@ -26,6 +27,7 @@ from blossom_dash import (
     InvalidRequest,
     TextResult,
     TextStream,
+    observability,
 )
 from blossom_dash.demo_backend import IMAGE_MODELS, TEXT_MODELS, DemoServer, count_tokens
 
@@ -328,15 +330,20 @@ class TestSdkStaysQuiet:
     def test_no_output_and_no_root_log_records(self, demo_service: BlossomService,
                                                capfd: pytest.CaptureFixture[str],
                                                caplog: pytest.LogCaptureFixture) -> None:
-        """A call with temperature 0.5 and a stream print nothing and log nothing to the root logger."""
+        """A call with temperature 0.5 and a stream print nothing but our JSON request log."""
+        observability.flush_logs()
+        capfd.readouterr()  # drop log lines of earlier tests on this module's shared service
         caplog.set_level(logging.DEBUG)
         r = demo_service.generate_text("Quiet please, secret prompt 81723", temperature=0.5)
         assert not r.cached
         stream = demo_service.stream_text("Quiet stream, secret prompt 99120", temperature=0.5)
         assert "".join(stream)
+        observability.flush_logs()
         out, err = capfd.readouterr()
         assert out == ""
-        assert err == ""
+        # stderr carries only our own JSON request log: one line per request, no prompt.
+        assert [json.loads(line)["outcome"] for line in err.splitlines()] == ["ok", "ok"]
+        assert "81723" not in err and "99120" not in err
         noisy = [rec for rec in caplog.records if rec.name.startswith(("blossom_ai", "blossom_dash.sdk"))]
         assert noisy == []
         assert "81723" not in caplog.text and "99120" not in caplog.text
