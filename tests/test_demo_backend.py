@@ -536,3 +536,87 @@ def test_through_the_sdk(loop: asyncio.AbstractEventLoop, base_url: str) -> None
     text, image = run(loop, go())
     assert text.startswith("**Demo backend: synthetic answer from `demo-swift`**")
     assert png(image).size == (64, 64)
+
+
+def speech(client: httpx.Client, **audio: Any) -> httpx.Response:
+    """POST a chat completion that asks demo-voice for audio output."""
+    body = {"model": audio.pop("model", "demo-voice"), "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "wav", **audio},
+            "messages": [{"role": "user", "content": audio.pop("text", "Read this aloud")}]}
+    body["audio"].pop("text", None)
+    return client.post(CHAT, json=body)
+
+
+class TestSpeech:
+    def test_answer_shape_and_wav(self, client: httpx.Client) -> None:
+        """Audio output follows OpenAI's shape: base64 WAV in message.audio, content null."""
+        import base64
+        import wave
+
+        data = speech(client).json()
+        message = data["choices"][0]["message"]
+        assert message["content"] is None
+        audio = message["audio"]
+        assert audio["transcript"] == "Read this aloud" and audio["format"] == "wav"
+        with wave.open(io.BytesIO(base64.b64decode(audio["data"]))) as w:
+            assert (w.getnchannels(), w.getframerate(), w.getsampwidth()) == (1, 16_000, 2)
+            assert 1.0 <= w.getnframes() / w.getframerate() <= 3.0
+        assert data["usage"]["completion_tokens"] == count_tokens("Read this aloud")
+
+    def test_deterministic_in_text_and_voice(self, client: httpx.Client) -> None:
+        """Same text and voice, same clip; another voice, another clip."""
+        def clip(**kw: Any) -> str:
+            return speech(client, **kw).json()["choices"][0]["message"]["audio"]["data"]
+
+        assert clip(voice="onyx") == clip(voice="onyx")
+        assert clip(voice="onyx") != clip(voice="shimmer")
+
+    def test_mp3_request_gets_wav_and_says_so(self, client: httpx.Client) -> None:
+        """The demo cannot encode MP3: it answers WAV and names both formats."""
+        audio = speech(client, format="mp3").json()["choices"][0]["message"]["audio"]
+        assert (audio["format"], audio["requested_format"]) == ("wav", "mp3")
+
+    @pytest.mark.parametrize(("audio", "words"), [
+        ({"voice": "nova"}, "Unknown voice"),
+        ({"format": "ogg"}, "Unknown audio format"),
+        ({"model": "demo-swift"}, "cannot produce audio"),
+        ({"text": "   "}, "no text to speak"),
+    ])
+    def test_bad_requests(self, client: httpx.Client, audio: dict[str, Any], words: str) -> None:
+        """Unknown voice or format, a text-only model, or no text: a 400 that says why."""
+        response = speech(client, **audio)
+        assert response.status_code == 400
+        assert words in response.json()["error"]["message"]
+
+    def test_stream_is_refused(self, client: httpx.Client) -> None:
+        """Audio output is not streamed by the demo voice."""
+        body = {"model": "demo-voice", "stream": True, "modalities": ["text", "audio"],
+                "audio": {"voice": "alloy", "format": "wav"}, "messages": USER}
+        assert client.post(CHAT, json=body).status_code == 400
+
+    def test_voice_model_is_listed_with_its_modalities(self, client: httpx.Client) -> None:
+        """/v1/models marks demo-voice as speaking (output_modalities, voices); others are text only."""
+        models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        voice = models["demo-voice"]
+        assert "audio" in voice["output_modalities"] and "alloy" in voice["voices"]
+        assert "synthetic" in voice["description"].lower()
+        assert models["demo-swift"]["output_modalities"] == ["text"]
+
+    def test_voice_model_still_answers_text(self, client: httpx.Client) -> None:
+        """Without audio output demo-voice answers text, as openai-audio does."""
+        assert "demo-voice" in content(chat(client, model="demo-voice"))
+
+    def test_counted_as_chat(self, client: httpx.Client) -> None:
+        """A speech request counts once under "chat" in /_demo/stats (it is a chat completion)."""
+        before = client.get("/_demo/stats").json()
+        speech(client, text="count me")
+        after = client.get("/_demo/stats").json()
+        assert {k: after[k] - before[k] for k in after} == {**dict.fromkeys(after, 0), "chat": 1}
+
+    def test_faults_apply(self, client: httpx.Client) -> None:
+        """A queued fault hits a speech request like any chat request."""
+        client.post("/_demo/faults", json={"fault": "503", "routes": ["chat"]})
+        assert speech(client).status_code == 503
+        client.post("/_demo/faults", json={"fault": "not-image", "routes": ["chat"]})
+        audio = speech(client).json()["choices"][0]["message"]["audio"]
+        assert not audio["data"].startswith("UklGR")  # base64 of "RIFF": not a WAV

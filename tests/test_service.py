@@ -358,7 +358,7 @@ class TestListModels:
     def test_unknown_kind(self, demo_service: BlossomService) -> None:
         """An unknown kind is an InvalidRequest with a hint."""
         with pytest.raises(InvalidRequest) as info:
-            demo_service.list_models("audio")
+            demo_service.list_models("video")  # "audio" is a kind since text-to-speech
         assert info.value.message and info.value.hint
 
     def test_falls_back_to_the_sdk_list(self, tmp_path: Path) -> None:

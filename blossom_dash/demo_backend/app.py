@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 import time
@@ -12,12 +13,14 @@ from typing import Any
 
 from aiohttp import web
 
+from .audio import ANSWER_FORMAT, VOICES, parse_speech, synthesise_wav
 from .content import (
     DEFAULT_MAX_TOKENS,
     IMAGE_MODELS,
     MAX_TOKENS_CAP,
     TEXT_MODELS,
     Answer,
+    _message_text,
     count_tokens,
     make_answer,
 )
@@ -33,9 +36,14 @@ _MALFORMED_JSON = b'{"choices": ['
 # What a gateway error page looks like when it claims to be an image.
 _NOT_IMAGE = b'{"error": "Bad Gateway", "message": "demo backend: injected not-image fault"}'
 # Built once: the model lists never change while the server runs.
+# output_modalities (and voices) follow Pollinations' model metadata: they tell a client
+# which models can speak.
 _TEXT_MODELS_BODY = json.dumps({"object": "list", "data": [
     {"id": m.name, "object": "model", "owned_by": "blossom-dash demo",
-     "description": m.description} for m in TEXT_MODELS.values()
+     "description": m.description, "input_modalities": ["text"],
+     "output_modalities": list(m.output_modalities),
+     **({"voices": list(VOICES), "audio_formats": [ANSWER_FORMAT]} if "audio" in m.output_modalities else {})}
+    for m in TEXT_MODELS.values()
 ]})
 _IMAGE_MODELS_BODY = json.dumps([
     {"name": m.name, "aliases": [], "description": m.description, "pricing": {},
@@ -124,11 +132,16 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         state.stats["chat"] += 1
         return _error(400, "BAD_REQUEST", "Request body must be a JSON object")
     stream = body.get("stream") is True
-    state.stats["chat_stream" if stream else "chat"] += 1
+    modalities = body.get("modalities")
+    speech = "audio" in body or (isinstance(modalities, list) and "audio" in modalities)
+    # Speech counts as "chat": it is a chat completion on the chat route, as upstream.
+    state.stats["chat_stream" if stream and not speech else "chat"] += 1
     model = str(body.get("model") or DEFAULT_TEXT_MODEL)
     fault, early = _gate(request, model, "chat", TEXT_MODELS)
     if early is not None:
         return early
+    if speech:
+        return await _speech(request, body, model, fault)
     # fault-* pseudo-models borrow the default model's text and latency profile.
     profile = TEXT_MODELS.get(model) or TEXT_MODELS[DEFAULT_TEXT_MODEL]
     try:
@@ -157,6 +170,53 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         "id": f"chatcmpl-demo-{secrets.token_hex(12)}", "object": "chat.completion",
         "created": int(time.time()), "model": model, "choices": [choice],
         "usage": _usage(answer),
+    })
+
+
+async def _speech(request: web.Request, body: dict[str, Any], model: str,
+                  fault: Fault | None) -> web.Response:
+    """Answer a chat request with ``modalities: ["text", "audio"]`` the way OpenAI does.
+
+    The clip is base64 in ``choices[0].message.audio.data`` with its ``transcript``;
+    ``content`` is null. The demo always answers WAV and names the format it sent.
+    """
+    profile = TEXT_MODELS.get(model)
+    if profile is not None and "audio" not in profile.output_modalities:
+        speakers = ", ".join(m.name for m in TEXT_MODELS.values() if "audio" in m.output_modalities)
+        return _error(400, "BAD_REQUEST", f"Model '{model}' cannot produce audio output. Audio models: {speakers}")
+    if body.get("stream") is True:
+        return _error(400, "BAD_REQUEST", "The demo voice model answers audio only with 'stream': false")
+    try:
+        messages, _max_tokens, _seed = _parse_chat(body)
+        last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+        text, voice, requested = parse_speech(body, _message_text(last_user.get("content")))
+        prompt_tokens = sum(count_tokens(_message_text(m.get("content"))) for m in messages)
+    except ValueError as exc:
+        return _error(400, "BAD_REQUEST", str(exc))
+    name = fault.name if fault else None
+    if fault is not None and name == "timeout":
+        await asyncio.sleep(fault.delay_s)
+    if name == "disconnect":
+        return _drop_connection(request)
+    if name == "malformed":
+        return web.Response(body=_MALFORMED_JSON, content_type="application/json")
+    wav = await asyncio.get_running_loop().run_in_executor(None, synthesise_wav, text, voice)
+    data = b"" if name == "empty" else _NOT_IMAGE if name == "not-image" else wav
+    if request.app[STATE].latency:
+        ttft_ms = (profile or TEXT_MODELS[DEFAULT_TEXT_MODEL]).ttft_ms
+        await asyncio.sleep(ttft_ms / 1000 + 0.02 * len(text.split()))  # plus 20 ms a word
+    spoken_tokens = count_tokens(text)
+    audio = {"id": f"audio_demo_{secrets.token_hex(8)}", "data": base64.b64encode(data).decode("ascii"),
+             "expires_at": int(time.time()) + 3600, "transcript": text, "format": ANSWER_FORMAT,
+             "requested_format": requested}
+    choice = {"index": 0, "message": {"role": "assistant", "content": None, "audio": audio},
+              "finish_reason": "stop"}
+    return web.json_response({
+        "id": f"chatcmpl-demo-{secrets.token_hex(12)}", "object": "chat.completion",
+        "created": int(time.time()), "model": model, "choices": [choice],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": spoken_tokens,
+                  "total_tokens": prompt_tokens + spoken_tokens,
+                  "completion_tokens_details": {"audio_tokens": spoken_tokens}},
     })
 
 

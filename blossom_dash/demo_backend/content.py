@@ -35,6 +35,8 @@ class TextModel:
         tokens_per_s: Simulated generation speed after the first token.
         sections: How many filler sections a natural answer has (its length).
         description: Human-readable description, says it is synthetic.
+        output_modalities: What it can answer with; ``"audio"`` marks a voice model
+            (like Pollinations' ``openai-audio``) that also speaks text as a WAV.
     """
 
     name: str
@@ -42,6 +44,7 @@ class TextModel:
     tokens_per_s: float
     sections: int
     description: str
+    output_modalities: tuple[str, ...] = ("text",)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ TEXT_MODELS: dict[str, TextModel] = {m.name: m for m in (
     TextModel("demo-balanced", 400, 60.0, 3, f"{_SYNTHETIC}: middle of the road."),
     TextModel("demo-deep", 900, 30.0, 5, f"{_SYNTHETIC}: slow and long-winded."),
     TextModel("demo-coder", 300, 80.0, 3, f"{_SYNTHETIC}: answers with a code block."),
+    # Last, so that it is never the default text model.
+    TextModel("demo-voice", 250, 90.0, 2, f"{_SYNTHETIC}: speaks text as synthetic tones in a WAV "
+              "(no words; like openai-audio with modalities text+audio).", ("text", "audio")),
 )}
 IMAGE_MODELS: dict[str, ImageModel] = {m.name: m for m in (
     ImageModel("demo-sketch", 300, f"{_SYNTHETIC}: line drawing on paper."),

@@ -1,0 +1,161 @@
+"""Compare: one prompt on 2 to 4 models side by side, a vote, a leaderboard, and permalinks."""
+
+import random
+
+import streamlit as st
+
+from blossom_dash import DashError, ui
+from blossom_dash.compare import ALL_BAD, MAX_MODELS, TIE, Comparison, TextComparison, leaderboard_table
+
+handle = ui.session_handle()
+service = handle.service
+st.title("Compare")
+ui.backend_badge(service)
+
+SIZES = {"Square 512×512": (512, 512), "Square 1024×1024": (1024, 1024), "Landscape 1024×768": (1024, 768),
+         "Portrait 768×1024": (768, 1024)}
+ANSWER_HEIGHT = 380  # px; answers scroll inside equal boxes so the columns stay aligned
+st.session_state.setdefault("compare_image_seed", random.randint(0, 2**31 - 1))
+
+
+def _vote(comparison_id: str, choice: str) -> None:
+    try:
+        handle.vote(comparison_id, choice)
+    except DashError as err:  # shown on the next run; a callback cannot draw in place
+        st.session_state["compare_vote_error"] = err
+
+
+def render_comparison(comp: Comparison, *, editable: bool) -> None:
+    """Draw a stored comparison: the prompt, one column per model, the vote and the permalink."""
+    voted = comp.vote.model if comp.vote and comp.vote.choice == "model" else comp.vote.choice if comp.vote else None
+    for col, panel in zip(st.columns(len(comp.panels)), comp.panels, strict=True):
+        with col:
+            st.markdown(f"**{panel.model}**")
+            if not panel.ok:
+                ui.show_error(panel.error())
+                if panel.latency_ms is not None:
+                    st.caption(f"`{panel.model}` · failed after {panel.latency_ms:,.0f} ms")
+            elif comp.kind == "image":
+                st.image(panel.image, width="stretch")
+                st.caption(f"{ui.result_caption(panel)} · seed {panel.seed} · {panel.width}×{panel.height}")
+            else:
+                st.container(height=ANSWER_HEIGHT).markdown(panel.text)
+                st.caption(ui.result_caption(panel))
+            if editable:
+                st.button("👍 Best", key=f"compare_{comp.kind}_vote_{panel.position}", disabled=not panel.ok,
+                          type="primary" if voted == panel.model else "secondary", width="stretch",
+                          on_click=_vote, args=(comp.id, panel.model))
+    if editable:
+        left, right, note = st.columns([1, 1, 4])
+        for col, choice, label in ((left, TIE, "🤝 Tie"), (right, ALL_BAD, "👎 All bad")):
+            col.button(label, key=f"compare_{comp.kind}_vote_{choice}", on_click=_vote, args=(comp.id, choice),
+                       type="primary" if voted == choice else "secondary", width="stretch")
+        note.caption("Vote for the best answer, a tie, or all bad; voting again replaces your vote.")
+    if err := st.session_state.pop("compare_vote_error", None):
+        ui.show_error(err)
+    st.markdown(f"**Vote:** {comp.vote.describe()}" if comp.vote else "**Vote:** none yet")
+    base = (st.context.url or "").rstrip("/")
+    link = f"{base}/compare?comparison={comp.id}" if base else f"?comparison={comp.id}"
+    st.markdown(f"🔗 Permalink (opens read-only): [{link}]({link})")
+
+
+def stream_comparison(run: TextComparison) -> None:
+    """Stream every model's answer into its own column, then store the comparison."""
+    boxes, captions = [], []
+    for col, model in zip(st.columns(len(run.models)), run.models, strict=True):
+        col.markdown(f"**{model}**")
+        boxes.append(col.container(height=ANSWER_HEIGHT).empty())
+        captions.append(col.empty())
+        boxes[-1].caption("Waiting for the first token…")
+    for update in run.updates():
+        if update.error is not None:
+            with boxes[update.index].container():
+                ui.show_error(update.error)
+        else:
+            boxes[update.index].markdown(update.text + ("" if update.done else " ▌"))
+    for panel, caption in zip(run.panels(), captions, strict=True):
+        if panel.ok:
+            caption.caption(ui.result_caption(panel))
+    try:
+        comp = run.finish()
+    except DashError as err:
+        ui.show_error(err)  # the answers stay on screen
+    else:
+        st.session_state["compare_text_last"] = comp.id
+        st.rerun()  # redraw from the store, with the vote buttons and the permalink
+
+
+def show_last(kind: str) -> None:
+    """Draw this session's last comparison of ``kind`` from the store, with vote buttons."""
+    if last := st.session_state.get(f"compare_{kind}_last"):
+        with ui.guard("loading the comparison"):
+            render_comparison(handle.load_comparison(last), editable=True)
+
+
+if permalink := st.query_params.get("comparison"):
+    st.caption("A stored comparison, read-only.")
+    with ui.guard("opening the comparison"):
+        shown = handle.load_comparison(permalink)
+        st.code(shown.prompt, language=None, wrap_lines=True)
+        render_comparison(shown, editable=False)
+    if st.button("Start a new comparison", key="compare_new", icon="➕"):
+        st.query_params.clear()
+        st.rerun()
+    st.stop()
+
+text_models: list[str] = []
+image_models: list[str] = []
+with ui.guard("listing models"):
+    text_models, image_models = service.list_models("text"), service.list_models("image")
+text_tab, image_tab, board_tab = st.tabs(["💬 Text", "🖼️ Images", "🏆 Leaderboard"])
+
+with text_tab:
+    with st.form("compare_text_form", border=False):
+        prompt = st.text_area("Prompt", key="compare_prompt", height=90,
+                              placeholder="e.g. Explain p95 latency to a product manager in three sentences.")
+        models = st.multiselect(f"Models (2 to {MAX_MODELS})", text_models, default=text_models[:3],
+                                max_selections=MAX_MODELS, accept_new_options=True, key="compare_models",
+                                help="Pick from the list, or type any model name the backend knows.")
+        c1, c2 = st.columns(2)
+        max_tokens = c1.number_input("Max tokens", 1, 8192, 256, step=64, key="compare_max_tokens")
+        seed = c2.number_input("Seed (optional)", 0, 2**31 - 1, value=None, key="compare_seed", placeholder="none")
+        go = st.form_submit_button("Compare", type="primary", icon="⚖️")
+    if go:
+        try:
+            run = handle.compare_text(prompt, models, max_tokens=int(max_tokens),
+                                      seed=None if seed is None else int(seed))
+        except DashError as err:
+            ui.show_error(err)
+        else:
+            stream_comparison(run)
+    show_last("text")
+
+with image_tab:
+    with st.form("compare_image_form", border=False):
+        image_prompt = st.text_area("Describe the image", key="compare_image_prompt", height=90,
+                                    placeholder="A watercolour lighthouse at dawn, soft light")
+        picked = st.multiselect(f"Image models (2 to {MAX_MODELS})", image_models, default=image_models[:3],
+                                max_selections=MAX_MODELS, accept_new_options=True, key="compare_image_models")
+        c1, c2 = st.columns(2)
+        size = c1.selectbox("Size", list(SIZES), key="compare_image_size")
+        image_seed = c2.number_input("Seed (the same for every model)", 0, 2**31 - 1, key="compare_image_seed")
+        draw = st.form_submit_button("Compare images", type="primary", icon="🎨")
+    if draw:
+        width, height = SIZES[size]
+        with ui.guard("comparing images"), st.spinner(f"Generating {len(picked)} images at once…"):
+            comp = handle.compare_images(image_prompt, picked, width=width, height=height, seed=int(image_seed))
+            st.session_state["compare_image_last"] = comp.id
+    show_last("image")
+
+with board_tab:
+    kind = st.segmented_control("Leaderboard of", ["text", "image"], default="text", key="compare_board_kind",
+                                format_func={"text": "💬 Text models", "image": "🖼️ Image models"}.get) or "text"
+    with ui.guard("loading the leaderboard"):
+        board = handle.leaderboard(kind)
+        if board.empty:
+            st.info("No votes yet: run a comparison and vote for the best answer.")
+        else:
+            st.dataframe(leaderboard_table(board), hide_index=True, key="compare_board", width="stretch")
+            st.caption("Votes: voted comparisons the model answered in. Win rate: wins ÷ votes. The 95 % interval "
+                       "(Wilson) says how far the win rate can be trusted: 1 of 1 is 21–100 %, 60 of 100 is "
+                       "50–69 %. Sorted by the interval's low end, so one lucky vote does not top the board.")

@@ -1,0 +1,308 @@
+"""Comparisons: side-by-side runs, storage, votes and the leaderboard (real SQLite + demo backend)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import demo_stats, make_service
+from PIL import Image
+from sqlalchemy import create_engine, inspect
+
+from blossom_dash import BlossomService, InvalidRequest, RateLimited
+from blossom_dash.compare import (
+    ALL_BAD,
+    LEADERBOARD_COLUMNS,
+    TIE,
+    ComparisonStore,
+    Panel,
+    check_request,
+    leaderboard_table,
+    merge_streams,
+    wilson_interval,
+)
+from blossom_dash.store import UsageStore, events, metadata
+
+
+@pytest.fixture()
+def svc(tmp_path: Path) -> Iterator[BlossomService]:
+    with make_service(tmp_path) as service:
+        yield service
+
+
+def run_text(svc: BlossomService, prompt: str, models: list[str], **kwargs: object) -> object:
+    run = svc.session("alice", "s1").compare_text(prompt, models, **kwargs)
+    updates = list(run.updates())
+    return run, updates, run.finish()
+
+
+class TestCheckRequest:
+    def test_returns_stripped_names_in_order(self) -> None:
+        """Names are stripped and keep the caller's column order."""
+        assert check_request("hi", [" b ", "a"], max_prompt_chars=100) == ["b", "a"]
+
+    @pytest.mark.parametrize(("prompt", "models", "words"), [
+        ("  ", ["a", "b"], "prompt is empty"),
+        ("x" * 101, ["a", "b"], "limit is 100"),
+        ("hi", ["a"], "2 to 4 models; 1 picked"),
+        ("hi", ["a", "b", "c", "d", "e"], "2 to 4 models; 5 picked"),
+        ("hi", ["a", "a"], "a is picked twice"),
+        ("hi", ["a", " "], "blank"),
+        ("hi", "ab", "list of names"),
+    ])
+    def test_bad_requests_say_what_is_wrong(self, prompt: str, models: object, words: str) -> None:
+        """Each bad request is an InvalidRequest naming the problem, with a hint."""
+        with pytest.raises(InvalidRequest) as info:
+            check_request(prompt, models, max_prompt_chars=100)
+        assert words in info.value.message and info.value.hint
+
+
+class TestWilsonInterval:
+    @pytest.mark.parametrize(("wins", "n", "low", "high"), [
+        (1, 1, 0.2065, 1.0), (60, 100, 0.5020, 0.6906), (0, 3, 0.0, 0.5615), (5, 10, 0.2366, 0.7634),
+    ])
+    def test_matches_the_reference_values(self, wins: int, n: int, low: float, high: float) -> None:
+        """Bounds equal scipy's binomtest(...).proportion_ci(method='wilson') to 4 places."""
+        lo, hi = wilson_interval(wins, n)
+        assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+    def test_no_votes_means_nothing_is_known(self) -> None:
+        """With no trials the interval is all of [0, 1]."""
+        assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+class TestCompareText:
+    def test_every_model_answers_with_its_figures(self, svc: BlossomService) -> None:
+        """Each model streams its own answer; panels carry latency, TTFT, tokens, request id."""
+        run, updates, comp = run_text(svc, "What is TTFT?", ["demo-swift", "demo-deep", "demo-coder"],
+                                      max_tokens=48)
+        assert comp.models == ["demo-swift", "demo-deep", "demo-coder"]
+        for panel in comp.panels:
+            assert panel.ok and f"`{panel.model}`" in panel.text
+            assert panel.latency_ms > 0 and panel.ttft_ms is not None and panel.request_id
+            assert panel.usage.completion_tokens > 0 and not panel.cached
+        finals = {u.index: u for u in updates if u.done}
+        assert sorted(finals) == [0, 1, 2]
+        assert [finals[i].text for i in range(3)] == [p.text for p in comp.panels]
+        assert demo_stats(svc)["chat_stream"] == 3
+
+    def test_a_failing_model_fails_only_its_panel(self, svc: BlossomService) -> None:
+        """fault-500 gets an error in words; the other model still answers."""
+        _, updates, comp = run_text(svc, "hello", ["demo-swift", "fault-500"])
+        ok, bad = comp.panels
+        assert ok.ok and ok.text
+        assert not bad.ok and bad.error_type == "UpstreamError" and "HTTP 500" in bad.error_message
+        assert bad.error_hint and bad.latency_ms is not None
+        assert [u.error for u in updates if u.index == 1 and u.done][0] is not None
+
+    def test_repeat_is_served_from_the_cache(self, svc: BlossomService) -> None:
+        """The same comparison again replays every answer from the cache."""
+        run_text(svc, "cache me", ["demo-swift", "demo-balanced"], seed=3)
+        _, _, again = run_text(svc, "cache me", ["demo-swift", "demo-balanced"], seed=3)
+        assert all(p.cached for p in again.panels)
+        assert demo_stats(svc)["chat_stream"] == 2
+
+    def test_rate_limit_refusal_lands_in_its_panel(self, tmp_path: Path) -> None:
+        """With one request per minute left, the second model shows the rate limit."""
+        with make_service(tmp_path, per_user_rpm=1) as svc:
+            _, _, comp = run_text(svc, "hello", ["demo-swift", "demo-deep"])
+        assert comp.panels[0].ok
+        assert comp.panels[1].error_type == RateLimited.__name__
+
+    def test_bad_parameter_is_one_error_before_any_request(self, svc: BlossomService) -> None:
+        """An out-of-range max_tokens raises once and calls no model."""
+        with pytest.raises(InvalidRequest, match="max_tokens"):
+            svc.session("alice").compare_text("hi", ["demo-swift", "demo-deep"], max_tokens=0)
+        assert demo_stats(svc)["chat_stream"] == 0
+
+    def test_closing_early_leaves_unfinished_panels_as_errors(self, tmp_path: Path) -> None:
+        """Abandoning the updates mid-way: the finished panel keeps its answer, the other says it was cut."""
+        with make_service(tmp_path, request_timeout_s=3) as svc:
+            run = svc.session("alice").compare_text("hello", ["demo-swift", "fault-timeout"])
+            updates = run.updates()
+            for update in updates:
+                if update.index == 0 and update.done:
+                    break
+            updates.close()
+            done, cut = run.panels()
+        assert done.ok and done.text
+        assert not cut.ok and "not read to its end" in cut.error_message
+
+    def test_a_start_error_is_reported_at_once(self) -> None:
+        """A stream that could not start yields a finished panel with its error."""
+        err = InvalidRequest("no", "hint")
+        assert [(u.index, u.done, u.error) for u in merge_streams([err])] == [(0, True, err)]
+
+
+class TestCompareImages:
+    def test_same_seed_on_every_model_in_a_grid(self, svc: BlossomService) -> None:
+        """Every model draws the prompt with one seed; each cell is a PNG with its latency."""
+        comp = svc.session("alice").compare_images("a lighthouse", ["demo-sketch", "demo-mosaic", "demo-gradient"],
+                                                   width=256, height=256, seed=11)
+        assert comp.kind == "image" and comp.params["seed"] == 11
+        for panel in comp.panels:
+            assert panel.ok and panel.seed == 11 and panel.latency_ms > 0
+            assert panel.image[:8] == b"\x89PNG\r\n\x1a\n" and (panel.width, panel.height) == (256, 256)
+        assert len({p.image for p in comp.panels}) == 3, "each model draws differently"
+
+    def test_a_failing_model_fails_only_its_cell(self, svc: BlossomService) -> None:
+        """A non-image body is an error in words in its cell; the other cell has its image."""
+        comp = svc.session("alice").compare_images("a cat", ["demo-sketch", "fault-not-image"], width=128,
+                                                   height=128, seed=1)
+        good, bad = comp.panels
+        assert good.ok and good.image
+        assert not bad.ok and "not an image" in bad.error_message and bad.image is None
+        assert bad.latency_ms is not None
+
+    def test_invalid_size_is_one_error(self, svc: BlossomService) -> None:
+        """A size every model refuses raises one InvalidRequest instead of storing a grid of errors."""
+        with pytest.raises(InvalidRequest, match="width"):
+            svc.session("alice").compare_images("a cat", ["demo-sketch", "demo-mosaic"], width=10, height=128)
+        assert demo_stats(svc)["image"] == 0
+
+
+class TestLoadComparison:
+    def test_reopens_prompt_answers_figures_and_vote(self, tmp_path: Path) -> None:
+        """A comparison stored by one service is read back whole by a restarted one."""
+        with make_service(tmp_path) as svc:
+            _, _, comp = run_text(svc, "What is a moving window?", ["demo-swift", "fault-500"], max_tokens=32)
+            svc.vote(comp.id, "demo-swift", user="alice")
+            image = svc.compare_images("a cat", ["demo-sketch", "demo-mosaic"], width=128, height=128, seed=5)
+        with make_service(tmp_path) as svc:
+            back = svc.load_comparison(comp.id)
+            back_image = svc.load_comparison(image.id)
+        assert (back.prompt, back.kind, back.models) == ("What is a moving window?", "text", comp.models)
+        assert back.params["max_tokens"] == 32
+        assert back.panels[0].text == comp.panels[0].text
+        assert back.panels[0].usage == comp.panels[0].usage
+        assert back.panels[0].ttft_ms == pytest.approx(comp.panels[0].ttft_ms)
+        assert back.panels[1].error_message == comp.panels[1].error_message
+        assert back.vote is not None and back.vote.describe() == "demo-swift was best"
+        assert [p.image for p in back_image.panels] == [p.image for p in image.panels]
+
+    @pytest.mark.parametrize(("cid", "words"), [("nope", "not a comparison id"),
+                                                 ("0123456789ab", "no comparison with the id")])
+    def test_bad_ids_are_messages(self, svc: BlossomService, cid: str, words: str) -> None:
+        """A malformed or unknown id says so and what to do."""
+        with pytest.raises(InvalidRequest) as info:
+            svc.load_comparison(cid)
+        assert words in info.value.message.lower() and info.value.hint
+
+    def test_tables_are_added_to_an_existing_database(self, tmp_path: Path) -> None:
+        """A usage database made before comparisons existed gains the tables, idempotently."""
+        engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+        metadata.create_all(engine, tables=[events])  # the schema before comparisons
+        assert not inspect(engine).has_table("comparisons")
+        ComparisonStore(engine)
+        ComparisonStore(engine)
+        names = set(inspect(engine).get_table_names())
+        assert names == {"comparisons", "comparison_answers", "comparison_votes", "events"}
+        engine.dispose()
+
+    def test_a_large_image_is_stored_downscaled(self, tmp_path: Path) -> None:
+        """An image over 1.5 MB is kept as a JPEG of at most 1024 px for the permalink."""
+        buf = io.BytesIO()
+        Image.frombytes("RGB", (1400, 1400), os.urandom(1400 * 1400 * 3)).save(buf, format="PNG")
+        big = buf.getvalue()
+        assert len(big) > 1_500_000
+        store = UsageStore(f"sqlite:///{tmp_path / 'u.db'}")
+        comps = ComparisonStore(store.engine)
+        panels = [Panel(0, "a", image=big, content_type="image/png", width=1400, height=1400),
+                  Panel(1, "b", image=b"small", content_type="image/png")]
+        saved = comps.save(kind="image", prompt="p", params={}, panels=panels, user="u", session="", backend="demo")
+        back = comps.load(saved.id)
+        assert back.panels[0].content_type == "image/jpeg"
+        with Image.open(io.BytesIO(back.panels[0].image)) as img:
+            assert max(img.size) == 1024
+        assert back.panels[1].image == b"small"
+        store.close()
+
+
+class TestVote:
+    def test_voting_again_replaces_the_vote(self, svc: BlossomService) -> None:
+        """Two votes on one comparison count once, as the later one."""
+        _, _, comp = run_text(svc, "hi", ["demo-swift", "demo-deep"])
+        svc.vote(comp.id, "demo-swift", user="alice")
+        svc.vote(comp.id, "demo-deep", user="alice")
+        board = svc.leaderboard("text").set_index("model")
+        assert board.loc["demo-deep", "wins"] == 1 and board.loc["demo-swift", "wins"] == 0
+        assert board["votes"].tolist() == [1, 1]
+        assert svc.load_comparison(comp.id).vote.model == "demo-deep"
+
+    @pytest.mark.parametrize("choice", [TIE, ALL_BAD])
+    def test_tie_and_all_bad_are_votes(self, svc: BlossomService, choice: str) -> None:
+        """A tie or all-bad vote counts for every model that answered, as no win."""
+        _, _, comp = run_text(svc, "hi", ["demo-swift", "demo-deep"])
+        vote = svc.vote(comp.id, choice, user="bob")
+        assert vote.choice == choice and vote.model is None
+        board = svc.leaderboard()
+        column = "ties" if choice == TIE else "all_bad"
+        assert board[column].tolist() == [1, 1] and board["wins"].tolist() == [0, 0]
+
+    @pytest.mark.parametrize("choice", ["fault-500", "demo-coder", ""])
+    def test_a_choice_not_offered_is_refused(self, svc: BlossomService, choice: str) -> None:
+        """A failed model, a model not in the comparison, or nothing cannot win."""
+        _, _, comp = run_text(svc, "hi", ["demo-swift", "fault-500"])
+        with pytest.raises(InvalidRequest, match="not a choice"):
+            svc.vote(comp.id, choice, user="bob")
+        assert svc.load_comparison(comp.id).vote is None
+
+    def test_unknown_comparison_is_refused(self, svc: BlossomService) -> None:
+        """Voting on an id that does not exist is an InvalidRequest."""
+        with pytest.raises(InvalidRequest, match="no comparison"):
+            svc.vote("0123456789ab", TIE, user="bob")
+
+
+class TestLeaderboard:
+    def test_counts_and_rates_per_model(self, svc: BlossomService) -> None:
+        """Wins, losses and the win rate follow the votes; the interval shows the sample size."""
+        for i, winner in enumerate(("demo-swift", "demo-swift", "demo-deep")):
+            _, _, comp = run_text(svc, f"question {i}", ["demo-swift", "demo-deep"])
+            svc.vote(comp.id, winner, user="alice")
+        board = svc.leaderboard().set_index("model")
+        assert list(board.reset_index().columns) == list(LEADERBOARD_COLUMNS)
+        assert board.loc["demo-swift", ["votes", "wins", "losses"]].tolist() == [3, 2, 1]
+        assert board.loc["demo-deep", ["votes", "wins", "losses"]].tolist() == [3, 1, 2]
+        assert board.loc["demo-swift", "win_rate"] == pytest.approx(2 / 3)
+        lo, hi = wilson_interval(2, 3)
+        assert (board.loc["demo-swift", "ci_low"], board.loc["demo-swift", "ci_high"]) == pytest.approx((lo, hi))
+
+    def test_one_lucky_vote_does_not_top_the_board(self, tmp_path: Path) -> None:
+        """8 wins of 10 rank above 1 win of 1 (sorted by the interval's low end)."""
+        store = UsageStore(f"sqlite:///{tmp_path / 'u.db'}")
+        comps = ComparisonStore(store.engine)
+
+        def duel(a: str, b: str, winner: str) -> None:
+            c = comps.save(kind="text", prompt="p", params={}, panels=[Panel(0, a, text="x"), Panel(1, b, text="y")],
+                           user="u", session="", backend="demo")
+            comps.vote(c.id, winner, user="u", session="")
+
+        duel("lucky", "other", "lucky")
+        for i in range(10):
+            duel("steady", "other", "steady" if i < 8 else "other")
+        board = comps.leaderboard("text")
+        assert board["model"].tolist()[:2] == ["steady", "lucky"]
+        table = leaderboard_table(board).set_index("Model")
+        assert table.loc["lucky", "Win rate"] == "100 % (1 of 1)"
+        assert table.loc["lucky", "95 % interval"] == "21–100 %"
+        assert table.loc["steady", "Win rate"] == "80 % (8 of 10)"
+        store.close()
+
+    def test_failed_panels_and_other_kinds_do_not_count(self, svc: BlossomService) -> None:
+        """A model that failed is not scored; image votes stay off the text board."""
+        _, _, comp = run_text(svc, "hi", ["demo-swift", "fault-500"])
+        svc.vote(comp.id, "demo-swift", user="alice")
+        image = svc.compare_images("a cat", ["demo-sketch", "demo-mosaic"], width=128, height=128, seed=2)
+        svc.vote(image.id, "demo-mosaic", user="alice")
+        assert svc.leaderboard("text")["model"].tolist() == ["demo-swift"]
+        assert svc.leaderboard("image").set_index("model").loc["demo-mosaic", "wins"] == 1
+
+    def test_empty_and_bad_kind(self, svc: BlossomService) -> None:
+        """No votes is an empty frame with the columns; an unknown kind is an InvalidRequest."""
+        assert svc.leaderboard("image").empty
+        assert list(svc.leaderboard("text").columns) == list(LEADERBOARD_COLUMNS)
+        with pytest.raises(InvalidRequest):
+            svc.leaderboard("audio")
