@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import io
 import logging
 import queue
@@ -24,6 +25,7 @@ from urllib.parse import quote
 from PIL import Image, UnidentifiedImageError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from .audio import FALLBACK_AUDIO_MODELS, AudioResult, audio_models, speak, speech_body, validate_speech, verify_audio
 from .backend import STATIC_MODELS, TRANSIENT_STATUS, Backend, StreamChunk, to_dash_error
 from .cache import CacheEntry, ResponseCache, request_key
 from .compare import Comparison, ComparisonStore, TextComparison, Vote, check_request, image_panel, run_all
@@ -707,17 +709,17 @@ class BlossomService:
         """Model names the live backend offers.
 
         Args:
-            kind: ``"text"`` or ``"image"``.
+            kind: ``"text"``, ``"image"`` or ``"audio"`` (text models with audio output).
 
         Returns:
             Names from the backend's model endpoint (cached 5 minutes), or the SDK's
-            static list when the endpoint fails.
+            static list (``openai-audio`` for audio) when the endpoint fails.
 
         Raises:
-            InvalidRequest: ``kind`` is neither.
+            InvalidRequest: ``kind`` is none of these.
         """
-        if kind not in STATIC_MODELS:
-            raise InvalidRequest(f"Unknown model kind {kind!r}.", "Use 'text' or 'image'.")
+        if kind not in STATIC_MODELS and kind != "audio":
+            raise InvalidRequest(f"Unknown model kind {kind!r}.", "Use 'text', 'image' or 'audio'.")
         backend = self._backend
         cache_key = (backend.base_url, kind)
         with self._lock:
@@ -725,9 +727,10 @@ class BlossomService:
             if cached and time.monotonic() - cached[0] < MODELS_TTL_S:
                 return list(cached[1])
         try:
-            names = self._loop.run(backend.models(kind), timeout=8)
+            fetch = audio_models(backend.http) if kind == "audio" else backend.models(kind)
+            names = self._loop.run(fetch, timeout=8)
         except Exception:  # noqa: BLE001 - fall back to the SDK's list
-            names = list(STATIC_MODELS[kind])
+            names = list(STATIC_MODELS.get(kind, FALLBACK_AUDIO_MODELS))
         with self._lock:
             self._models[cache_key] = (time.monotonic(), names)
         return list(names)
@@ -872,6 +875,72 @@ class BlossomService:
         """
         return self._comparisons().load(comparison_id)
 
+    # ----- speech (logic in audio.py) ---------------------------------------------------
+
+    def generate_speech(self, text: str, *, voice: str = "alloy", audio_format: str = "wav",
+                        model: str | None = None, user: str = "anonymous", session: str = "",
+                        api_key: str | None = None) -> AudioResult:
+        """Read ``text`` aloud with a chat model that has audio output (``openai-audio``).
+
+        The request goes through the SDK's own HTTP client on the service's loop (the
+        SDK 0.8.0 has no audio API and rejects the answer), with the same cache, rate
+        limit, retries, error mapping and one ``audio`` event as every other request.
+
+        Args:
+            text: What to say, 1 to 4,096 characters (OpenAI's speech input cap).
+            voice: One of ``audio.VOICES``.
+            audio_format: ``"wav"`` or ``"mp3"``. The demo backend synthesises WAV
+                only: asked for MP3 it sends WAV, and the result says so (``note``).
+            model: A name from ``list_models("audio")``; None = the first one.
+            user / session / api_key: As in ``generate_text``.
+
+        Returns:
+            ``AudioResult`` whose ``data`` is a verified WAV or MP3.
+
+        Raises:
+            InvalidRequest (empty or long text, unknown voice or format, a model that
+            cannot speak), RateLimited, BackendUnavailable, UpstreamError (also for an
+            answer without audio, or audio that is not WAV/MP3), AuthenticationFailed.
+        """
+        ts, t0, rid = time.time(), monotonic_ms(), new_request_id()
+        base = {"request_id": rid, "user": user, "session": session, "kind": "audio", "ts": ts,
+                "prompt": text if isinstance(text, str) else None}
+        try:
+            text, voice, audio_format = validate_speech(
+                text, voice, audio_format, max_chars=min(4096, self.settings.max_prompt_chars))
+            blank = model is None or (isinstance(model, str) and not model.strip())
+            model = self.list_models("audio")[0] if blank else self._validate_model(model, "audio")
+        except DashError as err:
+            raise self._fail(err, model=str(model or ""), **base) from None
+        backend = self._backend
+        key = request_key(backend=backend.base_url, kind="audio", model=model, text=text, voice=voice,
+                          format=audio_format)
+        hit = self.cache.get(key)
+        if hit is not None:
+            latency = monotonic_ms() - t0
+            self._record(model=model, outcome="cache_hit", latency_ms=latency, ttft_ms=latency, nbytes=hit.nbytes,
+                         **base)
+            return dataclasses.replace(hit.value, latency_ms=latency, cached=True, request_id=rid)
+        self._admit(model=model, **base)
+        timeout = self.settings.request_timeout_s
+        body = speech_body(text, model=model, voice=voice, audio_format=audio_format)
+        try:
+            (data, transcript), obs = self._run(
+                self._call(lambda: speak(backend.http, body, where=backend.label), backend=backend, model=model,
+                           api_key=api_key, timeout_s=timeout),
+                timeout_s=timeout * (self.settings.retries + 1) + self.settings.retry_max_wait_s + 5,
+            )
+            clip = verify_audio(data, where=backend.label)
+        except DashError as err:
+            raise self._fail(err, model=model, latency_ms=monotonic_ms() - t0, **base) from None
+        latency = monotonic_ms() - t0
+        result = AudioResult(data, clip.content_type, voice, clip.format, clip.duration_s, latency, False, rid,
+                             model, backend.name, audio_format, transcript)
+        self._record(model=model, outcome="ok", latency_ms=latency, ttft_ms=latency, nbytes=len(data),
+                     usage=Usage.from_dict(obs.usage) if obs.usage else None, status_code=obs.status_code, **base)
+        self.cache.put(key, result, nbytes=len(data), latency_ms=latency)
+        return result
+
     def session(self, user: str, session_id: str = "") -> SessionHandle:
         """A cheap per-session handle bound to ``user``."""
         return SessionHandle(self, user=user, session_id=session_id)
@@ -965,6 +1034,10 @@ class SessionHandle:
     def rate_status(self) -> LimitStatus:
         """This user's and the global moving windows."""
         return self.service.limiter.status(self.user)
+
+    def generate_speech(self, text: str, **kwargs: Any) -> AudioResult:
+        """``BlossomService.generate_speech`` as this session's user."""
+        return self.service.generate_speech(text, **kwargs, **self._ids())
 
     def compare_text(self, prompt: str, models: list[str], **kwargs: Any) -> TextComparison:
         """``BlossomService.compare_text`` as this session's user."""
