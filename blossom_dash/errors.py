@@ -76,11 +76,22 @@ class AuthenticationFailed(DashError):
     """The backend refused the API key (401/403), or the key is not allowed."""
 
 
+class NotRecorded(DashError):
+    """Replay-only mode: the request was never recorded, so it is refused unsent.
+
+    Its own type rather than ``InvalidRequest`` (the request is fine: turning
+    replay-only off would send it) or ``BackendUnavailable`` (no backend was tried,
+    and it may be up): the Monitor then counts refused replays apart, and the page
+    says exactly what to do.
+    """
+
+
 __all__ = [
     "AuthenticationFailed",
     "BackendUnavailable",
     "DashError",
     "InvalidRequest",
+    "NotRecorded",
     "RateLimited",
     "UpstreamError",
 ]

@@ -27,12 +27,14 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from .audio import FALLBACK_AUDIO_MODELS, AudioResult, audio_models, speak, speech_body, validate_speech, verify_audio
 from .backend import STATIC_MODELS, TRANSIENT_STATUS, Backend, StreamChunk, to_dash_error
-from .cache import CacheEntry, ResponseCache, request_key
+from .cache import CacheEntry, CacheStats, ResponseCache, backend_identity, request_key
 from .compare import Comparison, ComparisonStore, TextComparison, Vote, check_request, image_panel, run_all
+from .conversations import Conversation, ConversationError, ConversationStore
 from .errors import BackendUnavailable, DashError, InvalidRequest, UpstreamError
 from .metrics import Event, MetricsCollector, new_request_id
 from .observability import attach, attach_logging
 from .ratelimit import LimitStatus, RateLimiter
+from .replay import ImportReport, RecordError, not_recorded
 from .settings import POLLINATIONS_URL, Settings
 from .store import UsageStore
 from .transport import LoopThread, Observation, current_observation, monotonic_ms
@@ -195,7 +197,9 @@ class BlossomService:
         self._demo: Any = None
         self._models: dict[tuple[str, str], tuple[float, list[str]]] = {}
         self._health: tuple[float, dict[str, Any]] | None = None
-        self.cache = ResponseCache(enabled=s.cache_enabled, ttl_s=s.cache_ttl_s, max_entries=s.cache_max_entries)
+        self.cache = ResponseCache(enabled=s.cache_enabled, ttl_s=s.cache_ttl_s, max_entries=s.cache_max_entries,
+                                   persist_dir=s.data_dir / "replay", persistent=s.persistent_cache,
+                                   replay_only=s.replay_only)
         self.limiter = RateLimiter(per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm)
         self.store = UsageStore(s.resolved_database_url())
         self.metrics = MetricsCollector(self.store, s.data_dir / "journal", window=s.metrics_window)
@@ -423,8 +427,8 @@ class BlossomService:
         except DashError as err:
             raise self._fail(err, model=str(params.get("model") or ""), **base) from None
         # Streamed and whole answers share keys: the answer is the same either way.
-        key = request_key(backend=self._backend.base_url, kind="text", model=req.model,
-                          messages=req.messages, max_tokens=req.max_tokens, **req.extra)
+        key = request_key(backend=backend_identity(self._backend.name, self._backend.base_url), kind="text",
+                          model=req.model, messages=req.messages, max_tokens=req.max_tokens, **req.extra)
         return base, req, key, self.cache.get(key)
 
     # ----- recording ---------------------------------------------------------------
@@ -451,6 +455,11 @@ class BlossomService:
 
     def _admit(self, *, user: str, session: str, kind: str, model: str, request_id: str, ts: float,
                prompt: str) -> None:
+        if self.cache.replay_only:  # every cache miss passes here before the network: refuse it unsent
+            err = not_recorded(kind, prompt, model)
+            self._record(request_id=request_id, user=user, session=session, kind=kind, model=model,
+                         outcome="error", ts=ts, error=err, latency_ms=0.0, prompt=prompt)
+            raise err
         try:
             self.limiter.acquire(user)
         except DashError as err:
@@ -673,10 +682,11 @@ class BlossomService:
             model = self._validate_model(model, "image")
         except DashError as err:
             raise self._fail(err, model=str(model or ""), **base) from None
+        random_parts = ("seed",) if seed is None else ()  # replay-only: any recorded seed will do
         seed = random.randint(0, SEED_MAX) if seed is None else seed
         backend = self._backend
-        key = request_key(backend=backend.base_url, kind="image", model=model, prompt=prompt.strip(),
-                          width=width, height=height, seed=seed)
+        key = request_key(backend=backend_identity(backend.name, backend.base_url), kind="image", model=model,
+                          prompt=prompt.strip(), width=width, height=height, seed=seed, random_parts=random_parts)
         hit = self.cache.get(key)
         if hit is not None:
             latency = monotonic_ms() - t0
@@ -720,6 +730,8 @@ class BlossomService:
         """
         if kind not in STATIC_MODELS and kind != "audio":
             raise InvalidRequest(f"Unknown model kind {kind!r}.", "Use 'text', 'image' or 'audio'.")
+        if self.cache.replay_only and (recorded := self.cache.recorded_models(kind)):
+            return recorded  # offer what can be replayed, without asking the backend
         backend = self._backend
         cache_key = (backend.base_url, kind)
         with self._lock:
@@ -941,6 +953,130 @@ class BlossomService:
         self.cache.put(key, result, nbytes=len(data), latency_ms=latency)
         return result
 
+    # ----- replay and shared conversations (logic in replay.py, conversations.py) --------
+
+    def configure_replay(self, *, persistent: bool | None = None, replay_only: bool | None = None) -> CacheStats:
+        """Turn recording (the persistent cache) and replay-only mode on or off, for everyone.
+
+        Args:
+            persistent: Record every answer under ``<data_dir>/replay`` and serve it
+                after a restart; off keeps the recordings and turns replay-only off.
+            replay_only: Serve recordings only; nothing reaches a backend and no
+                rate-limit slot is spent. On also turns recording on.
+
+        Returns:
+            ``cache.stats()`` after the change.
+
+        Raises:
+            InvalidRequest: ``persistent=False`` together with ``replay_only=True``.
+            DashError: the recordings folder cannot be opened.
+        """
+        try:
+            return self.cache.configure(persistent=persistent, replay_only=replay_only)
+        except ValueError as exc:
+            raise InvalidRequest(f"Replay settings not applied: {exc}.",
+                                 "Leave the persistent cache on while replay-only is on.") from exc
+        except OSError as exc:
+            raise DashError(f"The recordings folder {self.settings.data_dir / 'replay'} cannot be opened: {exc}.",
+                            "Check that the data directory exists and is writable, then try again.") from exc
+
+    def export_recordings(self) -> bytes:
+        """Every recorded answer as one ``.zip`` to replay elsewhere (``replay.RecordingStore.export``).
+
+        Raises:
+            DashError: the recordings cannot be read.
+        """
+        try:
+            return self.cache.export_recordings(self.backend_info())
+        except (OSError, ValueError) as exc:
+            raise DashError(f"The recordings could not be exported: {exc}.",
+                            "Check the data directory, then try again.") from exc
+
+    def import_recordings(self, data: bytes) -> ImportReport:
+        """Merge an exported ``.zip`` into the recordings; nothing changes unless all of it reads.
+
+        Returns:
+            ``ImportReport``: added, skipped (already recorded), total.
+
+        Raises:
+            InvalidRequest: not a blossom-dash replay export, a newer format version,
+                or damaged (the message says which).
+            DashError: the recordings folder cannot be written.
+        """
+        try:
+            return self.cache.import_recordings(data)
+        except RecordError as exc:
+            raise InvalidRequest(f"The file was not imported: {exc}",
+                                 "Export it again from blossom-dash (Controls → Replay) and import that .zip.") from exc
+        except (OSError, ValueError) as exc:
+            raise DashError(f"The recordings could not be written: {exc}.",
+                            "Check that the data directory is writable, then try again.") from exc
+
+    def clear_recordings(self) -> int:
+        """Delete every recorded answer (the in-memory cache keeps what it has not read from them).
+
+        Returns:
+            How many recordings were deleted.
+
+        Raises:
+            DashError: the recordings folder cannot be opened.
+        """
+        try:
+            return self.cache.clear_recordings()
+        except OSError as exc:
+            raise DashError(f"The recordings could not be deleted: {exc}.", "Check the data directory.") from exc
+
+    def _conversations(self) -> ConversationStore:
+        """The ``conversations`` table, created in the usage database on first use."""
+        with self._lock:
+            store = getattr(self, "_conversation_store", None)
+            if store is None:
+                store = self._conversation_store = ConversationStore(self.store.engine)
+            return store
+
+    def save_conversation(self, messages: list[dict[str, Any]], *, user: str = "anonymous", session: str = "",
+                          api_key: str | None = None) -> Conversation:
+        """Save a snapshot of a Playground chat for its permalink (``?conversation=<id>``).
+
+        Args:
+            messages: ``[{"role": "user"|"assistant", "content", "caption"?, "code"?}]``.
+            user: Who shares it.
+
+        Returns:
+            The saved ``Conversation`` (its ``id`` goes in the link).
+
+        Raises:
+            InvalidRequest: empty chat, a bad role, too long (``conversations.MAX_*``).
+            DashError: the database refused the write.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return self._conversations().save(messages, user=user)
+        except ConversationError as exc:
+            raise InvalidRequest(str(exc), "Chat first, then share.") from exc
+        except SQLAlchemyError as exc:
+            raise DashError("The conversation could not be saved: the usage database refused the write.",
+                            "Try again; if it repeats, check the database.") from exc
+
+    def load_conversation(self, conversation_id: str) -> Conversation:
+        """A shared conversation, to show read-only.
+
+        Raises:
+            InvalidRequest: the id is malformed or unknown (the link is wrong or cut short).
+            DashError: the database cannot be read.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return self._conversations().load(conversation_id)
+        except ConversationError as exc:
+            raise InvalidRequest(f"This conversation link does not open anything: {exc}",
+                                 "Check that the link was copied whole, or start a new chat.") from exc
+        except SQLAlchemyError as exc:
+            raise DashError("The conversation could not be read from the usage database.",
+                            "Try again in a moment.") from exc
+
     def session(self, user: str, session_id: str = "") -> SessionHandle:
         """A cheap per-session handle bound to ``user``."""
         return SessionHandle(self, user=user, session_id=session_id)
@@ -1062,3 +1198,7 @@ class SessionHandle:
     def load_comparison(self, comparison_id: str) -> Comparison:
         """``BlossomService.load_comparison``."""
         return self.service.load_comparison(comparison_id)
+
+    def save_conversation(self, messages: list[dict[str, Any]]) -> Conversation:
+        """``BlossomService.save_conversation`` as this session's user."""
+        return self.service.save_conversation(messages, **self._ids())

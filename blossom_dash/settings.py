@@ -35,6 +35,10 @@ class Settings(BaseSettings):
             dropped connections); waits honour ``Retry-After`` up to
             ``retry_max_wait_s``.
         cache_enabled / cache_ttl_s / cache_max_entries: the response cache.
+        persistent_cache: Also record every cached answer on disk
+            (``<data_dir>/replay``) so it survives restarts.
+        replay_only: Serve recorded answers only and never call a backend (offline
+            demos); implies ``persistent_cache``.
         per_user_rpm / global_rpm: moving-window request limits per minute.
         data_dir: Folder for the SQLite usage store (created on first run).
         database_url: Any SQLAlchemy URL; empty means ``sqlite:///<data_dir>/usage.db``.
@@ -73,6 +77,8 @@ class Settings(BaseSettings):
     cache_enabled: bool = True
     cache_ttl_s: float = Field(default=3600.0, gt=0)
     cache_max_entries: int = Field(default=512, ge=1, le=100_000)
+    persistent_cache: bool = False
+    replay_only: bool = False
 
     per_user_rpm: int = Field(default=30, ge=1, le=100_000)
     global_rpm: int = Field(default=120, ge=1, le=1_000_000)
