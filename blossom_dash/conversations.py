@@ -82,6 +82,24 @@ class Conversation:
     turns: tuple[Turn, ...]
 
 
+def describe(conv: Conversation) -> str:
+    """One line under a shared conversation's title: who, when (UTC), how many turns."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(conv.created))
+    answers = sum(t.role == "assistant" for t in conv.turns)
+    return f"Shared by `{conv.user}` on {when} · {answers} answer{'s' * (answers != 1)} · read-only"
+
+
+def share_link(app_url: str | None, conversation_id: str) -> str:
+    """The permalink: the page's URL (query dropped) with ``?conversation=<id>``.
+
+    Args:
+        app_url: The page's URL as the browser has it (``st.context.url``); None or
+            empty gives a relative link.
+    """
+    base = (app_url or "").split("?", 1)[0].split("#", 1)[0]
+    return f"{base}?conversation={conversation_id}"
+
+
 def is_conversation_id(value: object) -> bool:
     """Whether ``value`` has the shape of a conversation id (not whether it exists)."""
     return isinstance(value, str) and bool(_ID_RE.match(value))
@@ -180,7 +198,9 @@ __all__ = [
     "ConversationStore",
     "Turn",
     "conversations",
+    "describe",
     "is_conversation_id",
+    "share_link",
     "title_of",
     "to_turns",
 ]

@@ -1,4 +1,6 @@
-"""Controls: the live cache, rate limits, backend and API key (they apply at once)."""
+"""Controls: the live cache, rate limits, backend, API key and replay recordings (they apply at once)."""
+
+import time
 
 import streamlit as st
 
@@ -24,7 +26,8 @@ with cache_col:
             stats = service.cache.configure(enabled=enabled, ttl_s=float(ttl), max_entries=int(max_entries))
             st.toast("Cache settings applied.", icon="✅")
     if st.button("Clear cache", key="controls_cache_clear", icon="🗑️"):
-        st.toast(f"Cleared {service.cache.clear()} entries.", icon="🗑️")
+        kept = " (recordings kept)." if stats.persistent else "."
+        st.toast(f"Cleared {service.cache.clear()} entries{kept}", icon="🗑️")
         stats = service.cache.stats()
     m = st.columns(3)
     m[0].metric("Entries", f"{stats.entries:,} / {stats.max_entries:,}")
@@ -101,3 +104,48 @@ with key_col:
         c1, c2 = st.columns(2)
         c1.form_submit_button("Use this key", on_click=_use_key)
         c2.form_submit_button("Forget my key", on_click=_use_key, kwargs={"clear": True})
+
+st.divider()
+st.subheader("Replay")
+st.caption("Record answers on disk so they survive restarts, then replay them with no backend at all: record a "
+           "demo at the office, export it, import it on stage and turn *replay only* on.")
+rec_col, file_col = st.columns(2)
+with rec_col:
+    rstats = service.cache.stats()
+    with st.form("controls_replay_form"):
+        persistent = st.toggle("Record answers (persistent cache)", value=rstats.persistent,
+                               key="controls_replay_persistent",
+                               help="Each answer is also written under the data directory and served after a restart.")
+        replay_only = st.toggle("Replay only: never call a backend", value=rstats.replay_only,
+                                key="controls_replay_only", help="Recorded prompts answer at once and spend no "
+                                "rate limit; anything else is refused with a message.")
+        if st.form_submit_button("Apply replay settings", type="primary"):
+            with ui.guard("changing the replay settings"):
+                service.configure_replay(persistent=persistent, replay_only=replay_only)
+                st.toast("Replay settings applied.", icon="✅")
+    figures = st.container()  # filled last, so it counts what an import or a clear below just did
+with file_col:
+    export = st.container()
+    upload = st.file_uploader("Import recordings (.zip from Export)", type=["zip"], key="controls_replay_upload")
+    if st.button("Import", key="controls_replay_import", icon="⬆️", disabled=upload is None) and upload:
+        with ui.guard("importing recordings"):
+            report = service.import_recordings(upload.getvalue())
+            st.success(f"Added {report.added:,} of {report.total:,} recordings ({report.skipped:,} already here), "
+                       f"recorded on {report.backend}, exported {report.created}.", icon="📼")
+    with st.popover("Clear recordings…", icon="🗑️"):
+        st.markdown("Delete **every** recorded answer? Export them first to keep a copy.")
+        if st.button("Delete all recordings", key="controls_replay_clear", type="primary"):
+            with ui.guard("deleting recordings"):
+                st.toast(f"Deleted {service.clear_recordings():,} recordings.", icon="🗑️")
+rstats = service.cache.stats()
+with figures:
+    r = st.columns(2)
+    r[0].metric("Recorded answers", f"{rstats.persistent_entries:,}")
+    r[1].metric("On disk", f"{rstats.persistent_bytes / 2**20:,.1f} MiB")
+    if rstats.replay_only:
+        st.warning("**Replay only is on**: answers come from the recordings, nothing reaches a backend.", icon="📼")
+    elif not rstats.persistent and rstats.persistent_entries:
+        st.caption("Recording is off: these answers are kept but not served until you turn it back on.")
+export.download_button("Export recordings (.zip)", data=service.export_recordings, icon="⬇️",
+                       file_name=f"blossom-replay-{time.strftime('%Y%m%d-%H%M')}.zip", mime="application/zip",
+                       key="controls_replay_export", disabled=not rstats.persistent_entries, on_click="ignore")

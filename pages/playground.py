@@ -1,10 +1,11 @@
 """Playground: chat with a model (streamed answers) and generate images."""
 
+import dataclasses
 import random
 
 import streamlit as st
 
-from blossom_dash import DashError, ui
+from blossom_dash import DashError, conversations, snippets, ui
 
 handle = ui.session_handle()
 service = handle.service
@@ -15,6 +16,29 @@ SIZES = {"Square 1024×1024": (1024, 1024), "Square 512×512": (512, 512), "Land
          "Portrait 768×1024": (768, 1024), "Wide 1280×720": (1280, 720)}
 st.session_state.setdefault("playground_messages", [])
 st.session_state.setdefault("playground_image_seed", random.randint(0, 2**31 - 1))
+
+
+def render_turn(msg: dict) -> None:
+    """One chat message: its text, the figures under an answer, and its code behind "Show code"."""
+    st.markdown(msg["content"])
+    if msg.get("caption"):
+        st.caption(msg["caption"])
+    if msg.get("code"):
+        st.expander("Show code", icon="🐍").code(msg["code"], language="python")
+
+
+if shared_id := st.query_params.get("conversation"):  # a permalink: the shared chat, read-only
+    with ui.guard("opening the shared conversation"):
+        shared = service.load_conversation(shared_id)
+        st.subheader(shared.title)
+        st.caption(conversations.describe(shared))
+        for turn in shared.turns:
+            with st.chat_message(turn.role):
+                render_turn(dataclasses.asdict(turn))
+    if st.button("Start a new chat", key="playground_new_chat", icon="💬", type="primary"):
+        del st.query_params["conversation"]
+        st.rerun()
+    st.stop()
 
 chat_tab, image_tab = st.tabs(["💬 Chat", "🖼️ Image"])
 
@@ -36,6 +60,10 @@ with chat_tab:
     history = st.session_state["playground_messages"]
     if history and st.button("Clear chat", key="playground_clear", icon="🧹"):
         st.session_state["playground_messages"] = history = []
+    if history and st.button("🔗 Share", key="playground_share", help="Save this chat and get a read-only link"):
+        with ui.guard("sharing the chat"):
+            st.success("Anyone with this link sees the chat as it is now, read-only:", icon="🔗")
+            st.code(conversations.share_link(st.context.url, handle.save_conversation(history).id), language=None)
     conversation = st.container()  # turns render here, above the input box
     prompt = st.chat_input("Ask a model…", key="playground_prompt")
     if not history and prompt is None:
@@ -44,9 +72,7 @@ with chat_tab:
                           "from the cache.")
     for msg in history:
         with conversation.chat_message(msg["role"]):
-            st.markdown(msg["content"])
-            if msg.get("caption"):
-                st.caption(msg["caption"])
+            render_turn(msg)
     if prompt is not None:
         with conversation.chat_message("user"):
             st.markdown(prompt)
@@ -70,7 +96,8 @@ with chat_tab:
                 caption = ui.result_caption(result)
                 st.caption(caption)
                 history += [{"role": "user", "content": prompt},
-                            {"role": "assistant", "content": result.text, "caption": caption}]
+                            {"role": "assistant", "content": result.text, "caption": caption,
+                             "code": snippets.code_for_text(prompt, **params)}]
                 st.rerun()  # redraw from history, so the turn sits above the input with its controls
 
 with image_tab:
@@ -89,12 +116,15 @@ with image_tab:
     if generate:
         width, height = SIZES[size]
         with ui.guard("generating the image"), st.spinner("Generating…"):
-            st.session_state["playground_last_image"] = handle.generate_image(
+            st.session_state["playground_last_image"] = image = handle.generate_image(
                 image_prompt, model=image_model, width=width, height=height, seed=int(image_seed))
+            st.session_state["playground_image_code"] = snippets.code_for_image(image_prompt, image.model, width,
+                                                                                height, image.seed)
     image = st.session_state.get("playground_last_image")
     if image is not None:
         st.image(image.data, caption=f"seed {image.seed} · {image.width}×{image.height}", width=min(image.width, 640))
         st.caption(ui.result_caption(image))
+        st.expander("Show code", icon="🐍").code(st.session_state.get("playground_image_code", ""), language="python")
         ext = image.content_type.split("/")[-1].replace("jpeg", "jpg")
         st.download_button("Download", image.data, file_name=f"blossom-{image.model}-{image.seed}.{ext}",
                            mime=image.content_type, key="playground_download", icon="⬇️")

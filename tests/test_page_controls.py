@@ -101,3 +101,65 @@ class TestSessionKey:
         assert at.session_state["controls_session_key"] == "", "the field is cleared after use"
         _submit(at, "Forget my key")
         assert "Your session key is set" not in " ".join(texts(at, "markdown"))
+
+
+class TestReplayControls:
+    """The Replay section: record, replay only, export, import, clear."""
+
+    def _record(self, prompt: str) -> None:
+        chat = app("pages/playground.py").run()
+        chat.chat_input(key="playground_prompt").set_value(prompt).run()
+        assert not chat.exception
+
+    def test_record_then_replay_only_refuses_unrecorded_prompts(self) -> None:
+        """Recording counts answers; replay only serves them and refuses the rest in words."""
+        at = app("pages/controls.py").run()
+        assert _metric(at, "Recorded answers") == "0"
+        assert at.download_button(key="controls_replay_export").proto.disabled, "nothing to export yet"
+        at.toggle(key="controls_replay_persistent").set_value(True)
+        _submit(at, "Apply replay settings")
+        self._record("recorded for the demo")
+        at = app("pages/controls.py").run()
+        assert _metric(at, "Recorded answers") == "1"
+        assert not at.download_button(key="controls_replay_export").proto.disabled
+        at.toggle(key="controls_replay_only").set_value(True)
+        _submit(at, "Apply replay settings")
+        assert any("Replay only is on" in w for w in texts(at, "warning"))
+        chat = app("pages/playground.py").run()
+        chat.chat_input(key="playground_prompt").set_value("never recorded").run()
+        assert any("not recorded for replay" in e for e in texts(chat, "error"))
+
+    def test_import_reports_what_it_added_and_rejects_junk(self) -> None:
+        """An exported .zip imports with a count; a file that is not one is refused in words."""
+        from blossom_dash import ui
+
+        at = app("pages/controls.py").run()
+        at.toggle(key="controls_replay_persistent").set_value(True)
+        _submit(at, "Apply replay settings")
+        self._record("first recorded prompt")
+        self._record("second recorded prompt")
+        service = ui.get_service()
+        exported = service.export_recordings()
+        assert service.clear_recordings() == 2
+        at = app("pages/controls.py").run()
+        assert _metric(at, "Recorded answers") == "0"
+        at.file_uploader(key="controls_replay_upload").set_value(("demo.zip", b"junk", "application/zip")).run()
+        at.button(key="controls_replay_import").click().run()
+        assert not at.exception
+        assert any("not a zip" in e for e in texts(at, "error"))
+        at.file_uploader(key="controls_replay_upload").set_value(("demo.zip", exported, "application/zip")).run()
+        at.button(key="controls_replay_import").click().run()
+        assert any("Added 2 of 2 recordings" in s for s in texts(at, "success"))
+        assert _metric(at, "Recorded answers") == "2"
+
+    def test_clear_recordings_asks_first_then_deletes(self) -> None:
+        """Deleting recordings sits behind a confirmation; afterwards the count is zero."""
+        at = app("pages/controls.py").run()
+        at.toggle(key="controls_replay_persistent").set_value(True)
+        _submit(at, "Apply replay settings")
+        self._record("to be deleted")
+        at = app("pages/controls.py").run()
+        assert _metric(at, "Recorded answers") == "1"
+        at.button(key="controls_replay_clear").click().run()
+        assert not at.exception
+        assert _metric(at, "Recorded answers") == "0"

@@ -76,3 +76,63 @@ class TestImage:
         before = at.session_state["playground_image_seed"]
         at.button(key="playground_new_seed").click().run()
         assert at.session_state["playground_image_seed"] != before
+
+
+class TestShareAndCode:
+    """The 🔗 Share permalink (read-only reopening) and "Show code" under answers."""
+
+    def test_share_then_open_the_link_read_only(self) -> None:
+        """Share saves the chat and shows its link; the link reopens it read-only; a new chat clears it."""
+        at = _chat("What is a moving window?")
+        at.button(key="playground_share").click().run()
+        assert not at.exception
+        link = next(c.value for c in at.code if "?conversation=" in c.value)
+        conv_id = link.split("?conversation=", 1)[1]
+        shared = app("pages/playground.py")
+        shared.query_params["conversation"] = conv_id
+        shared.run()
+        assert not shared.exception
+        assert [s.value for s in shared.subheader] == ["What is a moving window?"]
+        assert [m.name for m in shared.chat_message] == ["user", "assistant"]
+        assert "moving window" in " ".join(str(md.value) for md in shared.chat_message[1].markdown)
+        assert any("read-only" in c and "1 answer" in c for c in texts(shared, "caption"))
+        assert not shared.chat_input, "a shared conversation takes no new prompts"
+        shared.button(key="playground_new_chat").click().run()
+        assert "conversation" not in shared.query_params
+        assert shared.chat_input and not [m for m in shared.chat_message if m.name == "assistant"]
+
+    def test_a_bad_link_is_a_message(self) -> None:
+        """An unknown id says the link opens nothing, and offers a new chat instead of a traceback."""
+        at = app("pages/playground.py")
+        at.query_params["conversation"] = "nosuchconversation"
+        at.run()
+        assert not at.exception
+        assert any("does not open anything" in e for e in texts(at, "error"))
+        assert at.button(key="playground_new_chat")
+
+    def test_share_needs_a_chat(self) -> None:
+        """With nothing said yet there is no Share button."""
+        at = app("pages/playground.py").run()
+        assert not [b for b in at.button if b.key == "playground_share"]
+
+    def test_each_answer_shows_its_code(self) -> None:
+        """Under an answer, "Show code" holds the SDK script for that request, with no key in it."""
+        at = app("pages/playground.py").run()
+        at.number_input(key="playground_seed").set_value(42)
+        at.chat_input(key="playground_prompt").set_value("Explain p95 latency").run()
+        assert not at.exception
+        assert any(e.label == "Show code" for e in at.expander)
+        code = next(c for c in at.code if "client.text.chat" in c.value)
+        assert code.language == "python"
+        assert "'Explain p95 latency'" in code.value and "extra_params={'seed': 42}" in code.value
+        assert 'os.environ["POLLINATIONS_API_KEY"]' in code.value
+        compile(code.value, "shown.py", "exec")
+
+    def test_the_image_shows_its_code(self) -> None:
+        """Under a generated image, "Show code" holds the script that draws it with the same seed."""
+        at = app("pages/playground.py").run()
+        at.text_area(key="playground_image_prompt").set_value("a lighthouse at dawn")
+        at.number_input(key="playground_image_seed").set_value(7)
+        next(b for b in at.button if "Generate image" in str(b.label)).click().run()
+        code = next(c.value for c in at.code if "client.image.generate" in c.value)
+        assert "PROMPT = 'a lighthouse at dawn'" in code and "SEED = 7" in code
