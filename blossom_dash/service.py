@@ -17,16 +17,18 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from .audio import FALLBACK_AUDIO_MODELS, AudioResult, audio_models, speak, speech_body, validate_speech, verify_audio
 from .backend import STATIC_MODELS, TRANSIENT_STATUS, Backend, StreamChunk, to_dash_error
+from .batch import BatchRow, BatchRunner, BatchStatus, check_owner, check_rows, store_errors
 from .cache import CacheEntry, CacheStats, ResponseCache, backend_identity, request_key
 from .compare import Comparison, ComparisonStore, TextComparison, Vote, check_request, image_panel, run_all
 from .conversations import Conversation, ConversationError, ConversationStore
@@ -953,6 +955,129 @@ class BlossomService:
         self.cache.put(key, result, nbytes=len(data), latency_ms=latency)
         return result
 
+    # ----- batch jobs (the Batch page; logic in batch.py) --------------------------------
+
+    def _batch_runner(self) -> BatchRunner:
+        """The batch runner: its tables and daemon threads are created on first use."""
+        with self._lock:
+            if self._closed:
+                raise BackendUnavailable("The service has been shut down.", "Reload the page to start it again.")
+            runner = getattr(self, "_batch", None)
+            if runner is None:
+                with store_errors("started"):
+                    runner = self._batch = BatchRunner(self)
+            return runner
+
+    def submit_batch(self, rows: Sequence[BatchRow | Mapping[str, Any]], *, name: str = "",
+                     user: str = "anonymous", session: str = "", api_key: str | None = None) -> str:
+        """Start a background job that answers every row with ``generate_text``.
+
+        Each row is one request of kind ``text`` as ``user`` (cache, rate limits and
+        Monitor as usual); a full rate-limit window pauses the job rather than
+        failing rows. The job outlives the page and is kept in the usage database.
+
+        Args:
+            rows: 1 to ``batch.MAX_ROWS`` rows: ``BatchRow`` (``batch.parse_csv``'s
+                valid rows) or mappings with ``prompt`` and optional ``model``,
+                ``system``, ``temperature``, ``max_tokens``, ``seed``.
+            name: A label for the job list (the file name).
+
+        Returns:
+            The job id (32 hex characters).
+
+        Raises:
+            InvalidRequest: no rows, too many, or a row that cannot run.
+            BackendUnavailable: the service is shut down or the database failed.
+        """
+        checked = check_rows(rows, max_prompt_chars=self.settings.max_prompt_chars)
+        runner = self._batch_runner()
+        with store_errors("saved"):
+            return runner.submit(checked, user=user, session=session, api_key=api_key, name=str(name or ""))
+
+    def batch_status(self, job_id: str, *, user: str | None = None, session: str = "",
+                     api_key: str | None = None) -> BatchStatus:
+        """Counts (done/failed/remaining), ETA and rate-limit wait of ``user``'s job.
+
+        Raises:
+            InvalidRequest: no such job of ``user`` (any user's when None).
+            BackendUnavailable: the database failed.
+        """
+        runner = self._batch_runner()
+        with store_errors("read"):
+            return runner.status(check_owner(runner, job_id, user))
+
+    def batch_results(self, job_id: str, *, limit: int | None = None, user: str | None = None, session: str = "",
+                      api_key: str | None = None) -> pd.DataFrame:
+        """The job's rows in file order: input, answer, model, latency, tokens, error.
+
+        Args:
+            limit: Only the first ``limit`` rows (a live view); None = all.
+
+        Returns:
+            A DataFrame with ``batch.RESULT_COLUMNS``.
+
+        Raises:
+            InvalidRequest, BackendUnavailable: as ``batch_status``.
+        """
+        runner = self._batch_runner()
+        with store_errors("read"):
+            return runner.results(check_owner(runner, job_id, user), limit=limit)
+
+    def cancel_batch(self, job_id: str, *, user: str | None = None, session: str = "",
+                     api_key: str | None = None) -> BatchStatus:
+        """Stop ``user``'s job: no further rows start; rows in flight finish and are kept.
+
+        Returns:
+            The job's status after the cancel (cancelling a stopped job changes nothing).
+
+        Raises:
+            InvalidRequest, BackendUnavailable: as ``batch_status``.
+        """
+        runner = self._batch_runner()
+        with store_errors("cancelled"):
+            runner.cancel(check_owner(runner, job_id, user))
+            return runner.status(job_id)
+
+    def resume_batch(self, job_id: str, *, retry_failed: bool = False, user: str | None = None,
+                     session: str = "", api_key: str | None = None) -> BatchStatus:
+        """Run the unfinished rows of an interrupted or cancelled job (finished rows are kept).
+
+        Args:
+            retry_failed: Also run the rows that failed.
+
+        Raises:
+            InvalidRequest: no such job, it is running, or nothing is left to run.
+            BackendUnavailable: as ``batch_status``.
+        """
+        runner = self._batch_runner()
+        with store_errors("resumed"):
+            runner.resume(check_owner(runner, job_id, user), user=runner.owner(job_id) or "anonymous",
+                          session=session, api_key=api_key, retry_failed=retry_failed)
+            return runner.status(job_id)
+
+    def delete_batch(self, job_id: str, *, user: str | None = None, session: str = "",
+                     api_key: str | None = None) -> None:
+        """Delete a stopped job of ``user`` and its rows.
+
+        Raises:
+            InvalidRequest: no such job, or it is running.
+            BackendUnavailable: as ``batch_status``.
+        """
+        runner = self._batch_runner()
+        with store_errors("deleted"):
+            runner.delete(check_owner(runner, job_id, user))
+
+    def list_batches(self, user: str | None, *, session: str = "", api_key: str | None = None,
+                     limit: int = 50) -> list[BatchStatus]:
+        """``user``'s newest ``limit`` jobs (everyone's when None), newest first.
+
+        Raises:
+            BackendUnavailable: the database failed.
+        """
+        runner = self._batch_runner()
+        with store_errors("listed"):
+            return runner.list(user, limit=limit)
+
     # ----- replay and shared conversations (logic in replay.py, conversations.py) --------
 
     def configure_replay(self, *, persistent: bool | None = None, replay_only: bool | None = None) -> CacheStats:
@@ -1086,6 +1211,8 @@ class BlossomService:
         if self._closed:
             return
         self._closed = True
+        if (runner := getattr(self, "_batch", None)) is not None:
+            runner.close()  # its running jobs become "interrupted", resumable after a restart
         backend = getattr(self, "_backend", None)
         for coro in ([backend.close()] if backend else []) + ([self._demo.stop()] if self._demo else []):
             try:
@@ -1198,6 +1325,34 @@ class SessionHandle:
     def load_comparison(self, comparison_id: str) -> Comparison:
         """``BlossomService.load_comparison``."""
         return self.service.load_comparison(comparison_id)
+
+    def submit_batch(self, rows: Any, **kwargs: Any) -> str:
+        """``BlossomService.submit_batch`` as this session's user."""
+        return self.service.submit_batch(rows, **kwargs, **self._ids())
+
+    def batch_status(self, job_id: str) -> BatchStatus:
+        """``BlossomService.batch_status`` of this user's job."""
+        return self.service.batch_status(job_id, **self._ids())
+
+    def batch_results(self, job_id: str, **kwargs: Any) -> pd.DataFrame:
+        """``BlossomService.batch_results`` of this user's job."""
+        return self.service.batch_results(job_id, **kwargs, **self._ids())
+
+    def cancel_batch(self, job_id: str) -> BatchStatus:
+        """``BlossomService.cancel_batch`` of this user's job."""
+        return self.service.cancel_batch(job_id, **self._ids())
+
+    def resume_batch(self, job_id: str, **kwargs: Any) -> BatchStatus:
+        """``BlossomService.resume_batch`` of this user's job, with this session's key."""
+        return self.service.resume_batch(job_id, **kwargs, **self._ids())
+
+    def delete_batch(self, job_id: str) -> None:
+        """``BlossomService.delete_batch`` of this user's job."""
+        return self.service.delete_batch(job_id, **self._ids())
+
+    def list_batches(self) -> list[BatchStatus]:
+        """``BlossomService.list_batches`` of this user."""
+        return self.service.list_batches(**self._ids())
 
     def save_conversation(self, messages: list[dict[str, Any]]) -> Conversation:
         """``BlossomService.save_conversation`` as this session's user."""

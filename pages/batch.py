@@ -1,0 +1,149 @@
+"""Batch: run a CSV of prompts as a background job, watch its progress, download the answers."""
+
+import time
+
+import streamlit as st
+
+from blossom_dash import DashError, batch, ui
+
+handle = ui.session_handle()
+service = handle.service
+st.title("Batch")
+ui.backend_badge(service)
+LIVE_ROWS = 500  # rows shown while a job runs (the page polls); downloads always have all
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _label(job: batch.BatchStatus) -> str:
+    when = time.strftime("%d %b %H:%M", time.localtime(job.created_ts))
+    return f"{job.name or 'batch'} · {when} · {job.status} · {job.done + job.failed:,}/{job.total:,} rows"
+
+
+# ----- a new batch ------------------------------------------------------------------------
+st.subheader("New batch")
+left, right = st.columns([4, 1], vertical_alignment="center")
+upload = left.file_uploader("CSV of prompts", type=["csv", "tsv", "txt"], key="batch_file")
+right.download_button("Template", batch.template_csv(), file_name="batch-template.csv", mime="text/csv",
+                      key="batch_template", icon="📄", on_click="ignore")
+st.caption(f"One prompt per row in a column named **prompt**; optional columns **model**, **system**, "
+           f"**temperature**, **max_tokens**, **seed** (blank = the default). UTF-8, up to "
+           f"{batch.MAX_ROWS:,} rows and {batch.MAX_FILE_BYTES // 1_048_576} MB.")
+if upload is not None:
+    with ui.guard("reading the file"):
+        models = service.list_models("text")
+        parsed = batch.parse_csv(upload.getvalue(), known_models=models,
+                                 max_prompt_chars=service.settings.max_prompt_chars)
+        valid, invalid = parsed.valid, parsed.invalid
+        st.markdown(f"**{upload.name}** · {len(parsed.rows):,} rows · ✅ {len(valid):,} valid · "
+                    f"❌ {len(invalid):,} invalid")
+        for note in parsed.notes:
+            st.caption(note)
+        if invalid:
+            first = invalid[0]
+            st.warning(f"**{len(invalid):,} row(s) cannot run**, e.g. row {first.row}: {'; '.join(first.errors)}. "
+                       f"Run the {len(valid):,} valid rows, or fix the file and upload it again.", icon="⚠️")
+        preview = parsed.frame()
+        if invalid and st.toggle("Show only invalid rows", key="batch_only_invalid"):
+            preview = preview[preview["problem"] != ""]
+        st.dataframe(preview, hide_index=True, key="batch_preview", height=min(38 + 35 * len(preview), 300),
+                     column_config={"row": st.column_config.NumberColumn("Row", help="As a spreadsheet numbers it"),
+                                    "problem": st.column_config.TextColumn("Problem", width="large")})
+        with st.expander("Defaults for rows that leave model or max_tokens blank"):
+            c1, c2 = st.columns(2)
+            default_model = c1.selectbox("Model", models, key="batch_default_model")
+            default_tokens = c2.number_input("Max tokens", 1, 8192, 512, step=64, key="batch_default_max_tokens")
+        if st.button(f"Run {len(valid):,} valid rows", type="primary", icon="▶️", disabled=not valid,
+                     key="batch_run"):
+            rows = batch.apply_defaults(valid, model=default_model, max_tokens=int(default_tokens))
+            st.session_state["batch_job_select"] = handle.submit_batch(rows, name=upload.name)
+            st.toast(f"Started a job of {len(rows):,} rows. It keeps running if you leave this page.", icon="▶️")
+
+# ----- your jobs --------------------------------------------------------------------------
+st.subheader("Your jobs")
+jobs: list[batch.BatchStatus] = []
+with ui.guard("listing your jobs"):
+    jobs = handle.list_batches()
+if not jobs:
+    st.info("No batch jobs yet. Upload a CSV above: the job runs on the server, so it keeps going when you "
+            "switch pages or reload, and you come back to it here.")
+    st.stop()
+by_id = {j.job_id: j for j in jobs}
+if st.session_state.get("batch_job_select") not in by_id:
+    st.session_state["batch_job_select"] = jobs[0].job_id
+job_id = st.selectbox("Job", list(by_id), format_func=lambda j: _label(by_id[j]), key="batch_job_select")
+
+
+@st.fragment(run_every=2.0 if by_id[job_id].active else None)
+def job_panel(job_id: str, was_active: bool) -> None:
+    """Progress, controls and results of one job; polls while it runs."""
+    try:
+        status = handle.batch_status(job_id)
+    except DashError as err:
+        ui.show_error(err)
+        return
+    if was_active and not status.active:
+        st.rerun()  # the job has stopped: redraw the page once, which stops the polling
+    settled = status.done + status.failed
+    st.progress(settled / status.total if status.total else 1.0,
+                text=f"{settled:,} of {status.total:,} rows" + (f" · {status.running} running" if status.running
+                                                                 else ""))
+    k = st.columns(4)
+    k[0].metric("Done", f"{status.done:,}")
+    k[1].metric("Failed", f"{status.failed:,}")
+    k[2].metric("Remaining", f"{status.remaining:,}")
+    k[3].metric("ETA", _duration(status.eta_s) if status.active else "—")
+    if status.waiting_s > 0:
+        st.info(f"Waiting for {status.wait_reason}: next row in {_duration(status.waiting_s)}. Rows wait for the "
+                "window instead of failing; an admin can raise the limit on the Controls page.", icon="⏳")
+    elif status.status == "finished":
+        st.success(f"Finished: {status.done:,} answered, {status.failed:,} failed.", icon="✅")
+    elif status.status == "interrupted":
+        st.warning(f"Interrupted: the server stopped while this job ran. {settled:,} finished rows are kept; "
+                   f"resume runs the other {status.remaining + status.cancelled:,}.", icon="⏸️")
+    elif status.status == "cancelled":
+        st.warning(f"Cancelled: {status.cancelled:,} rows were not run.", icon="⏹️")
+    b = st.columns(4)
+    with ui.guard("changing the job"):
+        if status.active and b[0].button("Cancel", icon="⏹️", key="batch_cancel"):
+            handle.cancel_batch(job_id)
+            st.rerun()
+        if status.resumable and b[1].button("Resume", icon="▶️", key="batch_resume", type="primary"):
+            handle.resume_batch(job_id)
+            st.rerun()
+        if not status.active and status.failed and b[2].button("Retry failed rows", icon="🔁", key="batch_retry"):
+            handle.resume_batch(job_id, retry_failed=True)
+            st.rerun()
+        if not status.active and b[3].button("Delete job", icon="🗑️", key="batch_delete"):
+            handle.delete_batch(job_id)
+            st.session_state.pop("batch_job_select", None)
+            st.rerun()
+    results = handle.batch_results(job_id, limit=LIVE_ROWS if status.active else None)
+    if status.active and status.total > LIVE_ROWS:
+        st.caption(f"Showing the first {LIVE_ROWS:,} of {status.total:,} rows while the job runs; the downloads "
+                   "have every row.")
+    st.dataframe(results, hide_index=True, key="batch_results_table",
+                 column_order=["row", "status", "prompt", "answer", "answered_by", "latency_ms", "prompt_tokens",
+                               "completion_tokens", "cached", "error", "model", "system", "temperature",
+                               "max_tokens", "seed", "request_id"],
+                 column_config={"row": st.column_config.NumberColumn("Row"),
+                                "latency_ms": st.column_config.NumberColumn("Latency", format="%.0f ms"),
+                                "answer": st.column_config.TextColumn("Answer", width="large"),
+                                "error": st.column_config.TextColumn("Error", width="medium")})
+    stem = (status.name.rsplit(".", 1)[0] or "batch") + "-results"
+    d = st.columns(4)
+    d[0].download_button("CSV", lambda: batch.results_csv(handle.batch_results(job_id)), file_name=f"{stem}.csv",
+                         mime="text/csv", key="batch_download_csv", icon="⬇️", on_click="ignore")
+    d[1].download_button("JSONL", lambda: batch.results_jsonl(handle.batch_results(job_id)),
+                         file_name=f"{stem}.jsonl", mime="application/jsonl", key="batch_download_jsonl", icon="⬇️",
+                         on_click="ignore")
+
+
+with ui.guard("showing the job"):
+    job_panel(job_id, by_id[job_id].active)

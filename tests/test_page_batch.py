@@ -1,0 +1,182 @@
+"""Batch page: upload and preview a CSV, run it as a job, watch it, cancel, resume, reload."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+import streamlit as st
+from pages_helpers import app, demo_url, texts
+from streamlit.testing.v1 import AppTest
+
+from blossom_dash import ui
+
+
+@pytest.fixture(autouse=True)
+def _roomy_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rate limits out of the way (the waiting test sets its own)."""
+    monkeypatch.setenv("BLOSSOM_DASH_PER_USER_RPM", "100000")
+    monkeypatch.setenv("BLOSSOM_DASH_GLOBAL_RPM", "100000")
+
+
+def csv(n: int, prefix: str = "question") -> bytes:
+    return ("prompt\n" + "".join(f"{prefix} {i}\n" for i in range(n))).encode()
+
+
+def upload(at: AppTest, data: bytes, name: str = "prompts.csv") -> AppTest:
+    return at.file_uploader(key="batch_file").set_value((name, data, "text/csv")).run()
+
+
+def until(at: AppTest, check: Callable[[AppTest], bool], what: str, timeout_s: float = 60.0) -> AppTest:
+    """Rerun the page (as its polling fragment does) until ``check`` holds; a guard, not a timing claim."""
+    deadline = time.monotonic() + timeout_s
+    while not check(at.run()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}: {texts(at, 'success')} {texts(at, 'warning')}")
+        time.sleep(0.05)
+    return at
+
+
+def finished_rows(at: AppTest) -> bool:
+    return any(s.startswith("Finished") for s in texts(at, "success"))
+
+
+def delay_chat(at: AppTest, count: int, delay_s: float) -> None:
+    """Make the demo backend stall its next ``count`` chat requests for ``delay_s`` seconds."""
+    httpx.post(f"{demo_url(at)}/_demo/faults",
+               json={"fault": "timeout", "count": count, "routes": ["chat"], "delay_s": delay_s}).raise_for_status()
+
+
+class TestUploadAndPreview:
+    def test_empty_page_explains_itself(self) -> None:
+        """With no jobs the page offers the uploader, a template, and says what a job does."""
+        at = app("pages/batch.py").run()
+        assert not at.exception and not at.error
+        assert [t.value for t in at.title] == ["Batch"]
+        assert any("keeps going when you switch pages or reload" in i for i in texts(at, "info"))
+        assert "Template" in [d.label for d in at.get("download_button")]
+
+    def test_preview_shows_valid_and_invalid_rows(self) -> None:
+        """Each invalid row says why; the run button offers only the valid rows."""
+        data = b"prompt,temperature,max_tokens\nfine,0.5,\n,1,\nhot,9,\nlots,,many\nalso fine,,\n"
+        at = upload(app("pages/batch.py").run(), data)
+        assert not at.exception and not at.error
+        assert any("5 rows · ✅ 2 valid · ❌ 3 invalid" in m for m in texts(at, "markdown"))
+        warning = " ".join(texts(at, "warning"))
+        assert "3 row(s) cannot run" in warning and "row 3: empty prompt" in warning
+        preview = at.dataframe[0].value
+        assert list(preview["problem"]) == ["", "empty prompt", "temperature 9 out of range (0 to 2)",
+                                            "max_tokens “many” is not a whole number", ""]
+        assert at.button(key="batch_run").label == "Run 2 valid rows"
+        at.toggle(key="batch_only_invalid").set_value(True).run()
+        assert list(at.dataframe[0].value["row"]) == [3, 4, 5]
+
+    def test_unknown_model_is_flagged(self) -> None:
+        """A model the backend does not list makes its row invalid."""
+        at = upload(app("pages/batch.py").run(), b"prompt,model\nhi,demo-swift\nhey,gpt-9\n")
+        assert list(at.dataframe[0].value["problem"]) == ["", "unknown model “gpt-9”"]
+
+    @pytest.mark.parametrize(("data", "message", "hint"), [
+        ("prompt\nCafé\n".encode("latin-1"), "not UTF-8", "CSV UTF-8"),
+        (b"question\nhi\n", "no “prompt” column", "first row names the columns"),
+        (b"", "empty", "prompt"),
+        (b"prompt\n", "no prompts", "prompt"),
+        (csv(10_001), "10,001 rows", "Split it"),
+    ])
+    def test_bad_files_are_messages(self, data: bytes, message: str, hint: str) -> None:
+        """A file that cannot be used says what is wrong and what to do; nothing runs."""
+        at = upload(app("pages/batch.py").run(), data)
+        assert not at.exception
+        errors = " ".join(texts(at, "error"))
+        assert message in errors and hint in errors, errors
+        assert not [b for b in at.button if b.key == "batch_run"]
+
+    def test_bom_file_runs(self) -> None:
+        """A UTF-8 file with a byte-order mark (Excel's CSV UTF-8) is read as usual."""
+        at = upload(app("pages/batch.py").run(), "prompt\nCafé crème\n".encode("utf-8-sig"))
+        assert not at.error
+        assert at.button(key="batch_run").label == "Run 1 valid rows"
+
+
+class TestJobs:
+    def test_run_shows_progress_results_and_downloads(self) -> None:
+        """Running a file starts a job that finishes with an answer per row, downloadable."""
+        at = upload(app("pages/batch.py").run(), csv(8), name="eight.csv")
+        at.button(key="batch_run").click().run()
+        assert not at.exception and not at.error
+        until(at, finished_rows, "the job to finish")
+        assert "Finished: 8 answered, 0 failed." in texts(at, "success")
+        assert [m.value for m in at.metric][:3] == ["8", "0", "0"]
+        results = at.dataframe[-1].value
+        assert len(results) == 8 and (results["status"] == "ok").all()
+        assert results["answer"].str.contains("Demo backend").all()
+        assert {"CSV", "JSONL"} <= {d.label for d in at.get("download_button")}
+        assert "eight.csv" in at.selectbox(key="batch_job_select").format_func(
+            at.selectbox(key="batch_job_select").value)
+
+    def test_job_survives_page_switch_and_reload(self) -> None:
+        """Submit, switch page, reload: a fresh session finds the job finished with all rows."""
+        first = app("app.py").run()
+        first.switch_page("pages/batch.py").run()
+        upload(first, csv(100), name="hundred.csv")
+        first.button(key="batch_run").click().run()
+        assert not first.exception
+        first.switch_page("pages/monitor.py").run()
+        assert not first.exception and [t.value for t in first.title] == ["Monitor"]
+
+        reloaded = app("app.py").run()  # a new browser session: nothing carried over but the server
+        reloaded.switch_page("pages/batch.py").run()
+        until(reloaded, finished_rows, "the job to finish")
+        assert "Finished: 100 answered, 0 failed." in texts(reloaded, "success")
+        results = reloaded.dataframe[-1].value
+        assert len(results) == 100 and (results["status"] == "ok").all()
+        assert list(results["prompt"]) == [f"question {i}" for i in range(100)]
+
+    def test_cancel_from_the_page(self) -> None:
+        """Cancel stops the job: the rows in flight finish, the rest are not run."""
+        at = app("pages/batch.py").run()
+        delay_chat(at, count=4, delay_s=1.0)
+        upload(at, csv(20))
+        at.button(key="batch_run").click().run()
+        assert at.button(key="batch_cancel")
+        at.button(key="batch_cancel").click().run()
+        assert not at.exception
+        until(at, lambda a: any("Cancelled: 16 rows were not run." in w for w in texts(a, "warning")),
+              "the job to show as cancelled")
+        until(at, lambda a: [m.value for m in a.metric][0] == "4", "the rows in flight to be kept")
+
+    def test_restart_interrupts_and_resume_finishes(self) -> None:
+        """A server restart marks the running job interrupted; Resume runs the rest."""
+        at = app("pages/batch.py").run()
+        delay_chat(at, count=4, delay_s=60)
+        upload(at, csv(6))
+        at.button(key="batch_run").click().run()
+        st.cache_resource.clear()  # the server stops: the cached service is closed
+
+        after = app("pages/batch.py").run()
+        assert any("Interrupted" in w for w in texts(after, "warning"))
+        after.button(key="batch_resume").click().run()
+        assert not after.exception
+        until(after, finished_rows, "the resumed job to finish")
+        assert "Finished: 6 answered, 0 failed." in texts(after, "success")
+
+    def test_waiting_for_the_rate_limit_is_shown(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Over the user's RPM the job says it waits (and for what) instead of failing rows."""
+        monkeypatch.setenv("BLOSSOM_DASH_PER_USER_RPM", "3")
+        at = upload(app("pages/batch.py").run(), csv(5))
+        at.button(key="batch_run").click().run()
+        until(at, lambda a: any("Waiting for your requests-per-minute limit" in i for i in texts(a, "info")),
+              "the job to wait for the window")
+        assert [m.value for m in at.metric][:3] == ["3", "0", "2"]
+        at.button(key="batch_cancel").click().run()
+        assert not at.exception
+
+    def test_only_your_jobs_are_listed(self) -> None:
+        """Another user's job is not in the list."""
+        at = app("pages/batch.py").run()
+        ui.get_service().submit_batch([{"prompt": "theirs"}], user="someone-else", name="theirs.csv")
+        at.run()
+        assert not [s for s in at.selectbox if s.key == "batch_job_select"]
+        assert any("No batch jobs yet" in i for i in texts(at, "info"))
