@@ -84,6 +84,14 @@ class AudioResult:
                 f"{self.format.upper()}, so this clip is {self.format.upper()}.")
 
     @property
+    def summary(self) -> str:
+        """One line for under the player: ``voice **onyx** · WAV · 2.6 s`` (and, on the
+        demo backend, that its voice plays tones rather than words)."""
+        length = f"{self.duration_s:.1f} s" if self.duration_s is not None else "length unknown"
+        demo = " · the demo voice plays tones that follow the text, not words" if self.backend == "demo" else ""
+        return f"voice **{self.voice}** · {self.format.upper()} · {length}{demo}"
+
+    @property
     def file_name(self) -> str:
         """A download name such as ``speech-alloy-3f2a9c1b.wav``."""
         return f"speech-{self.voice}-{self.request_id[-8:]}.{self.format}"

@@ -1,4 +1,4 @@
-"""Playground: chat with a model (streamed answers) and generate images."""
+"""Playground: chat with a model (streamed answers), generate images, and turn text into speech."""
 
 import dataclasses
 import random
@@ -6,6 +6,8 @@ import random
 import streamlit as st
 
 from blossom_dash import DashError, conversations, snippets, ui
+from blossom_dash.audio import FORMATS, MAX_SPEECH_CHARS, VOICES
+from blossom_dash.gallery import GALLERY_KEY, GALLERY_MAX_IMAGES, add_image
 
 handle = ui.session_handle()
 service = handle.service
@@ -40,7 +42,7 @@ if shared_id := st.query_params.get("conversation"):  # a permalink: the shared 
         st.rerun()
     st.stop()
 
-chat_tab, image_tab = st.tabs(["💬 Chat", "🖼️ Image"])
+chat_tab, image_tab, speech_tab = st.tabs(["💬 Chat", "🖼️ Image", "🔊 Speech"])
 
 with chat_tab:
     with st.expander("Model and parameters", expanded=False):
@@ -120,11 +122,36 @@ with image_tab:
                 image_prompt, model=image_model, width=width, height=height, seed=int(image_seed))
             st.session_state["playground_image_code"] = snippets.code_for_image(image_prompt, image.model, width,
                                                                                 height, image.seed)
+            st.session_state[GALLERY_KEY] = add_image(st.session_state.get(GALLERY_KEY, []), image, image_prompt)
     image = st.session_state.get("playground_last_image")
     if image is not None:
         st.image(image.data, caption=f"seed {image.seed} · {image.width}×{image.height}", width=min(image.width, 640))
-        st.caption(ui.result_caption(image))
+        st.caption(ui.result_caption(image) + f" · also in the **Gallery** (this session's last {GALLERY_MAX_IMAGES})")
         st.expander("Show code", icon="🐍").code(st.session_state.get("playground_image_code", ""), language="python")
         ext = image.content_type.split("/")[-1].replace("jpeg", "jpg")
         st.download_button("Download", image.data, file_name=f"blossom-{image.model}-{image.seed}.{ext}",
                            mime=image.content_type, key="playground_download", icon="⬇️")
+
+with speech_tab:
+    with st.form("playground_speech_form", border=False):
+        speech_text = st.text_area("Text to speak", key="playground_speech_text", height=90, max_chars=MAX_SPEECH_CHARS,
+                                   placeholder="Welcome to the quarterly review. Latency is down, the hit rate is up.")
+        c1, c2, c3 = st.columns([2, 2, 1])
+        with ui.guard("listing voice models"):
+            voice_models = service.list_models("audio")
+        voice_model = c1.selectbox("Model", voice_models, key="playground_speech_model",
+                                   help="Models whose output includes audio (on Pollinations: openai-audio).")
+        voice = c2.selectbox("Voice", VOICES, key="playground_speech_voice")
+        audio_format = c3.selectbox("Format", list(FORMATS), key="playground_speech_format", format_func=str.upper)
+        speak = st.form_submit_button("Speak", type="primary", icon="🔊")
+    if speak:
+        with ui.guard("synthesising speech"), st.spinner("Synthesising speech…"):
+            st.session_state["playground_last_speech"] = handle.generate_speech(
+                speech_text, model=voice_model, voice=voice, audio_format=audio_format)
+    if (clip := st.session_state.get("playground_last_speech")) is not None:
+        if clip.note:
+            st.info(clip.note, icon="ℹ️")
+        st.audio(clip.data, format=clip.content_type)
+        st.caption(f"{clip.summary} · {ui.result_caption(clip)}")
+        st.download_button("Download", clip.data, file_name=clip.file_name, mime=clip.content_type,
+                           key="playground_speech_download", icon="⬇️", on_click="ignore")

@@ -62,6 +62,7 @@ class TestGenerateSpeech:
         assert (r.format, r.requested_format, r.content_type) == ("wav", "wav", "audio/wav")
         assert (r.voice, r.model, r.backend, r.cached) == ("onyx", "demo-voice", "demo", False)
         assert r.transcript == TEXT and r.note == ""
+        assert r.summary.startswith("voice **onyx** · WAV · ") and "not words" in r.summary
         assert r.file_name.endswith(".wav") and "onyx" in r.file_name
 
     def test_deterministic_in_text_and_voice(self, svc: BlossomService, tmp_path: Path) -> None:

@@ -78,6 +78,75 @@ class TestImage:
         assert at.session_state["playground_image_seed"] != before
 
 
+def _speak(text: str, **choices: str) -> object:
+    at = app("pages/playground.py").run()
+    at.text_area(key="playground_speech_text").set_value(text)
+    for name, value in choices.items():
+        at.selectbox(key=f"playground_speech_{name}").set_value(value)
+    next(b for b in at.button if "Speak" in str(b.label)).click().run()
+    return at
+
+
+class TestSpeech:
+    def test_speak_plays_a_wav_with_its_figures(self) -> None:
+        """Speak renders an audio player, a download and a caption with voice, latency and request id."""
+        import io
+        import wave
+
+        at = _speak("The hit rate is up this week.", voice="onyx")
+        assert not at.exception and not at.error
+        assert len(at.get("audio")) == 1, "the audio player is shown"
+        clip = at.session_state["playground_last_speech"]
+        with wave.open(io.BytesIO(clip.data)) as w:
+            assert w.getnframes() > 0 and w.getframerate() == 16_000
+        caption = next(c for c in texts(at, "caption") if "voice" in c)
+        assert "onyx" in caption and "WAV" in caption and " ms" in caption and clip.request_id in caption
+        assert any(b.label == "Download" for b in at.get("download_button"))
+
+    def test_repeat_comes_from_the_cache(self) -> None:
+        """Speaking the same text again is served from the cache, and says so."""
+        at = _speak("Say it twice")
+        next(b for b in at.button if "Speak" in str(b.label)).click().run()
+        assert any("from cache" in c for c in texts(at, "caption"))
+
+    def test_mp3_on_the_demo_says_it_is_wav(self) -> None:
+        """MP3 on the demo backend plays a WAV and says why."""
+        at = _speak("In MP3 please", format="mp3")
+        assert not at.exception
+        assert any("WAV only" in i for i in texts(at, "info"))
+        assert at.session_state["playground_last_speech"].content_type == "audio/wav"
+
+    def test_empty_text_is_a_message(self) -> None:
+        """Speak with no text says what is missing and plays nothing."""
+        at = _speak("")
+        assert not at.exception
+        assert any("text to speak is empty" in e for e in texts(at, "error"))
+        assert not at.get("audio")
+
+    def test_backend_error_is_a_message(self) -> None:
+        """A backend failure (HTTP 503) shows words and a hint, no traceback, no player."""
+        at = app("pages/playground.py").run()
+        queue_fault(at, "503", count=5)
+        at.text_area(key="playground_speech_text").set_value("hello")
+        next(b for b in at.button if "Speak" in str(b.label)).click().run()
+        assert not at.exception
+        assert any("HTTP 503" in e and "try again" in e.lower() for e in texts(at, "error"))
+        assert not at.get("audio")
+
+
+class TestImageGallery:
+    def test_generated_images_join_the_session_gallery(self) -> None:
+        """Each generated image is added to ``gallery_images``, newest first."""
+        at = app("pages/playground.py").run()
+        at.text_area(key="playground_image_prompt").set_value("a red fox")
+        for seed in (7, 8):
+            at.number_input(key="playground_image_seed").set_value(seed)
+            next(b for b in at.button if "Generate image" in str(b.label)).click().run()
+        assert not at.exception
+        assert [i.image.seed for i in at.session_state["gallery_images"]] == [8, 7]
+        assert any("Gallery" in c for c in texts(at, "caption"))
+
+
 class TestShareAndCode:
     """The 🔗 Share permalink (read-only reopening) and "Show code" under answers."""
 
