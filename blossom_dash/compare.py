@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -259,6 +260,17 @@ class Comparison:
         """The models, in column order."""
         return [p.model for p in self.panels]
 
+    def summary(self) -> str:
+        """One line: kind, number of models, when (UTC), backend and parameters set."""
+        when = datetime.fromtimestamp(self.ts, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+        names = {"max_tokens": "max tokens", "seed": "seed", "temperature": "temperature", "width": "width",
+                 "height": "height"}
+        shown = [f"{label} {self.params[key]}" for key, label in names.items() if self.params.get(key) is not None]
+        if self.params.get("system"):
+            shown.append("with a system prompt")
+        return " · ".join([f"{self.kind.capitalize()} comparison of {len(self.panels)} models", when,
+                           f"{self.backend} backend", *shown])
+
     def vote_options(self) -> list[str]:
         """What a vote may name: the models that answered, then ``tie`` and ``all_bad``."""
         return [p.model for p in self.panels if p.ok] + [TIE, ALL_BAD]
@@ -267,6 +279,26 @@ class Comparison:
 def new_comparison_id() -> str:
     """A random 12-hex-character id (48 bits: permalinks are not guessable in practice)."""
     return secrets.token_hex(6)
+
+
+def permalink(page_url: str | None, comparison_id: str, page_path: str = "compare") -> str:
+    """The permalink of a comparison: ``<app>/compare?comparison=<id>``.
+
+    Args:
+        page_url: The browser's URL without its query (``st.context.url``), which may
+            or may not end in the page's path; None or ``""`` gives a relative link.
+        comparison_id: The comparison's id.
+        page_path: The Compare page's URL path in the app's navigation.
+
+    Returns:
+        An absolute URL, or ``?comparison=<id>`` (relative to the current page).
+    """
+    base = (page_url or "").split("?")[0].rstrip("/")
+    if not base:
+        return f"?comparison={comparison_id}"
+    if not base.endswith(f"/{page_path}"):
+        base = f"{base}/{page_path}"
+    return f"{base}?comparison={comparison_id}"
 
 
 def check_request(prompt: Any, models: Any, *, max_prompt_chars: int) -> list[str]:
@@ -727,6 +759,7 @@ __all__ = [
     "leaderboard_table",
     "merge_streams",
     "new_comparison_id",
+    "permalink",
     "run_all",
     "text_panel",
     "wilson_interval",

@@ -5,7 +5,7 @@ import random
 import streamlit as st
 
 from blossom_dash import DashError, ui
-from blossom_dash.compare import ALL_BAD, MAX_MODELS, TIE, Comparison, TextComparison, leaderboard_table
+from blossom_dash.compare import ALL_BAD, MAX_MODELS, TIE, Comparison, TextComparison, leaderboard_table, permalink
 
 handle = ui.session_handle()
 service = handle.service
@@ -54,8 +54,7 @@ def render_comparison(comp: Comparison, *, editable: bool) -> None:
     if err := st.session_state.pop("compare_vote_error", None):
         ui.show_error(err)
     st.markdown(f"**Vote:** {comp.vote.describe()}" if comp.vote else "**Vote:** none yet")
-    base = (st.context.url or "").rstrip("/")
-    link = f"{base}/compare?comparison={comp.id}" if base else f"?comparison={comp.id}"
+    link = permalink(st.context.url, comp.id)
     st.markdown(f"🔗 Permalink (opens read-only): [{link}]({link})")
 
 
@@ -92,10 +91,10 @@ def show_last(kind: str) -> None:
             render_comparison(handle.load_comparison(last), editable=True)
 
 
-if permalink := st.query_params.get("comparison"):
-    st.caption("A stored comparison, read-only.")
+if opened := st.query_params.get("comparison"):
     with ui.guard("opening the comparison"):
-        shown = handle.load_comparison(permalink)
+        shown = handle.load_comparison(opened)
+        st.caption(f"Read-only · {shown.summary()}")
         st.code(shown.prompt, language=None, wrap_lines=True)
         render_comparison(shown, editable=False)
     if st.button("Start a new comparison", key="compare_new", icon="➕"):
@@ -120,7 +119,9 @@ with text_tab:
         max_tokens = c1.number_input("Max tokens", 1, 8192, 256, step=64, key="compare_max_tokens")
         seed = c2.number_input("Seed (optional)", 0, 2**31 - 1, value=None, key="compare_seed", placeholder="none")
         go = st.form_submit_button("Compare", type="primary", icon="⚖️")
-    if go:
+    if not go:
+        show_last("text")
+    else:
         try:
             run = handle.compare_text(prompt, models, max_tokens=int(max_tokens),
                                       seed=None if seed is None else int(seed))
@@ -128,7 +129,6 @@ with text_tab:
             ui.show_error(err)
         else:
             stream_comparison(run)
-    show_last("text")
 
 with image_tab:
     with st.form("compare_image_form", border=False):

@@ -22,6 +22,7 @@ from blossom_dash.compare import (
     check_request,
     leaderboard_table,
     merge_streams,
+    permalink,
     wilson_interval,
 )
 from blossom_dash.store import UsageStore, events, metadata
@@ -58,6 +59,18 @@ class TestCheckRequest:
         with pytest.raises(InvalidRequest) as info:
             check_request(prompt, models, max_prompt_chars=100)
         assert words in info.value.message and info.value.hint
+
+
+class TestPermalink:
+    @pytest.mark.parametrize(("url", "expected"), [
+        ("http://host:8501/compare", "http://host:8501/compare?comparison=abc"),
+        ("http://host:8501/", "http://host:8501/compare?comparison=abc"),
+        ("http://host/app/compare/", "http://host/app/compare?comparison=abc"),
+        (None, "?comparison=abc"),
+    ])
+    def test_points_at_the_compare_page(self, url: str | None, expected: str) -> None:
+        """The link names the Compare page once, whatever the browser's URL ends in."""
+        assert permalink(url, "abc") == expected
 
 
 class TestWilsonInterval:
@@ -182,6 +195,9 @@ class TestLoadComparison:
         assert back.panels[1].error_message == comp.panels[1].error_message
         assert back.vote is not None and back.vote.describe() == "demo-swift was best"
         assert [p.image for p in back_image.panels] == [p.image for p in image.panels]
+        assert back.summary().startswith("Text comparison of 2 models · ")
+        assert "demo backend · max tokens 32" in back.summary()
+        assert "seed 5" in back_image.summary() and "width 128" in back_image.summary()
 
     @pytest.mark.parametrize(("cid", "words"), [("nope", "not a comparison id"),
                                                  ("0123456789ab", "no comparison with the id")])
