@@ -271,6 +271,13 @@ class Comparison:
         return " · ".join([f"{self.kind.capitalize()} comparison of {len(self.panels)} models", when,
                            f"{self.backend} backend", *shown])
 
+    @property
+    def voted(self) -> str | None:
+        """The current vote as a choice: the winning model, ``"tie"``, ``"all_bad"``, or None."""
+        if self.vote is None:
+            return None
+        return self.vote.model if self.vote.choice == "model" else self.vote.choice
+
     def vote_options(self) -> list[str]:
         """What a vote may name: the models that answered, then ``tie`` and ``all_bad``."""
         return [p.model for p in self.panels if p.ok] + [TIE, ALL_BAD]

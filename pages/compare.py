@@ -18,16 +18,15 @@ ANSWER_HEIGHT = 380  # px; answers scroll inside equal boxes so the columns stay
 st.session_state.setdefault("compare_image_seed", random.randint(0, 2**31 - 1))
 
 
-def _vote(comparison_id: str, choice: str) -> None:
+def _vote(comp: Comparison, choice: str) -> None:
     try:
-        handle.vote(comparison_id, choice)
+        handle.vote(comp.id, choice)
     except DashError as err:  # shown on the next run; a callback cannot draw in place
-        st.session_state["compare_vote_error"] = err
+        st.session_state[f"compare_{comp.kind}_vote_error"] = err
 
 
 def render_comparison(comp: Comparison, *, editable: bool) -> None:
     """Draw a stored comparison: the prompt, one column per model, the vote and the permalink."""
-    voted = comp.vote.model if comp.vote and comp.vote.choice == "model" else comp.vote.choice if comp.vote else None
     for col, panel in zip(st.columns(len(comp.panels)), comp.panels, strict=True):
         with col:
             st.markdown(f"**{panel.model}**")
@@ -43,15 +42,15 @@ def render_comparison(comp: Comparison, *, editable: bool) -> None:
                 st.caption(ui.result_caption(panel))
             if editable:
                 st.button("👍 Best", key=f"compare_{comp.kind}_vote_{panel.position}", disabled=not panel.ok,
-                          type="primary" if voted == panel.model else "secondary", width="stretch",
-                          on_click=_vote, args=(comp.id, panel.model))
+                          type="primary" if comp.voted == panel.model else "secondary", width="stretch",
+                          on_click=_vote, args=(comp, panel.model))
     if editable:
         left, right, note = st.columns([1, 1, 4])
         for col, choice, label in ((left, TIE, "🤝 Tie"), (right, ALL_BAD, "👎 All bad")):
-            col.button(label, key=f"compare_{comp.kind}_vote_{choice}", on_click=_vote, args=(comp.id, choice),
-                       type="primary" if voted == choice else "secondary", width="stretch")
+            col.button(label, key=f"compare_{comp.kind}_vote_{choice}", on_click=_vote, args=(comp, choice),
+                       type="primary" if comp.voted == choice else "secondary", width="stretch")
         note.caption("Vote for the best answer, a tie, or all bad; voting again replaces your vote.")
-    if err := st.session_state.pop("compare_vote_error", None):
+    if err := st.session_state.pop(f"compare_{comp.kind}_vote_error", None):
         ui.show_error(err)
     st.markdown(f"**Vote:** {comp.vote.describe()}" if comp.vote else "**Vote:** none yet")
     link = permalink(st.context.url, comp.id)

@@ -19,6 +19,7 @@ from blossom_dash.compare import (
     TIE,
     ComparisonStore,
     Panel,
+    StorageFailed,
     check_request,
     leaderboard_table,
     merge_streams,
@@ -144,6 +145,24 @@ class TestCompareText:
         assert done.ok and done.text
         assert not cut.ok and "not read to its end" in cut.error_message
 
+    def test_a_bug_in_one_stream_is_words_in_its_panel(self) -> None:
+        """A stream that raises something other than a DashError ends its panel with a message."""
+
+        class Broken:
+            result = error = None
+
+            def __iter__(self) -> Broken:
+                return self
+
+            def __next__(self) -> str:
+                raise KeyError("boom")
+
+            def close(self) -> None:
+                pass
+
+        (update,) = list(merge_streams([Broken()]))
+        assert update.done and "failed unexpectedly (KeyError)" in update.error.message
+
     def test_a_start_error_is_reported_at_once(self) -> None:
         """A stream that could not start yields a finished panel with its error."""
         err = InvalidRequest("no", "hint")
@@ -234,6 +253,22 @@ class TestLoadComparison:
         with Image.open(io.BytesIO(back.panels[0].image)) as img:
             assert max(img.size) == 1024
         assert back.panels[1].image == b"small"
+        store.close()
+
+
+class TestStorageFailure:
+    def test_a_failed_write_is_a_storage_error_and_stores_nothing(self, tmp_path: Path) -> None:
+        """When the database refuses the write, save raises StorageFailed and no half comparison remains."""
+        store = UsageStore(f"sqlite:///{tmp_path / 'u.db'}")
+        comps = ComparisonStore(store.engine)
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE comparison_answers")
+        with pytest.raises(StorageFailed) as info:
+            comps.save(kind="text", prompt="p", params={}, panels=[Panel(0, "a", text="x"), Panel(1, "b", text="y")],
+                       user="u", session="", backend="demo")
+        assert "could not be saved" in info.value.message and "still on screen" in info.value.hint
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT COUNT(*) FROM comparisons").scalar() == 0
         store.close()
 
 
