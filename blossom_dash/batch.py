@@ -205,8 +205,8 @@ class ParsedBatch:
     def frame(self) -> pd.DataFrame:
         """The preview: one row per ``BatchRow``, with a ``problem`` column ("" when valid)."""
         cols = ["row", *COLUMNS, "problem"]
-        data = [[r.row, r.prompt, r.model, r.system, r.temperature, r.max_tokens, r.seed, "; ".join(r.errors)]
-                for r in self.rows]
+        data = [[r.row, r.prompt, r.model or "", r.system or "", r.temperature, r.max_tokens, r.seed,
+                 "; ".join(r.errors)] for r in self.rows]
         df = pd.DataFrame(data, columns=cols)
         return df.astype({"temperature": "Float64", "max_tokens": "Int64", "seed": "Int64"})
 
@@ -723,8 +723,11 @@ class BatchRunner:
         eta = None
         if st.active and recent:
             eta = st.remaining * (now - job["run_started_ts"]) / recent
-            if limited:  # paced by the moving window: no faster than the RPM from now on
-                eta = max(eta, st.remaining * 60.0 / self._svc.limiter.limits[0])
+            if limited:
+                # Paced by the moving window: after the wait, up to one window's worth (RPM)
+                # goes at once as the old slots free up, the rest at RPM per minute.
+                rpm = self._svc.limiter.limits[0]
+                eta = max(eta, waiting_s + max(0, st.remaining - rpm) * 60.0 / rpm)
         return replace(st, running=running, eta_s=eta, waiting_s=round(waiting_s, 1), wait_reason=reason)
 
     def list(self, user: str | None, *, limit: int = 50) -> list[BatchStatus]:

@@ -53,17 +53,24 @@ if upload is not None:
         if invalid and st.toggle("Show only invalid rows", key="batch_only_invalid"):
             preview = preview[preview["problem"] != ""]
         st.dataframe(preview, hide_index=True, key="batch_preview", height=min(38 + 35 * len(preview), 300),
+                     column_order=["row", "problem", *parsed.columns],  # only the columns the file has
                      column_config={"row": st.column_config.NumberColumn("Row", help="As a spreadsheet numbers it"),
-                                    "problem": st.column_config.TextColumn("Problem", width="large")})
+                                    "problem": st.column_config.TextColumn("Problem", width="medium"),
+                                    "prompt": st.column_config.TextColumn("Prompt", width="large")})
         with st.expander("Defaults for rows that leave model or max_tokens blank"):
             c1, c2 = st.columns(2)
             default_model = c1.selectbox("Model", models, key="batch_default_model")
             default_tokens = c2.number_input("Max tokens", 1, 8192, 512, step=64, key="batch_default_max_tokens")
-        if st.button(f"Run {len(valid):,} valid rows", type="primary", icon="▶️", disabled=not valid,
+        started = st.session_state.get("batch_started_file") == upload.file_id  # no double submit
+        if st.button(f"Run {len(valid):,} valid rows", type="primary", icon="▶️", disabled=not valid or started,
                      key="batch_run"):
             rows = batch.apply_defaults(valid, model=default_model, max_tokens=int(default_tokens))
             st.session_state["batch_job_select"] = handle.submit_batch(rows, name=upload.name)
+            st.session_state["batch_started_file"] = upload.file_id
             st.toast(f"Started a job of {len(rows):,} rows. It keeps running if you leave this page.", icon="▶️")
+            st.rerun()
+        if started:
+            st.caption("This file is running as a job below. Upload another file to start a new batch.")
 
 # ----- your jobs --------------------------------------------------------------------------
 st.subheader("Your jobs")

@@ -106,6 +106,7 @@ class TestJobs:
         at = upload(app("pages/batch.py").run(), csv(8), name="eight.csv")
         at.button(key="batch_run").click().run()
         assert not at.exception and not at.error
+        assert at.button(key="batch_run").disabled, "the same upload cannot be started twice by accident"
         until(at, finished_rows, "the job to finish")
         assert "Finished: 8 answered, 0 failed." in texts(at, "success")
         assert [m.value for m in at.metric][:3] == ["8", "0", "0"]
