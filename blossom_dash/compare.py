@@ -184,6 +184,11 @@ class Panel:
         return None if self.ok else DashError(self.error_message, self.error_hint)
 
 
+def panel_label(position: int) -> str:
+    """The anonymous name of a column in a blind comparison: ``Model A`` … ``Model D``."""
+    return f"Model {chr(ord('A') + position)}"
+
+
 def text_panel(position: int, model: str, result: TextResult | None, error: DashError | None,
                failed_after_ms: float | None = None) -> Panel:
     """A panel from a finished stream's ``result`` or its ``error``.
@@ -766,6 +771,7 @@ __all__ = [
     "leaderboard_table",
     "merge_streams",
     "new_comparison_id",
+    "panel_label",
     "permalink",
     "run_all",
     "text_panel",

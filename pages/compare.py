@@ -1,11 +1,12 @@
 """Compare: one prompt on 2 to 4 models side by side, a vote, a leaderboard, and permalinks."""
 
 import random
+from dataclasses import replace
 
 import streamlit as st
 
 from blossom_dash import DashError, ui
-from blossom_dash.compare import ALL_BAD, MAX_MODELS, TIE, Comparison, TextComparison, leaderboard_table, permalink
+from blossom_dash import compare as cmp
 
 handle = ui.session_handle()
 service = handle.service
@@ -18,16 +19,22 @@ ANSWER_HEIGHT = 380  # px; answers scroll inside equal boxes so the columns stay
 st.session_state.setdefault("compare_image_seed", random.randint(0, 2**31 - 1))
 
 
-def _vote(comp: Comparison, choice: str) -> None:
+def _vote(comp: cmp.Comparison, choice: str) -> None:
     try:
         handle.vote(comp.id, choice)
     except DashError as err:  # shown on the next run; a callback cannot draw in place
         st.session_state[f"compare_{comp.kind}_vote_error"] = err
 
 
-def render_comparison(comp: Comparison, *, editable: bool) -> None:
-    """Draw a stored comparison: the prompt, one column per model, the vote and the permalink."""
+def render_comparison(comp: cmp.Comparison, *, editable: bool) -> None:
+    """Draw a stored comparison: one column per model, the vote and the permalink.
+
+    In a blind comparison the models are "Model A", "Model B"… until the vote reveals them.
+    """
+    hide = editable and blind and comp.vote is None
     for col, panel in zip(st.columns(len(comp.panels)), comp.panels, strict=True):
+        if hide:
+            panel = replace(panel, model=cmp.panel_label(panel.position))
         with col:
             st.markdown(f"**{panel.model}**")
             if not panel.ok:
@@ -43,25 +50,25 @@ def render_comparison(comp: Comparison, *, editable: bool) -> None:
             if editable:
                 st.button("👍 Best", key=f"compare_{comp.kind}_vote_{panel.position}", disabled=not panel.ok,
                           type="primary" if comp.voted == panel.model else "secondary", width="stretch",
-                          on_click=_vote, args=(comp, panel.model))
+                          on_click=_vote, args=(comp, comp.panels[panel.position].model))
     if editable:
         left, right, note = st.columns([1, 1, 4])
-        for col, choice, label in ((left, TIE, "🤝 Tie"), (right, ALL_BAD, "👎 All bad")):
+        for col, choice, label in ((left, cmp.TIE, "🤝 Tie"), (right, cmp.ALL_BAD, "👎 All bad")):
             col.button(label, key=f"compare_{comp.kind}_vote_{choice}", on_click=_vote, args=(comp, choice),
                        type="primary" if comp.voted == choice else "secondary", width="stretch")
         note.caption("Vote for the best answer, a tie, or all bad; voting again replaces your vote.")
     if err := st.session_state.pop(f"compare_{comp.kind}_vote_error", None):
         ui.show_error(err)
     st.markdown(f"**Vote:** {comp.vote.describe()}" if comp.vote else "**Vote:** none yet")
-    link = permalink(st.context.url, comp.id)
+    link = cmp.permalink(st.context.url, comp.id)
     st.markdown(f"🔗 Permalink (opens read-only): [{link}]({link})")
 
 
-def stream_comparison(run: TextComparison) -> None:
+def stream_comparison(run: cmp.TextComparison) -> None:
     """Stream every model's answer into its own column, then store the comparison."""
     boxes, captions = [], []
-    for col, model in zip(st.columns(len(run.models)), run.models, strict=True):
-        col.markdown(f"**{model}**")
+    for i, col in enumerate(st.columns(len(run.models))):
+        col.markdown(f"**{cmp.panel_label(i) if blind else run.models[i]}**")
         boxes.append(col.container(height=ANSWER_HEIGHT).empty())
         captions.append(col.empty())
         boxes[-1].caption("Waiting for the first token…")
@@ -73,7 +80,8 @@ def stream_comparison(run: TextComparison) -> None:
             boxes[update.index].markdown(update.text + ("" if update.done else " ▌"))
     for panel, caption in zip(run.panels(), captions, strict=True):
         if panel.ok:
-            caption.caption(ui.result_caption(panel))
+            shown_as = replace(panel, model=cmp.panel_label(panel.position)) if blind else panel
+            caption.caption(ui.result_caption(shown_as))
     try:
         comp = run.finish()
     except DashError as err:
@@ -103,6 +111,8 @@ if opened := st.query_params.get("comparison"):
 
 text_models: list[str] = []
 image_models: list[str] = []
+blind = st.toggle("Blind vote", key="compare_blind", help="Hide the model names (Model A, B…) until you vote, "
+                  "as Chatbot Arena does, so that the names do not sway the vote.")
 with ui.guard("listing models"):
     text_models, image_models = service.list_models("text"), service.list_models("image")
 text_tab, image_tab, board_tab = st.tabs(["💬 Text", "🖼️ Images", "🏆 Leaderboard"])
@@ -111,8 +121,8 @@ with text_tab:
     with st.form("compare_text_form", border=False):
         prompt = st.text_area("Prompt", key="compare_prompt", height=90,
                               placeholder="e.g. Explain p95 latency to a product manager in three sentences.")
-        models = st.multiselect(f"Models (2 to {MAX_MODELS})", text_models, default=text_models[:3],
-                                max_selections=MAX_MODELS, accept_new_options=True, key="compare_models",
+        models = st.multiselect(f"Models (2 to {cmp.MAX_MODELS})", text_models, default=text_models[:3],
+                                max_selections=cmp.MAX_MODELS, accept_new_options=True, key="compare_models",
                                 help="Pick from the list, or type any model name the backend knows.")
         c1, c2 = st.columns(2)
         max_tokens = c1.number_input("Max tokens", 1, 8192, 256, step=64, key="compare_max_tokens")
@@ -133,8 +143,8 @@ with image_tab:
     with st.form("compare_image_form", border=False):
         image_prompt = st.text_area("Describe the image", key="compare_image_prompt", height=90,
                                     placeholder="A watercolour lighthouse at dawn, soft light")
-        picked = st.multiselect(f"Image models (2 to {MAX_MODELS})", image_models, default=image_models[:3],
-                                max_selections=MAX_MODELS, accept_new_options=True, key="compare_image_models")
+        picked = st.multiselect(f"Image models (2 to {cmp.MAX_MODELS})", image_models, default=image_models[:3],
+                                max_selections=cmp.MAX_MODELS, accept_new_options=True, key="compare_image_models")
         c1, c2 = st.columns(2)
         size = c1.selectbox("Size", list(SIZES), key="compare_image_size")
         image_seed = c2.number_input("Seed (the same for every model)", 0, 2**31 - 1, key="compare_image_seed")
@@ -154,7 +164,7 @@ with board_tab:
         if board.empty:
             st.info("No votes yet: run a comparison and vote for the best answer.")
         else:
-            st.dataframe(leaderboard_table(board), hide_index=True, key="compare_board", width="stretch")
+            st.dataframe(cmp.leaderboard_table(board), hide_index=True, key="compare_board", width="stretch")
             st.caption("Votes: voted comparisons the model answered in. Win rate: wins ÷ votes. The 95 % interval "
                        "(Wilson) says how far the win rate can be trusted: 1 of 1 is 21–100 %, 60 of 100 is "
                        "50–69 %. Sorted by the interval's low end, so one lucky vote does not top the board.")

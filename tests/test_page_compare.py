@@ -24,7 +24,7 @@ def _model_columns(at: AppTest) -> dict[str, Any]:
     out = {}
     for col in at.columns:
         first = str(col.markdown[0].value) if col.markdown else ""
-        if match := re.fullmatch(r"\*\*([\w.-]+)\*\*", first):
+        if match := re.fullmatch(r"\*\*([\w.-]+)\*\*", first):  # "**Model A**" does not match
             out[match.group(1)] = col
     return out
 
@@ -98,6 +98,25 @@ class TestVoteAndLeaderboard:
         at = _compare(["demo-swift", "fault-500"])
         assert at.button(key="compare_text_vote_1").disabled
         assert not at.button(key="compare_text_vote_0").disabled
+
+
+class TestBlindVote:
+    def test_names_stay_hidden_until_the_vote(self) -> None:
+        """With "Blind vote" on, columns are Model A/B without names; voting reveals them."""
+        at = app(PAGE).run()
+        at.toggle(key="compare_blind").set_value(True).run()
+        at.text_area(key="compare_prompt").set_value("Which is clearer?")
+        at.multiselect(key="compare_models").set_value(["demo-swift", "demo-deep"])
+        next(b for b in at.button if b.label == "Compare").click().run()
+        assert not at.exception
+        assert not _model_columns(at), "no column is headed by a model's name"
+        headings = [str(col.markdown[0].value) for col in at.columns if col.markdown]
+        assert "**Model A**" in headings and "**Model B**" in headings
+        captions = " ".join(texts(at, "caption"))
+        assert "`demo-swift`" not in captions and "`demo-deep`" not in captions and "TTFT" in captions
+        at.button(key="compare_text_vote_1").click().run()
+        assert "**Vote:** demo-deep was best" in [str(m.value) for m in at.markdown]
+        assert list(_model_columns(at)) == ["demo-swift", "demo-deep"]
 
 
 class TestPermalink:
