@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from sqlalchemy import Column, Float, String, Table, Text, insert, select
@@ -96,8 +97,9 @@ def share_link(app_url: str | None, conversation_id: str) -> str:
         app_url: The page's URL as the browser has it (``st.context.url``); None or
             empty gives a relative link.
     """
-    base = (app_url or "").split("?", 1)[0].split("#", 1)[0]
-    return f"{base}?conversation={conversation_id}"
+    parts = urlsplit(app_url or "")
+    path = parts.path or ("/" if parts.netloc else "")
+    return urlunsplit((parts.scheme, parts.netloc, path, f"conversation={conversation_id}", ""))
 
 
 def is_conversation_id(value: object) -> bool:

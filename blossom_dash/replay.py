@@ -246,6 +246,12 @@ class ImportReport:
     backend: str
     created: str
 
+    def describe(self) -> str:
+        """One sentence for the page, e.g. "Added 2 of 3 recordings (1 already here), ..."."""
+        when = self.created.replace("T", " ")[:16] + " UTC" if self.created else "at an unknown time"
+        return (f"Added {self.added:,} of {self.total:,} recordings ({self.skipped:,} already here), "
+                f"recorded on the {self.backend} backend, exported {when}.")
+
 
 def _ext(data: bytes) -> str:
     for magic, ext in ((b"\x89PNG", "png"), (b"\xff\xd8", "jpg"), (b"RIFF", "wav"), (b"ID3", "mp3"),

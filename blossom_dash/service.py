@@ -1131,7 +1131,7 @@ class BlossomService:
         try:
             return self.cache.import_recordings(data)
         except RecordError as exc:
-            raise InvalidRequest(f"The file was not imported: {exc}",
+            raise InvalidRequest(f"Nothing was imported. {exc}",
                                  "Export it again from blossom-dash (Controls → Replay) and import that .zip.") from exc
         except (OSError, ValueError) as exc:
             raise DashError(f"The recordings could not be written: {exc}.",

@@ -130,8 +130,7 @@ with file_col:
     if st.button("Import", key="controls_replay_import", icon="⬆️", disabled=upload is None) and upload:
         with ui.guard("importing recordings"):
             report = service.import_recordings(upload.getvalue())
-            st.success(f"Added {report.added:,} of {report.total:,} recordings ({report.skipped:,} already here), "
-                       f"recorded on {report.backend}, exported {report.created}.", icon="📼")
+            st.success(report.describe(), icon="📼")
     with st.popover("Clear recordings…", icon="🗑️"):
         st.markdown("Delete **every** recorded answer? Export them first to keep a copy.")
         if st.button("Delete all recordings", key="controls_replay_clear", type="primary"):

@@ -13,6 +13,8 @@ handle = ui.session_handle()
 service = handle.service
 st.title("Playground")
 ui.backend_badge(service)
+if service.cache.replay_only:
+    st.caption(":violet-badge[📼 REPLAY ONLY] Answers come from recordings; prompts not recorded are refused.")
 
 SIZES = {"Square 1024×1024": (1024, 1024), "Square 512×512": (512, 512), "Landscape 1024×768": (1024, 768),
          "Portrait 768×1024": (768, 1024), "Wide 1280×720": (1280, 720)}
@@ -60,9 +62,10 @@ with chat_tab:
         stream_on = st.toggle("Stream the answer", value=True, key="playground_stream")
 
     history = st.session_state["playground_messages"]
-    if history and st.button("Clear chat", key="playground_clear", icon="🧹"):
+    bar = st.container(horizontal=True)  # Clear and Share side by side
+    if history and bar.button("Clear chat", key="playground_clear", icon="🧹"):
         st.session_state["playground_messages"] = history = []
-    if history and st.button("🔗 Share", key="playground_share", help="Save this chat and get a read-only link"):
+    if history and bar.button("🔗 Share", key="playground_share", help="Save this chat and get a read-only link"):
         with ui.guard("sharing the chat"):
             st.success("Anyone with this link sees the chat as it is now, read-only:", icon="🔗")
             st.code(conversations.share_link(st.context.url, handle.save_conversation(history).id), language=None)
