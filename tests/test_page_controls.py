@@ -126,8 +126,11 @@ class TestReplayControls:
         _submit(at, "Apply replay settings")
         assert any("Replay only is on" in w for w in texts(at, "warning"))
         chat = app("pages/playground.py").run()
+        assert any("REPLAY ONLY" in c for c in texts(chat, "caption")), "the presenter sees the mode"
         chat.chat_input(key="playground_prompt").set_value("never recorded").run()
         assert any("not recorded for replay" in e for e in texts(chat, "error"))
+        chat.chat_input(key="playground_prompt").set_value("recorded for the demo").run()
+        assert any("from cache" in c for c in texts(chat, "caption"))
 
     def test_import_reports_what_it_added_and_rejects_junk(self) -> None:
         """An exported .zip imports with a count; a file that is not one is refused in words."""
