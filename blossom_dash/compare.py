@@ -51,6 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import errors
 from .errors import DashError, InvalidRequest
 from .store import metadata
 
@@ -180,8 +181,15 @@ class Panel:
         return Usage(p, c, p + c)
 
     def error(self) -> DashError | None:
-        """The panel's failure as a ``DashError`` (for ``ui.show_error``), or None."""
-        return None if self.ok else DashError(self.error_message, self.error_hint)
+        """The panel's failure as a ``DashError`` (for ``ui.show_error``), or None.
+
+        Keeps the severity of the original error type (a rate limit is a warning).
+        """
+        if self.ok:
+            return None
+        err = DashError(self.error_message, self.error_hint)
+        err.severity = getattr(getattr(errors, self.error_type, DashError), "severity", "error")
+        return err
 
 
 def panel_label(position: int) -> str:

@@ -125,6 +125,8 @@ class TestCompareText:
             _, _, comp = run_text(svc, "hello", ["demo-swift", "demo-deep"])
         assert comp.panels[0].ok
         assert comp.panels[1].error_type == RateLimited.__name__
+        assert comp.panels[1].error().severity == "warning", "a rate limit still reads as 'wait', not as a failure"
+        assert comp.panels[0].error() is None
 
     def test_bad_parameter_is_one_error_before_any_request(self, svc: BlossomService) -> None:
         """An out-of-range max_tokens raises once and calls no model."""
