@@ -723,11 +723,12 @@ class BatchRunner:
         eta = None
         if st.active and recent:
             eta = st.remaining * (now - job["run_started_ts"]) / recent
-            if limited:
-                # Paced by the moving window: after the wait, up to one window's worth (RPM)
-                # goes at once as the old slots free up, the rest at RPM per minute.
-                rpm = self._svc.limiter.limits[0]
-                eta = max(eta, waiting_s + max(0, st.remaining - rpm) * 60.0 / rpm)
+        if st.active and limited:
+            # Paced by the moving window: after the wait, up to one window's worth (RPM)
+            # goes at once as the old slots free up, the rest at RPM per minute.
+            rpm = self._svc.limiter.limits[0]
+            floor = waiting_s + max(0, st.remaining - rpm) * 60.0 / rpm
+            eta = floor if eta is None else max(eta, floor)
         return replace(st, running=running, eta_s=eta, waiting_s=round(waiting_s, 1), wait_reason=reason)
 
     def list(self, user: str | None, *, limit: int = 50) -> list[BatchStatus]:

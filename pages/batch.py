@@ -11,6 +11,10 @@ service = handle.service
 st.title("Batch")
 ui.backend_badge(service)
 LIVE_ROWS = 500  # rows shown while a job runs (the page polls); downloads always have all
+LABELS = {"row": "Row", "status": "Status", "prompt": "Prompt", "answered_by": "Answered by", "prompt_tokens":
+          "Prompt tokens", "completion_tokens": "Completion tokens", "cached": "From cache", "model": "Model",
+          "system": "System", "temperature": "Temperature", "max_tokens": "Max tokens", "seed": "Seed",
+          "request_id": "Request id"}
 
 
 def _duration(seconds: float | None) -> str:
@@ -23,7 +27,7 @@ def _duration(seconds: float | None) -> str:
 
 def _label(job: batch.BatchStatus) -> str:
     when = time.strftime("%d %b %H:%M", time.localtime(job.created_ts))
-    return f"{job.name or 'batch'} · {when} · {job.status} · {job.done + job.failed:,}/{job.total:,} rows"
+    return f"{job.name or 'batch'} · {when} · {job.total:,} rows"  # its state is in the panel, kept live
 
 
 # ----- a new batch ------------------------------------------------------------------------
@@ -54,7 +58,8 @@ if upload is not None:
             preview = preview[preview["problem"] != ""]
         st.dataframe(preview, hide_index=True, key="batch_preview", height=min(38 + 35 * len(preview), 300),
                      column_order=["row", "problem", *parsed.columns],  # only the columns the file has
-                     column_config={"row": st.column_config.NumberColumn("Row", help="As a spreadsheet numbers it"),
+                     column_config={**LABELS, "row": st.column_config.NumberColumn("Row", help="As a spreadsheet "
+                                                                                          "numbers it"),
                                     "problem": st.column_config.TextColumn("Problem", width="medium"),
                                     "prompt": st.column_config.TextColumn("Prompt", width="large")})
         with st.expander("Defaults for rows that leave model or max_tokens blank"):
@@ -70,7 +75,7 @@ if upload is not None:
             st.toast(f"Started a job of {len(rows):,} rows. It keeps running if you leave this page.", icon="▶️")
             st.rerun()
         if started:
-            st.caption("This file is running as a job below. Upload another file to start a new batch.")
+            st.caption("This file has been started as a job (below). Upload another file to start a new batch.")
 
 # ----- your jobs --------------------------------------------------------------------------
 st.subheader("Your jobs")
@@ -116,21 +121,18 @@ def job_panel(job_id: str, was_active: bool) -> None:
                    f"resume runs the other {status.remaining + status.cancelled:,}.", icon="⏸️")
     elif status.status == "cancelled":
         st.warning(f"Cancelled: {status.cancelled:,} rows were not run.", icon="⏹️")
-    b = st.columns(4)
+    actions = [(label, icon, key, act) for label, icon, key, act, show in (
+        ("Cancel", "⏹️", "batch_cancel", lambda: handle.cancel_batch(job_id), status.active),
+        ("Resume", "▶️", "batch_resume", lambda: handle.resume_batch(job_id), status.resumable),
+        ("Retry failed rows", "🔁", "batch_retry", lambda: handle.resume_batch(job_id, retry_failed=True),
+         not status.active and status.failed > 0),
+        ("Delete job", "🗑️", "batch_delete", lambda: handle.delete_batch(job_id), not status.active),
+    ) if show]
     with ui.guard("changing the job"):
-        if status.active and b[0].button("Cancel", icon="⏹️", key="batch_cancel"):
-            handle.cancel_batch(job_id)
-            st.rerun()
-        if status.resumable and b[1].button("Resume", icon="▶️", key="batch_resume", type="primary"):
-            handle.resume_batch(job_id)
-            st.rerun()
-        if not status.active and status.failed and b[2].button("Retry failed rows", icon="🔁", key="batch_retry"):
-            handle.resume_batch(job_id, retry_failed=True)
-            st.rerun()
-        if not status.active and b[3].button("Delete job", icon="🗑️", key="batch_delete"):
-            handle.delete_batch(job_id)
-            st.session_state.pop("batch_job_select", None)
-            st.rerun()
+        for col, (label, icon, key, act) in zip(st.columns(4), actions, strict=False):
+            if col.button(label, icon=icon, key=key, type="primary" if key == "batch_resume" else "secondary"):
+                act()
+                st.rerun()
     results = handle.batch_results(job_id, limit=LIVE_ROWS if status.active else None)
     if status.active and status.total > LIVE_ROWS:
         st.caption(f"Showing the first {LIVE_ROWS:,} of {status.total:,} rows while the job runs; the downloads "
@@ -139,7 +141,7 @@ def job_panel(job_id: str, was_active: bool) -> None:
                  column_order=["row", "status", "prompt", "answer", "answered_by", "latency_ms", "prompt_tokens",
                                "completion_tokens", "cached", "error", "model", "system", "temperature",
                                "max_tokens", "seed", "request_id"],
-                 column_config={"row": st.column_config.NumberColumn("Row"),
+                 column_config={**LABELS,
                                 "latency_ms": st.column_config.NumberColumn("Latency", format="%.0f ms"),
                                 "answer": st.column_config.TextColumn("Answer", width="large"),
                                 "error": st.column_config.TextColumn("Error", width="medium")})

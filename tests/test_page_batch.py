@@ -174,6 +174,22 @@ class TestJobs:
         at.button(key="batch_cancel").click().run()
         assert not at.exception
 
+    def test_retry_failed_rows_then_delete(self) -> None:
+        """A failed row says why; Retry failed rows answers it; Delete removes the job."""
+        at = app("pages/batch.py").run()
+        httpx.post(f"{demo_url(at)}/_demo/faults", json={"fault": "500", "count": 1, "routes": ["chat"]})
+        upload(at, csv(3))
+        at.button(key="batch_run").click().run()
+        until(at, finished_rows, "the job to finish")
+        assert "Finished: 2 answered, 1 failed." in texts(at, "success")
+        failed = at.dataframe[-1].value.query("status == 'error'")
+        assert "HTTP 500" in failed["error"].iloc[0]
+        at.button(key="batch_retry").click().run()
+        until(at, lambda a: "Finished: 3 answered, 0 failed." in texts(a, "success"), "the retry to finish")
+        at.button(key="batch_delete").click().run()
+        assert not at.exception
+        assert any("No batch jobs yet" in i for i in texts(at, "info"))
+
     def test_only_your_jobs_are_listed(self) -> None:
         """Another user's job is not in the list."""
         at = app("pages/batch.py").run()
