@@ -1,59 +1,100 @@
-"""Monitor: live usage of the service — requests, latency, tokens, errors, cache, limits."""
+"""Monitor: usage over a time range, against the previous period: KPIs, charts, users, request log, export."""
 
 import time
 
-import pandas as pd
 import streamlit as st
 
-from blossom_dash import charts, ui
-from blossom_dash.metrics import summarize
+from blossom_dash import analytics, charts, ui
+
+PAGE_SIZE = 50
 
 handle = ui.session_handle()
 service = handle.service
+store = service.store
 st.title("Monitor")
 ui.backend_badge(service)
-
-WINDOWS = {"15 min": 15 * 60, "1 h": 3600, "24 h": 86400}
-c1, c2, c3 = st.columns([3, 2, 2])
-window_label = c1.segmented_control("Window", list(WINDOWS), default="1 h", key="monitor_window") or "1 h"
-paused = c2.toggle("Pause live refresh", key="monitor_paused")
-refresh_s = c3.selectbox("Refresh every", [2, 5, 10, 30], index=1, key="monitor_refresh_s",
-                         format_func=lambda s: f"{s} s", disabled=paused)
+controls = ui.monitor_controls_ui(service)
 
 
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:,.0f} ms" if value < 1000 else f"{value / 1000:,.2f} s"
+@st.fragment(run_every=controls.run_every)
+def live() -> None:
+    """KPIs, charts, the per-user table and the aggregate exports; reruns on its own."""
+    service.metrics.flush()  # journaled events first: the page sees every recorded request
+    with ui.guard("computing the usage figures"):
+        snap = analytics.snapshot(store, controls.query())
+        q, b = snap.query, snap.series.bucket_s
+        span = (q.since_ts, q.until_ts)
+        ui.kpi_row(snap.kpis, snap.previous_kpis, vs=f"vs previous {ui.format_duration(q.span_s)}",
+                   saved_ms=snap.cache.saved_ms, unpriced_hits=snap.cache.unpriced_hits)
+        figures = {
+            "rpm": charts.rpm_by_outcome(snap.series.requests, bucket_s=b, span=span),
+            "latency": charts.latency_over_time(snap.latency, bucket_s=b, span=span),
+            "tokens": charts.tokens_by_model(snap.series.tokens, bucket_s=b, span=span),
+            "distribution": charts.latency_distribution(analytics.model_latency_summary(snap.latency_hist)),
+            "cache": charts.cache_over_time(snap.cache.over_time, bucket_s=b, span=span),
+            "errors": charts.errors_by_type(snap.errors),
+        }
+        names = list(figures)
+        for pair in (names[i:i + 2] for i in range(0, len(names), 2)):
+            for col, name in zip(st.columns(2), pair, strict=False):
+                col.plotly_chart(figures[name], key=f"monitor_chart_{name}")
+        st.subheader("Users")
+        left, right = st.columns([3, 2])
+        with left:
+            ui.render_users(snap.users)
+        right.plotly_chart(charts.rate_limited_by_user(snap.rate_limited), key="monitor_chart_limited")
+        t1, t2 = st.columns([2, 3], vertical_alignment="bottom")
+        table = t1.selectbox("Aggregate table to export as CSV (JSON has them all)", analytics.AGGREGATES,
+                             index=1, key="monitor_export_table", format_func=lambda t: t.replace("_", " "))
+        with t2:
+            ui.download_buttons("blossom-aggregates", key="monitor_export_aggregates", label="Aggregates",
+                                csv=lambda: analytics.export_aggregates(snap, "csv", table),
+                                json=lambda: analytics.export_aggregates(snap, "json"))
+        filters = "; ".join(f"{k}: {', '.join(v)}" for k, v in q.filters().items()) or "no filters"
+        st.caption(f"{controls.label} · {ui.format_time(q.since_ts)} → {ui.format_time(q.until_ts)} UTC · "
+                   f"{ui.format_duration(b)} buckets · {filters} · {snap.kpis['requests']:,} events · computed in "
+                   f"{snap.elapsed_s:.2f} s · updated {time.strftime('%H:%M:%S')} · {controls.note}")
 
 
-@st.fragment(run_every=None if paused else refresh_s)
-def live(window_s: int) -> None:
-    """KPIs and charts for the last ``window_s`` seconds; reruns on its own."""
-    now = time.time()
-    df = service.metrics.frame(since=now - window_s)
-    span = (pd.Timestamp(int(now - window_s), unit="s", tz="UTC"), pd.Timestamp(int(now) + 1, unit="s", tz="UTC"))
-    s = summarize(df)
-    k = st.columns(7)
-    k[0].metric("Requests", f"{s['requests']:,}")
-    k[1].metric("Error rate", f"{s['error_rate']:.1%}", help=f"{s['errors']} errors")
-    k[2].metric("p50 latency", _ms(s["p50_latency_ms"]))
-    k[3].metric("p95 latency", _ms(s["p95_latency_ms"]))
-    k[4].metric("Tokens", f"{s['tokens']:,}", help=f"{s['prompt_tokens']:,} prompt + {s['completion_tokens']:,} "
-                                                   "completion")
-    k[5].metric("Cache hit rate", f"{s['cache_hit_rate']:.0%}", help=f"{s['cache_hits']} hits")
-    k[6].metric("Rate-limited", f"{s['rate_limited']:,}")
-    freq = charts.bucket_for(window_s)
-    left, right = st.columns(2)
-    left.plotly_chart(charts.requests_per_minute(df, freq=freq, window=span), key="monitor_rpm")
-    right.plotly_chart(charts.latency_percentiles(df, freq=freq, window=span), key="monitor_latency")
-    left.plotly_chart(charts.tokens_per_minute(df, freq=freq, window=span), key="monitor_tokens")
-    right.plotly_chart(charts.model_breakdown(df), key="monitor_models")
-    errors = df[df["outcome"] == "error"] if not df.empty else df
-    if not errors.empty:
-        st.caption("Errors by type: " + ", ".join(f"{t} × {n}" for t, n in errors["error_type"].value_counts().items()))
-    st.caption(f"Last {window_label} · {len(df):,} events · updated {time.strftime('%H:%M:%S')}"
-               + (" · paused" if paused else f" · refreshes every {refresh_s} s"))
+def _first_page() -> None:
+    st.session_state["monitor_log_page"] = 1
 
 
-live(WINDOWS[window_label])
+@st.fragment
+def request_log() -> None:
+    """The filtered events, searchable, sortable and paged in SQL, with one request's details."""
+    st.subheader("Request log")
+    q = controls.query()
+    row = st.columns([4, 2, 1.4, 1], vertical_alignment="bottom")
+    search = row[0].text_input("Search", key="monitor_log_search", on_change=_first_page,
+                               placeholder="Request id, prompt, model, user or error type")
+    sort_by = row[1].selectbox("Sort by", analytics.SORTABLE, key="monitor_log_sort", on_change=_first_page,
+                               format_func=lambda c: "time" if c == "ts" else c.replace("_", " "))
+    descending = row[2].toggle("Descending", value=True, key="monitor_log_desc", on_change=_first_page)
+    with ui.guard("reading the request log"):
+        frame, total = analytics.request_log(store, q, search, sort_by, descending,
+                                             st.session_state.get("monitor_log_page", 1), PAGE_SIZE)
+        pages = max(1, -(-total // PAGE_SIZE))
+        st.session_state["monitor_log_page"] = min(max(1, st.session_state.get("monitor_log_page", 1)), pages)
+        page = row[3].number_input("Page", min_value=1, max_value=pages, step=1, key="monitor_log_page")
+        ui.render_request_table(frame)
+        st.caption(f"{total:,} matching events · page {page} of {pages} · {PAGE_SIZE} per page · "
+                   f"as of {time.strftime('%H:%M:%S')} (changing a control here re-reads the log)")
+        ids = frame["request_id"].tolist()
+        labels = {r.request_id: f"{r.request_id} · {r.ts:%H:%M:%S} · {r.model} · {r.outcome}"
+                  for r in frame.itertuples()}
+        picked = st.selectbox("Show every field of one request", ids, index=None, key="monitor_log_detail",
+                              format_func=lambda i: labels.get(i, i), placeholder="Pick a request on this page")
+        if picked and (detail := analytics.request_detail(store, picked)):
+            ui.render_request_detail(detail)
+        ui.download_buttons("blossom-requests", key="monitor_export_log",
+                            label=f"Log ({min(total, analytics.EXPORT_MAX_ROWS):,} rows)",
+                            csv=lambda: analytics.export_log(store, q, search, "csv"),
+                            json=lambda: analytics.export_log(store, q, search, "json"))
+
+
+live()
+request_log()
+st.subheader("Retention")
+with ui.guard("checking the retention period"):
+    ui.retention_ui(service)

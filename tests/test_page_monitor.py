@@ -1,11 +1,26 @@
-"""Monitor page: KPIs and charts over the recorded requests, window and pause controls."""
+"""Monitor page: KPIs and charts over the recorded requests, range, filters, log, export, retention."""
 
 from __future__ import annotations
 
+import datetime as dt
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
 from pages_helpers import app, queue_fault, texts
+from streamlit.proto.Metric_pb2 import Metric
+from streamlit.runtime.media_file_manager import MediaFileManager
+from streamlit.testing.v1 import AppTest
+
+from blossom_dash.store import ROW_COLUMNS, UsageStore
 
 
-def _metric(at: object, label: str) -> str:
+def _metric(at: AppTest, label: str) -> str:
     return next(str(m.value) for m in at.metric if m.label == label)
 
 
@@ -21,6 +36,35 @@ def _make_traffic() -> None:
     assert not at.exception
 
 
+def _row(request_id: str, ago_s: float, **fields: Any) -> tuple[Any, ...]:
+    values: dict[str, Any] = {
+        "ts": time.time() - ago_s, "request_id": request_id, "user": "dana", "session": "s", "kind": "text",
+        "model": "demo-swift", "backend": "demo", "outcome": "ok", "error_type": "", "status_code": 200,
+        "latency_ms": 120.0, "ttft_ms": 40.0, "prompt_tokens": 3, "completion_tokens": 9, "bytes": 40,
+        "prompt": f"question {request_id}",
+    }
+    values.update(fields)
+    return tuple(values[c] for c in ROW_COLUMNS)
+
+
+def _seed(tmp_path: Path, rows: list[tuple[Any, ...]]) -> None:
+    """Write events straight into the store the page's service opens (BLOSSOM_DASH_DATA_DIR)."""
+    store = UsageStore(f"sqlite:///{(tmp_path / 'data' / 'usage.db').as_posix()}")
+    store.write_many(rows)
+    store.close()
+
+
+def _log_table(at: AppTest) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if "request_id" in d.value.columns)
+
+
+def _chart_specs(at: AppTest) -> dict[str, str]:
+    return {c.key: c.proto.spec for c in at.get("plotly_chart")}
+
+
+CHARTS = 7
+
+
 class TestMonitor:
     def test_empty_store_reads_as_empty(self) -> None:
         """With no requests, KPIs show zero and the charts say there is no data."""
@@ -28,10 +72,12 @@ class TestMonitor:
         assert not at.exception
         assert _metric(at, "Requests") == "0"
         assert _metric(at, "p95 latency") == "—"
-        assert len(at.get("plotly_chart")) == 4
+        assert len(at.get("plotly_chart")) == CHARTS
+        assert all("No requests" in spec or "No errors" in spec or "Nobody" in spec
+                   for spec in _chart_specs(at).values())
 
     def test_requests_show_up_in_kpis_and_charts(self) -> None:
-        """Requests made in the Playground appear: counts, error rate, hit rate, tokens."""
+        """Requests made in the Playground appear: counts, error rate, hit rate, tokens, errors chart."""
         _make_traffic()
         at = app("pages/monitor.py").run()
         assert not at.exception
@@ -40,16 +86,145 @@ class TestMonitor:
         assert _metric(at, "Cache hit rate") == "25%"
         assert int(_metric(at, "Tokens").replace(",", "")) > 0
         assert _metric(at, "p50 latency").endswith(("ms", " s"))
-        assert any("UpstreamError × 1" in c for c in texts(at, "caption"))
-        assert len(at.get("plotly_chart")) == 4
+        specs = _chart_specs(at)
+        assert len(specs) == CHARTS and "UpstreamError" in specs["monitor_chart_errors"]
+        assert all('"uirevision":"monitor:' in spec for spec in specs.values())
 
     def test_window_and_pause_controls(self) -> None:
-        """Changing the window and pausing keep the page working and say so."""
+        """Changing the range and pausing keep the page working and say so."""
         _make_traffic()
         at = app("pages/monitor.py").run()
+        assert any("refreshes every 5 s" in c for c in texts(at, "caption"))
         at.toggle(key="monitor_paused").set_value(True).run()
         assert any("paused" in c for c in texts(at, "caption"))
-        at.segmented_control(key="monitor_window").set_value("15 min").run()
+        at.segmented_control(key="monitor_range").set_value("15 min").run()
         assert not at.exception
         assert _metric(at, "Requests") == "4"
-        assert any("Last 15 min" in c for c in texts(at, "caption"))
+        assert any(c.startswith("15 min") for c in texts(at, "caption"))
+
+    def test_long_range_refreshes_no_faster_than_a_minute(self) -> None:
+        """A 30-day range refreshes at most once a minute, and says why."""
+        at = app("pages/monitor.py").run()
+        at.segmented_control(key="monitor_range").set_value("30 d").run()
+        assert not at.exception
+        assert any("refreshes every 60 s (at least 60 s for a 30 d range)" in c for c in texts(at, "caption"))
+
+
+class TestComparisonAndFilters:
+    def test_kpis_compare_with_the_previous_period(self, tmp_path: Path) -> None:
+        """Three requests this hour against one the hour before: +2, and a latency rise reads as bad."""
+        _seed(tmp_path, [_row("now1", 60), _row("now2", 120), _row("now3", 180, latency_ms=900.0),
+                         _row("old1", 3600 + 60, latency_ms=50.0)])
+        at = app("pages/monitor.py").run()
+        requests = next(m for m in at.metric if m.label == "Requests")
+        assert (requests.value, requests.delta) == ("3", "+2")
+        p95 = next(m for m in at.metric if m.label == "p95 latency")
+        assert p95.delta.startswith("+") and p95.proto.color == Metric.MetricColor.RED  # inverse: a rise is bad
+        assert requests.proto.color == Metric.MetricColor.GREEN
+        assert p95.proto.delta_description == "vs previous 1 h"
+
+    def test_filters_change_the_kpis(self, tmp_path: Path) -> None:
+        """Filtering by outcome, model or user narrows every KPI."""
+        _seed(tmp_path, [_row("a", 10), _row("b", 20, user="erin", model="demo-deep"),
+                         _row("c", 30, outcome="error", error_type="UpstreamError", status_code=502)])
+        at = app("pages/monitor.py").run()
+        assert _metric(at, "Requests") == "3"
+        assert set(at.multiselect(key="monitor_filter_users").options) == {"dana", "erin"}
+        at.multiselect(key="monitor_filter_outcomes").set_value(["error"]).run()
+        assert (_metric(at, "Requests"), _metric(at, "Error rate")) == ("1", "100.0%")
+        at.multiselect(key="monitor_filter_outcomes").set_value([]).run()
+        at.multiselect(key="monitor_filter_models").set_value(["demo-deep"]).run()
+        assert (_metric(at, "Requests"), _metric(at, "Error rate")) == ("1", "0.0%")
+        assert any("models: demo-deep" in c for c in texts(at, "caption"))
+
+    def test_custom_range(self, tmp_path: Path) -> None:
+        """A custom range counts only its events; a past one does not refresh; a reversed one warns."""
+        _seed(tmp_path, [_row("recent", 60), _row("two-days", 2 * 86_400)])
+        at = app("pages/monitor.py").run()
+        at.segmented_control(key="monitor_range").set_value("Custom").run()
+        assert _metric(at, "Requests") == "1"  # the default custom range is the last 24 h
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        at.get("date_time_input")[0].set_value(now - dt.timedelta(days=3))
+        at.get("date_time_input")[1].set_value(now - dt.timedelta(days=1)).run()
+        assert not at.exception and _metric(at, "Requests") == "1"
+        assert any("a past range" in c for c in texts(at, "caption"))
+        at.get("date_time_input")[1].set_value(now - dt.timedelta(days=4)).run()
+        assert any("end comes after its start" in w for w in texts(at, "warning"))
+
+
+class TestRequestLog:
+    def test_search_paging_and_detail(self, tmp_path: Path) -> None:
+        """120 events page by 50; a search finds one request; picking it shows every field."""
+        _seed(tmp_path, [_row(f"req{i:03d}", 10 + i) for i in range(119)]
+              + [_row("needle", 5, prompt="where is the needle?", user="frank", model="demo-deep")])
+        at = app("pages/monitor.py").run()
+        assert any("120 matching events · page 1 of 3" in c for c in texts(at, "caption"))
+        at.number_input(key="monitor_log_page").set_value(3).run()
+        log = _log_table(at)
+        assert len(log) == 20 and log["request_id"].iloc[-1] == "req118"  # oldest last
+        at.text_input(key="monitor_log_search").input("NEEDLE").run()
+        assert any("1 matching events · page 1 of 1" in c for c in texts(at, "caption"))
+        at.selectbox(key="monitor_log_detail").set_value("needle").run()
+        detail = at.dataframe[-1].value
+        fields = dict(zip(detail["field"], detail["value"], strict=True))
+        assert fields["prompt"] == "where is the needle?" and fields["user"] == "frank"
+        assert set(ROW_COLUMNS) <= set(fields)
+
+    def test_sort_by_latency(self, tmp_path: Path) -> None:
+        """Sorting by latency, descending, puts the slowest request first."""
+        _seed(tmp_path, [_row("fast", 10, latency_ms=5.0), _row("slow", 20, latency_ms=5000.0)])
+        at = app("pages/monitor.py").run()
+        at.selectbox(key="monitor_log_sort").set_value("latency_ms").run()
+        assert _log_table(at)["request_id"].tolist() == ["slow", "fast"]
+
+
+class TestExport:
+    def test_export_buttons_serve_neutralised_files(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Log and aggregates download as CSV and JSON; CSV cells cannot run as formulas."""
+        files: dict[str, Callable[[], bytes]] = {}
+        real = MediaFileManager.add_deferred
+
+        def capture(self: MediaFileManager, data: Callable[[], bytes], *args: Any, **kwargs: Any) -> str:
+            files[kwargs.get("file_name") or args[2]] = data
+            return real(self, data, *args, **kwargs)
+
+        monkeypatch.setattr(MediaFileManager, "add_deferred", capture)
+        _seed(tmp_path, [_row("evil", 10, prompt="=HYPERLINK(\"http://x\")", user="@admin"), _row("fine", 20)])
+        at = app("pages/monitor.py").run()
+        assert {b.label for b in at.get("download_button")} == {
+            "Log (2 rows) CSV", "Log (2 rows) JSON", "Aggregates CSV", "Aggregates JSON"}
+        log = pd.read_csv(io.BytesIO(files["blossom-requests.csv"]()))
+        evil = log[log["request_id"] == "evil"].iloc[0]
+        assert evil["prompt"] == "'=HYPERLINK(\"http://x\")" and evil["user"] == "'@admin"
+        assert json.loads(files["blossom-requests.json"]())[0]["prompt"] == "=HYPERLINK(\"http://x\")"
+        users = pd.read_csv(io.BytesIO(files["blossom-aggregates.csv"]()))
+        assert "'@admin" in users["user"].tolist()
+        doc = json.loads(files["blossom-aggregates.json"]())
+        assert doc["kpis"][0]["requests"] == 2 and doc["query"]["since"]
+
+
+class TestRetention:
+    def test_delete_older_than_asks_first(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Old events are counted; the button stays disabled until confirmed; then they are deleted."""
+        monkeypatch.setenv("BLOSSOM_DASH_RETENTION_DAYS", "7")
+        _seed(tmp_path, [_row(f"old{i}", 10 * 86_400 + i) for i in range(3)] + [_row("new", 60)])
+        at = app("pages/monitor.py").run()
+        assert any("**3 events** are older" in m for m in texts(at, "markdown"))
+        button = at.button(key="monitor_retention_delete")
+        assert button.disabled and button.label == "Delete events older than 7 days"
+        at.checkbox(key="monitor_retention_confirm").check().run()
+        assert not at.button(key="monitor_retention_delete").disabled
+        at.button(key="monitor_retention_delete").click().run()
+        assert not at.exception
+        assert any("Deleted 3 events" in s for s in texts(at, "success"))
+        assert any("**0 events** are older" in m for m in texts(at, "markdown"))
+        assert at.checkbox(key="monitor_retention_confirm").value is False
+        store = UsageStore(f"sqlite:///{(tmp_path / 'data' / 'usage.db').as_posix()}")
+        assert store.count() == 1
+        store.close()
+
+    def test_without_retention_nothing_is_offered(self) -> None:
+        """Without BLOSSOM_DASH_RETENTION_DAYS there is no delete button, only a note."""
+        at = app("pages/monitor.py").run()
+        assert not [b for b in at.button if b.key == "monitor_retention_delete"]
+        assert any("all history is kept" in c for c in texts(at, "caption"))
