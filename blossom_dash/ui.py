@@ -69,9 +69,32 @@ def _user_id() -> str:
     except Exception:  # noqa: BLE001 - auth not configured
         pass
     cookie = st.context.cookies.get("_streamlit_xsrf") if st.context.cookies else None
-    if cookie:
-        return "browser-" + hashlib.sha256(cookie.encode()).hexdigest()[:8]
+    token = xsrf_token(cookie) if cookie else None
+    if token:
+        return "browser-" + hashlib.sha256(token).hexdigest()[:8]
     return "anonymous"
+
+
+def xsrf_token(cookie: str) -> bytes | None:
+    """The stable token inside Streamlit's (Tornado's) ``_streamlit_xsrf`` cookie.
+
+    Tornado re-masks the token on every page load (version 2 format
+    ``2|<mask hex>|<masked token hex>|<timestamp>``, the token XORed with a 4-byte
+    mask), so the raw cookie changes while the token stays the same for the browser.
+
+    Returns:
+        The unmasked token bytes, or None when the cookie has another format.
+    """
+    parts = cookie.split("|")
+    if len(parts) != 4 or parts[0] != "2":
+        return None
+    try:
+        mask, masked = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
+    except ValueError:
+        return None
+    if len(mask) != 4 or not masked:
+        return None
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(masked))
 
 
 @st.cache_resource(scope="session", show_spinner=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pages_helpers import ROOT, app, texts
 
-PAGES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "pages").glob("*.py"))
+PAGES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "app_pages").glob("*.py"))
 
 
 class TestSmoke:
@@ -33,7 +33,7 @@ class TestSmoke:
     def test_navigation_reaches_every_page(self) -> None:
         """Switching pages from app.py renders each page's title."""
         at = app("app.py").run()
-        for page, title in (("pages/monitor.py", "Monitor"), ("pages/controls.py", "Controls")):
+        for page, title in (("app_pages/monitor.py", "Monitor"), ("app_pages/controls.py", "Controls")):
             at.switch_page(page).run()
             assert not at.exception
             assert [t.value for t in at.title] == [title]

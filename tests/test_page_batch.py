@@ -52,7 +52,7 @@ def delay_chat(at: AppTest, count: int, delay_s: float) -> None:
 class TestUploadAndPreview:
     def test_empty_page_explains_itself(self) -> None:
         """With no jobs the page offers the uploader, a template, and says what a job does."""
-        at = app("pages/batch.py").run()
+        at = app("app_pages/batch.py").run()
         assert not at.exception and not at.error
         assert [t.value for t in at.title] == ["Batch"]
         assert any("keeps going when you switch pages or reload" in i for i in texts(at, "info"))
@@ -61,7 +61,7 @@ class TestUploadAndPreview:
     def test_preview_shows_valid_and_invalid_rows(self) -> None:
         """Each invalid row says why; the run button offers only the valid rows."""
         data = b"prompt,temperature,max_tokens\nfine,0.5,\n,1,\nhot,9,\nlots,,many\nalso fine,,\n"
-        at = upload(app("pages/batch.py").run(), data)
+        at = upload(app("app_pages/batch.py").run(), data)
         assert not at.exception and not at.error
         assert any("5 rows · ✅ 2 valid · ❌ 3 invalid" in m for m in texts(at, "markdown"))
         warning = " ".join(texts(at, "warning"))
@@ -75,7 +75,7 @@ class TestUploadAndPreview:
 
     def test_unknown_model_is_flagged(self) -> None:
         """A model the backend does not list makes its row invalid."""
-        at = upload(app("pages/batch.py").run(), b"prompt,model\nhi,demo-swift\nhey,gpt-9\n")
+        at = upload(app("app_pages/batch.py").run(), b"prompt,model\nhi,demo-swift\nhey,gpt-9\n")
         assert list(at.dataframe[0].value["problem"]) == ["", "unknown model “gpt-9”"]
 
     @pytest.mark.parametrize(("data", "message", "hint"), [
@@ -87,7 +87,7 @@ class TestUploadAndPreview:
     ])
     def test_bad_files_are_messages(self, data: bytes, message: str, hint: str) -> None:
         """A file that cannot be used says what is wrong and what to do; nothing runs."""
-        at = upload(app("pages/batch.py").run(), data)
+        at = upload(app("app_pages/batch.py").run(), data)
         assert not at.exception
         errors = " ".join(texts(at, "error"))
         assert message in errors and hint in errors, errors
@@ -95,7 +95,7 @@ class TestUploadAndPreview:
 
     def test_bom_file_runs(self) -> None:
         """A UTF-8 file with a byte-order mark (Excel's CSV UTF-8) is read as usual."""
-        at = upload(app("pages/batch.py").run(), "prompt\nCafé crème\n".encode("utf-8-sig"))
+        at = upload(app("app_pages/batch.py").run(), "prompt\nCafé crème\n".encode("utf-8-sig"))
         assert not at.error
         assert at.button(key="batch_run").label == "Run 1 valid rows"
 
@@ -103,7 +103,7 @@ class TestUploadAndPreview:
 class TestJobs:
     def test_run_shows_progress_results_and_downloads(self) -> None:
         """Running a file starts a job that finishes with an answer per row, downloadable."""
-        at = upload(app("pages/batch.py").run(), csv(8), name="eight.csv")
+        at = upload(app("app_pages/batch.py").run(), csv(8), name="eight.csv")
         at.button(key="batch_run").click().run()
         assert not at.exception and not at.error
         assert at.button(key="batch_run").disabled, "the same upload cannot be started twice by accident"
@@ -120,15 +120,15 @@ class TestJobs:
     def test_job_survives_page_switch_and_reload(self) -> None:
         """Submit, switch page, reload: a fresh session finds the job finished with all rows."""
         first = app("app.py").run()
-        first.switch_page("pages/batch.py").run()
+        first.switch_page("app_pages/batch.py").run()
         upload(first, csv(100), name="hundred.csv")
         first.button(key="batch_run").click().run()
         assert not first.exception
-        first.switch_page("pages/monitor.py").run()
+        first.switch_page("app_pages/monitor.py").run()
         assert not first.exception and [t.value for t in first.title] == ["Monitor"]
 
         reloaded = app("app.py").run()  # a new browser session: nothing carried over but the server
-        reloaded.switch_page("pages/batch.py").run()
+        reloaded.switch_page("app_pages/batch.py").run()
         until(reloaded, finished_rows, "the job to finish")
         assert "Finished: 100 answered, 0 failed." in texts(reloaded, "success")
         results = reloaded.dataframe[-1].value
@@ -137,7 +137,7 @@ class TestJobs:
 
     def test_cancel_from_the_page(self) -> None:
         """Cancel stops the job: the rows in flight finish, the rest are not run."""
-        at = app("pages/batch.py").run()
+        at = app("app_pages/batch.py").run()
         delay_chat(at, count=4, delay_s=1.0)
         upload(at, csv(20))
         at.button(key="batch_run").click().run()
@@ -150,13 +150,13 @@ class TestJobs:
 
     def test_restart_interrupts_and_resume_finishes(self) -> None:
         """A server restart marks the running job interrupted; Resume runs the rest."""
-        at = app("pages/batch.py").run()
+        at = app("app_pages/batch.py").run()
         delay_chat(at, count=4, delay_s=60)
         upload(at, csv(6))
         at.button(key="batch_run").click().run()
         st.cache_resource.clear()  # the server stops: the cached service is closed
 
-        after = app("pages/batch.py").run()
+        after = app("app_pages/batch.py").run()
         assert any("Interrupted" in w for w in texts(after, "warning"))
         after.button(key="batch_resume").click().run()
         assert not after.exception
@@ -166,7 +166,7 @@ class TestJobs:
     def test_waiting_for_the_rate_limit_is_shown(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Over the user's RPM the job says it waits (and for what) instead of failing rows."""
         monkeypatch.setenv("BLOSSOM_DASH_PER_USER_RPM", "3")
-        at = upload(app("pages/batch.py").run(), csv(5))
+        at = upload(app("app_pages/batch.py").run(), csv(5))
         at.button(key="batch_run").click().run()
         until(at, lambda a: any("Waiting for your requests-per-minute limit" in i for i in texts(a, "info")),
               "the job to wait for the window")
@@ -176,7 +176,7 @@ class TestJobs:
 
     def test_retry_failed_rows_then_delete(self) -> None:
         """A failed row says why; Retry failed rows answers it; Delete removes the job."""
-        at = app("pages/batch.py").run()
+        at = app("app_pages/batch.py").run()
         httpx.post(f"{demo_url(at)}/_demo/faults", json={"fault": "500", "count": 1, "routes": ["chat"]})
         upload(at, csv(3))
         at.button(key="batch_run").click().run()
@@ -192,7 +192,7 @@ class TestJobs:
 
     def test_only_your_jobs_are_listed(self) -> None:
         """Another user's job is not in the list."""
-        at = app("pages/batch.py").run()
+        at = app("app_pages/batch.py").run()
         ui.get_service().submit_batch([{"prompt": "theirs"}], user="someone-else", name="theirs.csv")
         at.run()
         assert not [s for s in at.selectbox if s.key == "batch_job_select"]

@@ -8,7 +8,7 @@ from typing import Any
 from pages_helpers import app, texts
 from streamlit.testing.v1 import AppTest
 
-PAGE = "pages/compare.py"
+PAGE = "app_pages/compare.py"
 
 
 def _compare(models: list[str], prompt: str = "What is p95 latency?") -> AppTest:

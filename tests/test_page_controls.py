@@ -17,21 +17,21 @@ def _metric(at: AppTest, label: str) -> str:
 class TestCacheControls:
     def test_turning_the_cache_off_takes_effect(self) -> None:
         """With the cache off, a repeated prompt is answered again, not from the cache."""
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         at.toggle(key="controls_cache_enabled").set_value(False)
         _submit(at, "Apply cache settings")
         assert not at.exception
         assert any("**off**" in c for c in texts(at, "caption"))
-        chat = app("pages/playground.py").run()
+        chat = app("app_pages/playground.py").run()
         for _ in range(2):
             chat.chat_input(key="playground_prompt").set_value("same again").run()
         assert not any("from cache" in c for c in texts(chat, "caption"))
 
     def test_ttl_max_entries_and_clear(self) -> None:
         """TTL and capacity apply at once; Clear empties the cache."""
-        chat = app("pages/playground.py").run()
+        chat = app("app_pages/playground.py").run()
         chat.chat_input(key="playground_prompt").set_value("to be cached").run()
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         assert _metric(at, "Entries") == "1 / 512"
         at.number_input(key="controls_cache_max").set_value(5)
         at.number_input(key="controls_cache_ttl").set_value(120)
@@ -44,11 +44,11 @@ class TestCacheControls:
 class TestLimitControls:
     def test_lowering_the_user_limit_refuses_the_next_request(self) -> None:
         """A per-user limit of 1 RPM lets one prompt through and refuses the next with a wait time."""
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         at.number_input(key="controls_user_rpm").set_value(1)
         _submit(at, "Apply limits")
         assert _metric(at, "Your remaining") == "1 / 1"
-        chat = app("pages/playground.py").run()
+        chat = app("app_pages/playground.py").run()
         chat.chat_input(key="playground_prompt").set_value("one").run()
         chat.chat_input(key="playground_prompt").set_value("two").run()
         assert not chat.exception
@@ -59,12 +59,12 @@ class TestLimitControls:
 class TestBackendControls:
     def test_health_is_shown(self) -> None:
         """The live backend and its health are on the page."""
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         assert any("demo" in m and "text models listed" in m for m in texts(at, "markdown"))
 
     def test_bad_url_is_a_message(self) -> None:
         """Switching to something that is not a URL says what to type instead."""
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         at.radio(key="controls_backend_choice").set_value("custom URL")
         at.text_input(key="controls_backend_url").set_value("not a url")
         _submit(at, "Switch backend")
@@ -73,13 +73,13 @@ class TestBackendControls:
 
     def test_switch_to_a_refusing_url_then_back(self) -> None:
         """A backend that refuses connections shows as unhealthy; prompts fail with words."""
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         at.radio(key="controls_backend_choice").set_value("custom URL")
         at.text_input(key="controls_backend_url").set_value("http://127.0.0.1:9")
         _submit(at, "Switch backend")
         assert not at.exception
         assert any("🔴" in m for m in texts(at, "markdown"))
-        chat = app("pages/playground.py").run()
+        chat = app("app_pages/playground.py").run()
         chat.chat_input(key="playground_prompt").set_value("anyone there?").run()
         assert not chat.exception
         assert any("Cannot reach" in e for e in texts(chat, "error"))
@@ -92,7 +92,7 @@ class TestSessionKey:
     def test_key_is_used_but_never_echoed(self) -> None:
         """A session key is acknowledged without being shown, and can be forgotten."""
         secret = "sk_test_0123456789abcdef"
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         at.text_input(key="controls_session_key").set_value(secret)
         _submit(at, "Use this key")
         assert not at.exception
@@ -107,25 +107,25 @@ class TestReplayControls:
     """The Replay section: record, replay only, export, import, clear."""
 
     def _record(self, prompt: str) -> None:
-        chat = app("pages/playground.py").run()
+        chat = app("app_pages/playground.py").run()
         chat.chat_input(key="playground_prompt").set_value(prompt).run()
         assert not chat.exception
 
     def test_record_then_replay_only_refuses_unrecorded_prompts(self) -> None:
         """Recording counts answers; replay only serves them and refuses the rest in words."""
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         assert _metric(at, "Recorded answers") == "0"
         assert at.download_button(key="controls_replay_export").proto.disabled, "nothing to export yet"
         at.toggle(key="controls_replay_persistent").set_value(True)
         _submit(at, "Apply replay settings")
         self._record("recorded for the demo")
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         assert _metric(at, "Recorded answers") == "1"
         assert not at.download_button(key="controls_replay_export").proto.disabled
         at.toggle(key="controls_replay_only").set_value(True)
         _submit(at, "Apply replay settings")
         assert any("Replay only is on" in w for w in texts(at, "warning"))
-        chat = app("pages/playground.py").run()
+        chat = app("app_pages/playground.py").run()
         assert any("REPLAY ONLY" in c for c in texts(chat, "caption")), "the presenter sees the mode"
         chat.chat_input(key="playground_prompt").set_value("never recorded").run()
         assert any("not recorded for replay" in e for e in texts(chat, "error"))
@@ -136,7 +136,7 @@ class TestReplayControls:
         """An exported .zip imports with a count; a file that is not one is refused in words."""
         from blossom_dash import ui
 
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         at.toggle(key="controls_replay_persistent").set_value(True)
         _submit(at, "Apply replay settings")
         self._record("first recorded prompt")
@@ -144,7 +144,7 @@ class TestReplayControls:
         service = ui.get_service()
         exported = service.export_recordings()
         assert service.clear_recordings() == 2
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         assert _metric(at, "Recorded answers") == "0"
         at.file_uploader(key="controls_replay_upload").set_value(("demo.zip", b"junk", "application/zip")).run()
         at.button(key="controls_replay_import").click().run()
@@ -157,11 +157,11 @@ class TestReplayControls:
 
     def test_clear_recordings_asks_first_then_deletes(self) -> None:
         """Deleting recordings sits behind a confirmation; afterwards the count is zero."""
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         at.toggle(key="controls_replay_persistent").set_value(True)
         _submit(at, "Apply replay settings")
         self._record("to be deleted")
-        at = app("pages/controls.py").run()
+        at = app("app_pages/controls.py").run()
         assert _metric(at, "Recorded answers") == "1"
         at.button(key="controls_replay_clear").click().run()
         assert not at.exception

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 def _generate(seeds: tuple[int, ...], prompt: str = "a lighthouse at dawn") -> list[Any]:
     """Generate images on the Playground and return its session's gallery list."""
-    at = app("pages/playground.py").run()
+    at = app("app_pages/playground.py").run()
     at.text_area(key="playground_image_prompt").set_value(prompt)
     at.selectbox(key="playground_image_size").set_value("Square 512×512")
     for seed in seeds:
@@ -22,7 +22,7 @@ def _generate(seeds: tuple[int, ...], prompt: str = "a lighthouse at dawn") -> l
 
 def _gallery(items: list[Any]) -> AppTest:
     """The Gallery page in a session that already holds ``items``."""
-    at = app("pages/gallery.py")
+    at = app("app_pages/gallery.py")
     at.session_state["gallery_images"] = items
     return at.run()
 
@@ -30,7 +30,7 @@ def _gallery(items: list[Any]) -> AppTest:
 class TestGallery:
     def test_empty_gallery_says_how_to_fill_it(self) -> None:
         """With no images the page says where to make one, and shows no grid."""
-        at = app("pages/gallery.py").run()
+        at = app("app_pages/gallery.py").run()
         assert not at.exception
         info = " ".join(texts(at, "info"))
         assert "empty" in info and "Playground" in info and "Image" in info

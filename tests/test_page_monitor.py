@@ -26,7 +26,7 @@ def _metric(at: AppTest, label: str) -> str:
 
 def _make_traffic() -> None:
     """Two answers, one cache hit and one backend error, made through the Playground."""
-    at = app("pages/playground.py").run()
+    at = app("app_pages/playground.py").run()
     for prompt in ("first question", "second question"):
         at.chat_input(key="playground_prompt").set_value(prompt).run()
     at.button(key="playground_clear").click().run()
@@ -68,7 +68,7 @@ CHARTS = 7
 class TestMonitor:
     def test_empty_store_reads_as_empty(self) -> None:
         """With no requests, KPIs show zero and the charts say there is no data."""
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         assert not at.exception
         assert _metric(at, "Requests") == "0"
         assert _metric(at, "p95 latency") == "—"
@@ -79,7 +79,7 @@ class TestMonitor:
     def test_requests_show_up_in_kpis_and_charts(self) -> None:
         """Requests made in the Playground appear: counts, error rate, hit rate, tokens, errors chart."""
         _make_traffic()
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         assert not at.exception
         assert _metric(at, "Requests") == "4"
         assert _metric(at, "Error rate") == "25.0%"
@@ -93,7 +93,7 @@ class TestMonitor:
     def test_window_and_pause_controls(self) -> None:
         """Changing the range and pausing keep the page working and say so."""
         _make_traffic()
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         assert any("refreshes every 5 s" in c for c in texts(at, "caption"))
         at.toggle(key="monitor_paused").set_value(True).run()
         assert any("paused" in c for c in texts(at, "caption"))
@@ -104,7 +104,7 @@ class TestMonitor:
 
     def test_long_range_refreshes_no_faster_than_a_minute(self) -> None:
         """A 30-day range refreshes at most once a minute, and says why."""
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         at.segmented_control(key="monitor_range").set_value("30 d").run()
         assert not at.exception
         assert any("refreshes every 60 s (at least 60 s for a 30 d range)" in c for c in texts(at, "caption"))
@@ -115,7 +115,7 @@ class TestComparisonAndFilters:
         """Three requests this hour against one the hour before: +2, and a latency rise reads as bad."""
         _seed(tmp_path, [_row("now1", 60), _row("now2", 120), _row("now3", 180, latency_ms=900.0),
                          _row("old1", 3600 + 60, latency_ms=50.0)])
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         requests = next(m for m in at.metric if m.label == "Requests")
         assert (requests.value, requests.delta) == ("3", "+2")
         p95 = next(m for m in at.metric if m.label == "p95 latency")
@@ -127,7 +127,7 @@ class TestComparisonAndFilters:
         """Filtering by outcome, model or user narrows every KPI."""
         _seed(tmp_path, [_row("a", 10), _row("b", 20, user="erin", model="demo-deep"),
                          _row("c", 30, outcome="error", error_type="UpstreamError", status_code=502)])
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         assert _metric(at, "Requests") == "3"
         assert set(at.multiselect(key="monitor_filter_users").options) == {"dana", "erin"}
         at.multiselect(key="monitor_filter_outcomes").set_value(["error"]).run()
@@ -140,7 +140,7 @@ class TestComparisonAndFilters:
     def test_custom_range(self, tmp_path: Path) -> None:
         """A custom range counts only its events; a past one does not refresh; a reversed one warns."""
         _seed(tmp_path, [_row("recent", 60), _row("two-days", 2 * 86_400)])
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         at.segmented_control(key="monitor_range").set_value("Custom").run()
         assert _metric(at, "Requests") == "1"  # the default custom range is the last 24 h
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -157,7 +157,7 @@ class TestRequestLog:
         """120 events page by 50; a search finds one request; picking it shows every field."""
         _seed(tmp_path, [_row(f"req{i:03d}", 10 + i) for i in range(119)]
               + [_row("needle", 5, prompt="where is the needle?", user="frank", model="demo-deep")])
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         assert any("120 matching events · page 1 of 3" in c for c in texts(at, "caption"))
         at.number_input(key="monitor_log_page").set_value(3).run()
         log = _log_table(at)
@@ -173,7 +173,7 @@ class TestRequestLog:
     def test_sort_by_latency(self, tmp_path: Path) -> None:
         """Sorting by latency, descending, puts the slowest request first."""
         _seed(tmp_path, [_row("fast", 10, latency_ms=5.0), _row("slow", 20, latency_ms=5000.0)])
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         at.selectbox(key="monitor_log_sort").set_value("latency_ms").run()
         assert _log_table(at)["request_id"].tolist() == ["slow", "fast"]
 
@@ -190,7 +190,7 @@ class TestExport:
 
         monkeypatch.setattr(MediaFileManager, "add_deferred", capture)
         _seed(tmp_path, [_row("evil", 10, prompt="=HYPERLINK(\"http://x\")", user="@admin"), _row("fine", 20)])
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         assert {b.label for b in at.get("download_button")} == {
             "Log (2 rows) CSV", "Log (2 rows) JSON", "Aggregates CSV", "Aggregates JSON"}
         log = pd.read_csv(io.BytesIO(files["blossom-requests.csv"]()))
@@ -208,7 +208,7 @@ class TestRetention:
         """Old events are counted; the button stays disabled until confirmed; then they are deleted."""
         monkeypatch.setenv("BLOSSOM_DASH_RETENTION_DAYS", "7")
         _seed(tmp_path, [_row(f"old{i}", 10 * 86_400 + i) for i in range(3)] + [_row("new", 60)])
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         assert any("**3 events** are older" in m for m in texts(at, "markdown"))
         button = at.button(key="monitor_retention_delete")
         assert button.disabled and button.label == "Delete events older than 7 days"
@@ -225,6 +225,6 @@ class TestRetention:
 
     def test_without_retention_nothing_is_offered(self) -> None:
         """Without BLOSSOM_DASH_RETENTION_DAYS there is no delete button, only a note."""
-        at = app("pages/monitor.py").run()
+        at = app("app_pages/monitor.py").run()
         assert not [b for b in at.button if b.key == "monitor_retention_delete"]
         assert any("all history is kept" in c for c in texts(at, "caption"))

@@ -6,7 +6,7 @@ from pages_helpers import app, queue_fault, texts
 
 
 def _chat(prompt: str) -> object:
-    at = app("pages/playground.py").run()
+    at = app("app_pages/playground.py").run()
     at.chat_input(key="playground_prompt").set_value(prompt).run()
     return at
 
@@ -41,7 +41,7 @@ class TestChat:
 
     def test_backend_error_is_a_message(self) -> None:
         """A backend failure (HTTP 503 from a fault model) shows words and a hint, no traceback."""
-        at = app("pages/playground.py").run()
+        at = app("app_pages/playground.py").run()
         queue_fault(at, "503", count=5)
         at.chat_input(key="playground_prompt").set_value("hello").run()
         assert not at.exception
@@ -52,7 +52,7 @@ class TestChat:
 class TestImage:
     def test_generate_shows_a_downloadable_image(self) -> None:
         """Generating an image stores it and offers a download with its seed."""
-        at = app("pages/playground.py").run()
+        at = app("app_pages/playground.py").run()
         at.text_area(key="playground_image_prompt").set_value("a lighthouse at dawn")
         at.number_input(key="playground_image_seed").set_value(7)
         submit = next(b for b in at.button if "Generate image" in str(b.label))
@@ -65,21 +65,21 @@ class TestImage:
 
     def test_empty_image_prompt_is_a_message(self) -> None:
         """Generating with no description says so."""
-        at = app("pages/playground.py").run()
+        at = app("app_pages/playground.py").run()
         next(b for b in at.button if "Generate image" in str(b.label)).click().run()
         assert not at.exception
         assert any("image prompt is empty" in e for e in texts(at, "error"))
 
     def test_new_seed_changes_the_seed(self) -> None:
         """The new-seed button picks another seed."""
-        at = app("pages/playground.py").run()
+        at = app("app_pages/playground.py").run()
         before = at.session_state["playground_image_seed"]
         at.button(key="playground_new_seed").click().run()
         assert at.session_state["playground_image_seed"] != before
 
 
 def _speak(text: str, **choices: str) -> object:
-    at = app("pages/playground.py").run()
+    at = app("app_pages/playground.py").run()
     at.text_area(key="playground_speech_text").set_value(text)
     for name, value in choices.items():
         at.selectbox(key=f"playground_speech_{name}").set_value(value)
@@ -125,7 +125,7 @@ class TestSpeech:
 
     def test_backend_error_is_a_message(self) -> None:
         """A backend failure (HTTP 503) shows words and a hint, no traceback, no player."""
-        at = app("pages/playground.py").run()
+        at = app("app_pages/playground.py").run()
         queue_fault(at, "503", count=5)
         at.text_area(key="playground_speech_text").set_value("hello")
         next(b for b in at.button if "Speak" in str(b.label)).click().run()
@@ -137,7 +137,7 @@ class TestSpeech:
 class TestImageGallery:
     def test_generated_images_join_the_session_gallery(self) -> None:
         """Each generated image is added to ``gallery_images``, newest first."""
-        at = app("pages/playground.py").run()
+        at = app("app_pages/playground.py").run()
         at.text_area(key="playground_image_prompt").set_value("a red fox")
         for seed in (7, 8):
             at.number_input(key="playground_image_seed").set_value(seed)
@@ -157,7 +157,7 @@ class TestShareAndCode:
         assert not at.exception
         link = next(c.value for c in at.code if "?conversation=" in c.value)
         conv_id = link.split("?conversation=", 1)[1]
-        shared = app("pages/playground.py")
+        shared = app("app_pages/playground.py")
         shared.query_params["conversation"] = conv_id
         shared.run()
         assert not shared.exception
@@ -172,7 +172,7 @@ class TestShareAndCode:
 
     def test_a_bad_link_is_a_message(self) -> None:
         """An unknown id says the link opens nothing, and offers a new chat instead of a traceback."""
-        at = app("pages/playground.py")
+        at = app("app_pages/playground.py")
         at.query_params["conversation"] = "nosuchconversation"
         at.run()
         assert not at.exception
@@ -181,12 +181,12 @@ class TestShareAndCode:
 
     def test_share_needs_a_chat(self) -> None:
         """With nothing said yet there is no Share button."""
-        at = app("pages/playground.py").run()
+        at = app("app_pages/playground.py").run()
         assert not [b for b in at.button if b.key == "playground_share"]
 
     def test_each_answer_shows_its_code(self) -> None:
         """Under an answer, "Show code" holds the SDK script for that request, with no key in it."""
-        at = app("pages/playground.py").run()
+        at = app("app_pages/playground.py").run()
         at.number_input(key="playground_seed").set_value(42)
         at.chat_input(key="playground_prompt").set_value("Explain p95 latency").run()
         assert not at.exception
@@ -199,7 +199,7 @@ class TestShareAndCode:
 
     def test_the_image_shows_its_code(self) -> None:
         """Under a generated image, "Show code" holds the script that draws it with the same seed."""
-        at = app("pages/playground.py").run()
+        at = app("app_pages/playground.py").run()
         at.text_area(key="playground_image_prompt").set_value("a lighthouse at dawn")
         at.number_input(key="playground_image_seed").set_value(7)
         next(b for b in at.button if "Generate image" in str(b.label)).click().run()
