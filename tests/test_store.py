@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +23,17 @@ from pydantic import ValidationError
 
 from blossom_dash import Settings
 from blossom_dash.metrics import summarize
-from blossom_dash.store import EVENT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, UsageStore
+from blossom_dash.store import (
+    EVENT_COLUMNS,
+    LATENCY_BINS_PER_E,
+    NO_STATUS,
+    ROLLUPS,
+    ROW_COLUMNS,
+    SCHEMA_VERSION,
+    UsageStore,
+    rollup_hour,
+    upsert_statement,
+)
 
 SECRET = "sk_unit_test_secret_9f8e7d6c"
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,6 +235,227 @@ class TestServiceStore:
             r = svc.generate_text("Written into an old database")
             ids = list(svc.metrics.frame()["request_id"])
         assert ids == ["old000000001", r.request_id]
+
+
+# ----- rollups ------------------------------------------------------------------------
+
+#: 2023-11-14 00:00 UTC, a whole day (and hour) in epoch seconds.
+DAY0 = 1_699_920_000.0
+
+
+def random_rows(n: int, seed: int, start: float = DAY0 - 3600 * 5, span_s: float = 3 * 86_400,
+                prefix: str = "r") -> list[tuple[Any, ...]]:
+    """``n`` varied events in ``[start, start + span_s)``: every outcome, missing
+    latencies, TTFTs, tokens and status codes, sub-millisecond latencies, and events
+    exactly on hour boundaries."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        ts = start + rng.random() * span_s
+        if i % 17 == 0:
+            ts = float(math.floor(ts / 3600) * 3600)  # exactly on an hour boundary
+        outcome = rng.choices(["ok", "cache_hit", "rate_limited", "error"], weights=[70, 12, 8, 10])[0]
+        fields: dict[str, Any] = {"user": rng.choice(["ann", "ben", "cid", "dee"]),
+                                  "model": rng.choice(["m-a", "m-b", "m-c"]),
+                                  "kind": rng.choice(["text", "stream", "image"]),
+                                  "backend": rng.choice(["demo", "demo", "other"]), "outcome": outcome}
+        if outcome == "ok":
+            lat = rng.choice([rng.lognormvariate(5, 1.3), rng.random(), None])
+            fields |= {"latency_ms": lat, "ttft_ms": None if lat is None or rng.random() < 0.3 else lat * rng.random(),
+                       "prompt_tokens": rng.choice([None, rng.randint(1, 500)]),
+                       "completion_tokens": rng.randint(1, 900), "status_code": 200, "error_type": ""}
+        elif outcome == "error":
+            fields |= {"error_type": rng.choice(["UpstreamError", "BackendUnavailable"]),
+                       "status_code": rng.choice([500, 502, None]), "latency_ms": rng.choice([None, 40.0]),
+                       "ttft_ms": None, "prompt_tokens": None, "completion_tokens": None}
+        else:
+            fields |= {"error_type": "RateLimited" if outcome == "rate_limited" else "",
+                       "status_code": 429 if outcome == "rate_limited" else 200, "latency_ms": 0.5,
+                       "ttft_ms": 0.5, "prompt_tokens": 7, "completion_tokens": 9}
+        rows.append(row(f"{prefix}{seed}-{i}", ts, **fields))
+    return rows
+
+
+def expected_rollups(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """The rollup tables' rows computed in Python from the events in the file: an
+    independent statement of what ``store`` documents."""
+    hour: dict[tuple[Any, ...], list[Any]] = {}
+    user_day: dict[tuple[Any, ...], list[Any]] = {}
+    lat_hour: dict[tuple[Any, ...], int] = {}
+    lat_day: dict[tuple[Any, ...], int] = {}
+
+    def add(acc: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], ts: float, pt: Any, ct: Any) -> None:
+        n, p, c, last = acc.get(key, [0, 0, 0, -math.inf])
+        acc[key] = [n + 1, p + (pt or 0), c + (ct or 0), max(last, ts)]
+
+    with sqlite3.connect(path) as conn:
+        events = conn.execute("SELECT ts, user, model, kind, backend, outcome, error_type, status_code, latency_ms,"
+                              " ttft_ms, prompt_tokens, completion_tokens FROM events").fetchall()
+    for ts, user, model, kind, backend, outcome, etype, status, lat, ttft, pt, ct in events:
+        h, d = math.floor(ts / 3600), math.floor(ts / 86_400)
+        add(hour, (h, model, kind, backend, outcome, etype, NO_STATUS if status is None else status), ts, pt, ct)
+        add(user_day, (d, user, model, kind, backend, outcome), ts, pt, ct)
+        if outcome != "ok":
+            continue
+        for which, value in (("latency", lat), ("ttft", ttft)):
+            if value is None:
+                continue
+            b = -1 if value < 1 else math.floor(math.log(value) * LATENCY_BINS_PER_E)
+            for acc, unit in ((lat_hour, h), (lat_day, d)):
+                acc[(unit, which, b, model, kind, backend)] = acc.get((unit, which, b, model, kind, backend), 0) + 1
+    return {
+        "rollup_hour": sorted((*k, *v) for k, v in hour.items()),
+        "rollup_latency_hour": sorted((*k, v) for k, v in lat_hour.items()),
+        "rollup_latency_day": sorted((*k, v) for k, v in lat_day.items()),
+        "rollup_user_day": sorted((*k, *v) for k, v in user_day.items()),
+    }
+
+
+def stored_rollups(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """The rollup tables' rows as stored, sorted."""
+    with sqlite3.connect(path) as conn:
+        return {t.name: sorted(conn.execute(f"SELECT * FROM {t.name}").fetchall()) for t, _unit in ROLLUPS}
+
+
+def assert_rollups_exact(path: Path) -> None:
+    """Every rollup table holds exactly what the events in the file add up to."""
+    stored, expected = stored_rollups(path), expected_rollups(path)
+    for name in expected:
+        assert stored[name] == expected[name], name
+
+
+class TestRollups:
+    def test_writes_keep_the_rollups_exact(self, tmp_path: Path) -> None:
+        """Batches of every shape (one event, hundreds, a duplicate inside a batch) add up exactly."""
+        path = tmp_path / "usage.db"
+        store = UsageStore(sqlite_url(path))
+        rows = random_rows(900, seed=1)
+        store.write_many(rows[:1])
+        for i in range(1, 900, 97):
+            store.write_many(rows[i:i + 97])
+        store.write_many([row("twice", DAY0 + 10), row("twice", DAY0 + 20)])
+        assert store.count() == 901
+        store.close()
+        assert_rollups_exact(path)
+        assert sum(r[7] for r in stored_rollups(path)["rollup_hour"]) == 901
+
+    def test_a_replayed_batch_counts_once(self, tmp_path: Path) -> None:
+        """Replaying a journal (rows already stored, mixed with new ones) leaves every rollup exact."""
+        path = tmp_path / "usage.db"
+        store = UsageStore(sqlite_url(path))
+        rows = random_rows(400, seed=2)
+        store.write_many(rows[:300])
+        before = stored_rollups(path)
+        store.write_many(rows[:300])
+        assert stored_rollups(path) == before
+        store.write_many(rows[250:])  # 50 replayed, 100 new
+        assert store.count() == 400
+        store.close()
+        assert_rollups_exact(path)
+
+    @pytest.mark.parametrize("cutoff", [DAY0 + 1234.5, DAY0 + 7200.0, DAY0 + 86_400 + 0.25, DAY0 - 10 * 86_400])
+    def test_delete_older_than_keeps_the_rollups_exact(self, tmp_path: Path, cutoff: float) -> None:
+        """Deleting before a cutoff inside an hour and a day, on an hour boundary, or before
+        everything drops the older units and recomputes the one holding the cutoff."""
+        path = tmp_path / "usage.db"
+        store = UsageStore(sqlite_url(path))
+        store.write_many(random_rows(800, seed=3))
+        deleted = store.delete_older_than(cutoff)
+        remaining = store.count()
+        store.close()
+        assert deleted + remaining == 800
+        assert_rollups_exact(path)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM rollup_hour WHERE last_ts < ?", (cutoff,)).fetchone()[0] == 0
+
+    def test_rebuild_matches_the_incremental_rollups(self, tmp_path: Path) -> None:
+        """rebuild_rollups() recomputes from the events what write_many maintained."""
+        path = tmp_path / "usage.db"
+        store = UsageStore(sqlite_url(path))
+        store.write_many(random_rows(300, seed=4))
+        before = stored_rollups(path)
+        store.rebuild_rollups()
+        store.close()
+        assert stored_rollups(path) == before
+
+    def test_schema_2_file_is_migrated_without_loss(self, tmp_path: Path) -> None:
+        """A schema-2 file (no rollups, no user index) opens at schema 3 with every event
+        and exact rollups, and keeps them exact on later writes."""
+        path = tmp_path / "usage.db"
+        store = UsageStore(sqlite_url(path))
+        rows = random_rows(500, seed=5)
+        store.write_many(rows[:400])
+        store.close()
+        with sqlite3.connect(path) as conn:  # take the file back to schema 2
+            for t, _unit in ROLLUPS:
+                conn.execute(f"DROP TABLE {t.name}")
+            conn.execute("DROP INDEX ix_events_user_ts")
+            conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+            events_before = conn.execute("SELECT * FROM events ORDER BY id").fetchall()
+        again = UsageStore(sqlite_url(path))
+        assert again.schema_version() == SCHEMA_VERSION == 3
+        again.write_many(rows[350:])  # 50 replayed, 100 new
+        again.close()
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT * FROM events ORDER BY id LIMIT 400").fetchall() == events_before
+            assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 500
+            indexes = {r[1] for r in conn.execute("PRAGMA index_list(events)")}
+        assert "ix_events_user_ts" in indexes
+        assert_rollups_exact(path)
+
+    def test_schema_1_file_reaches_schema_3(self, tmp_path: Path) -> None:
+        """A first-schema file with a duplicated request id keeps one copy and gets its rollups."""
+        path = tmp_path / "usage.db"
+        with sqlite3.connect(path) as conn:
+            conn.executescript("""
+                CREATE TABLE events (id INTEGER NOT NULL, ts FLOAT NOT NULL, request_id VARCHAR(32) NOT NULL,
+                  user VARCHAR(128) NOT NULL, session VARCHAR(64) NOT NULL, kind VARCHAR(16) NOT NULL,
+                  model VARCHAR(128) NOT NULL, backend VARCHAR(256) NOT NULL, outcome VARCHAR(16) NOT NULL,
+                  error_type VARCHAR(64) NOT NULL, status_code INTEGER, latency_ms FLOAT, ttft_ms FLOAT,
+                  prompt_tokens INTEGER, completion_tokens INTEGER, bytes INTEGER, prompt TEXT,
+                  PRIMARY KEY (id));
+                CREATE INDEX ix_events_request_id ON events (request_id);
+                CREATE INDEX ix_events_ts ON events (ts);
+                CREATE TABLE meta ("key" VARCHAR(64) NOT NULL, value VARCHAR(256) NOT NULL, PRIMARY KEY ("key"));
+                INSERT INTO meta VALUES ('schema_version', '1');
+            """)
+            conn.executemany(f"INSERT INTO events ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * 16)})",
+                             [*random_rows(60, seed=6), random_rows(1, seed=6)[0]])
+        store = UsageStore(sqlite_url(path))
+        assert (store.schema_version(), store.count()) == (3, 60)
+        store.close()
+        assert_rollups_exact(path)
+
+    def test_python_ln_fallback_bins_alike(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """On a SQLite without ln(), the Python ln registered on each connection gives the same bins."""
+        import blossom_dash.store as store_module
+
+        monkeypatch.setattr(store_module, "SQLITE_HAS_LN", False)
+        path = tmp_path / "usage.db"
+        store = UsageStore(sqlite_url(path))
+        store.write_many(random_rows(300, seed=7))
+        store.close()
+        assert_rollups_exact(path)
+
+    def test_postgresql_upsert_adds_counts_and_keeps_the_later_time(self) -> None:
+        """On PostgreSQL the rollup upsert is ON CONFLICT on the key, adding counts and
+        keeping the greater last_ts (no driver here: checked on the compiled SQL)."""
+        from sqlalchemy import select
+        from sqlalchemy.dialects import postgresql
+
+        stmt = upsert_statement("postgresql", rollup_hour, select(*rollup_hour.c))
+        sql = str(stmt.compile(dialect=postgresql.dialect()))
+        assert "ON CONFLICT (hour, model, kind, backend, outcome, error_type, status_code) DO UPDATE" in sql
+        assert "requests = (rollup_hour.requests + excluded.requests)" in sql
+        assert "last_ts = CASE WHEN (excluded.last_ts > rollup_hour.last_ts) THEN excluded.last_ts" in sql
+
+    def test_rollups_are_a_small_fraction_of_the_events(self, tmp_path: Path) -> None:
+        """A busy hour of one model and user becomes a handful of rollup rows."""
+        store = UsageStore(sqlite_url(tmp_path / "usage.db"))
+        store.write_many([row(f"b{i}", DAY0 + i, latency_ms=100.0, ttft_ms=40.0) for i in range(2000)])
+        assert store.rollup_rows() == {"rollup_hour": 1, "rollup_latency_hour": 2, "rollup_latency_day": 2,
+                                       "rollup_user_day": 1}
+        store.close()
 
 
 def hand_built_frame() -> pd.DataFrame:
