@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from sqlalchemy import event
 
 from blossom_dash import analytics as A
 from blossom_dash.analytics import MonitorQuery
@@ -344,13 +346,194 @@ class TestFilterOptionsAndRetention:
         assert opts["models"] == ["m-fast", "m-none", "m-slow"]
         assert opts["users"] == ["alice", "bob", "carol"] and opts["backends"] == ["demo", "other"]
         assert "m-late" in A.filter_options(store, NOW - HOUR)["models"]
-        # With an end: bob 6, alice 5 (without one, z1 ties them and SQLite's plan picks).
-        assert A.filter_options(store, NOW - HOUR, NOW, limit=1)["users"] == ["bob"]
+        assert A.filter_options(store, NOW - HOUR, NOW, limit=1)["users"] == ["bob"]  # 6 requests; alice 5
+        # Without an end, z1 ties alice with bob at 6: ties keep the first name.
+        assert A.filter_options(store, NOW - HOUR, limit=1)["users"] == ["alice"]
 
     def test_count_older_than(self, store: UsageStore) -> None:
         """Three events precede the last hour (what a deletion at that cutoff would remove)."""
         assert A.count_older_than(store, NOW - HOUR) == 3
         assert A.retention_cutoff(2, now=NOW) == NOW - 2 * 86_400
+
+
+# ----- the rollup path ----------------------------------------------------------------
+
+#: The seeded month: twelve days of events ending 1234.5 s before NOW (not hour-aligned).
+T0 = NOW - 12 * 86_400 - 1234.5
+T1 = NOW - 1234.5
+
+
+def random_events(n: int, seed: int) -> list[tuple[Any, ...]]:
+    """``n`` varied events in ``[T0, T1)``: all outcomes, kinds, two backends, six users,
+    missing values, sub-millisecond latencies, some exactly on hour boundaries."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ts = T0 + rng.random() * (T1 - T0)
+        if i % 13 == 0:
+            ts = float(math.ceil(ts / HOUR) * HOUR)
+        outcome = rng.choices(["ok", "cache_hit", "rate_limited", "error"], weights=[70, 12, 8, 10])[0]
+        fields: dict[str, Any] = {"user": f"u{rng.randrange(6)}", "model": rng.choice(["m-a", "m-b", "m-c", "m-d"]),
+                                  "kind": rng.choice(["text", "stream", "image"]),
+                                  "backend": rng.choice(["demo", "demo", "other"]), "outcome": outcome}
+        if outcome == "ok":
+            lat = rng.choice([rng.lognormvariate(5.5, 1.0), rng.lognormvariate(5.5, 1.0), rng.random(), None])
+            fields |= {"latency_ms": lat, "ttft_ms": None if lat is None or rng.random() < 0.3 else lat / 3,
+                       "prompt_tokens": rng.choice([None, rng.randint(1, 500)]),
+                       "completion_tokens": rng.randint(1, 900)}
+        elif outcome == "error":
+            fields |= {"error_type": rng.choice(["UpstreamError", "BackendUnavailable"]),
+                       "status_code": rng.choice([500, 502, None]), "latency_ms": rng.choice([None, 40.0]),
+                       "ttft_ms": None, "prompt_tokens": None, "completion_tokens": None}
+        elif outcome == "rate_limited":
+            fields |= {"error_type": "RateLimited", "status_code": 429, "latency_ms": 0.0, "ttft_ms": None,
+                       "prompt_tokens": None, "completion_tokens": None}
+        else:
+            fields |= {"latency_ms": 0.5, "ttft_ms": 0.5}
+        out.append(row(f"e{seed}-{i}", NOW - ts, **fields))
+    return out
+
+
+@pytest.fixture(scope="module")
+def month(tmp_path_factory: pytest.TempPathFactory) -> UsageStore:
+    """Six thousand events over twelve days, written in flusher-sized batches, plus a replay."""
+    s = UsageStore(f"sqlite:///{(tmp_path_factory.mktemp('month') / 'usage.db').as_posix()}")
+    events = random_events(6000, seed=11)
+    for i in range(0, len(events), 250):
+        s.write_many(events[i:i + 250])
+    s.write_many(events[:500])  # a replayed journal: counted once
+    yield s
+    s.close()
+
+
+def random_queries(n: int, seed: int) -> list[MonitorQuery]:
+    """Ranges longer than a day, at random or on hour and day boundaries, with random filters."""
+    rng = random.Random(seed)
+    values = {"models": ["m-a", "m-b", "m-c", "m-d", "m-none"], "kinds": ["text", "stream", "image"],
+              "outcomes": ["ok", "cache_hit", "rate_limited", "error"], "backends": ["demo", "other"],
+              "users": ["u0", "u1", "u2", "u3", "u4", "u5"]}
+    out = [MonitorQuery(T0 - 86_400, T1 + 86_400), MonitorQuery(NOW - 7 * 86_400, NOW),
+           MonitorQuery(NOW - 30 * 86_400, NOW)]
+    for i in range(n):
+        span = rng.uniform(86_401, 11 * 86_400)
+        since = rng.uniform(T0 - 86_400, T1 - span / 2)
+        if i % 4 == 1:
+            since = math.floor(since / HOUR) * HOUR
+        elif i % 4 == 2:
+            since, span = math.floor(since / 86_400) * 86_400, round(span / 86_400) * 86_400
+        filters = {name: tuple(rng.sample(vals, rng.randint(1, len(vals) - 1)))
+                   for name, vals in values.items() if rng.random() < (0.15 if name == "users" else 0.3)}
+        out.append(MonitorQuery(since, since + span, **filters))
+    return out
+
+
+QUERIES = random_queries(14, seed=5)
+
+
+def everything(store: UsageStore, q: MonitorQuery) -> dict[str, Any]:
+    """What every public aggregate returns for ``q`` (frames, dicts, numbers)."""
+    ts = A.timeseries(store, q)
+    cache = A.cache_savings(store, q)
+    snap = A.snapshot(store, q)
+    out: dict[str, Any] = {
+        "kpis": A.kpis(store, q), "requests": ts.requests, "tokens": ts.tokens, "by_model": ts.by_model,
+        "latency": A.latency_percentiles(store, q), "latency_1d": A.latency_percentiles(store, q, bucket_s=86_400),
+        "latency_2h": A.latency_percentiles(store, q, bucket_s=7200),
+        "requests_1d": A.timeseries(store, q, bucket_s=86_400).requests,
+        "hist": A.latency_by_model(store, q), "errors": A.errors_by_type(store, q),
+        "cache": (cache.hits, cache.looked_up, cache.hit_rate, cache.saved_ms, cache.unpriced_hits),
+        "cache_by_model": cache.by_model, "cache_over_time": cache.over_time,
+        "users": A.per_user(store, q), "limited": A.rate_limited_by_user(store, q),
+        "log_total": A.request_log(store, q, page_size=10)[1],
+        "log_last_page": A.request_log(store, q, page=10_000, page_size=10)[0],
+        "snap_kpis": snap.kpis, "snap_previous": snap.previous_kpis, "snap_latency": snap.latency,
+        "snap_users": snap.users,
+    }
+    for term in ("M-B", "u3", "upstream", "e11-59", "limited", "nothing-matches"):
+        out[f"search {term}"], out[f"search total {term}"] = A.request_log(store, q, search=term, page_size=20)
+    return out
+
+
+def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    for key in a:
+        if isinstance(a[key], pd.DataFrame):
+            pd.testing.assert_frame_equal(a[key], b[key], obj=key)
+        else:
+            assert a[key] == b[key], key
+
+
+class TestRollupPath:
+    def test_plan_partitions_the_range(self) -> None:
+        """Whole days, then whole hours, then raw edges cover a range exactly, in order."""
+        since, until = 10 * 86_400 - 5000.5, 13 * 86_400 + 7300.25
+        pieces = A._split(since, until, (A.DAY_S, A.HOUR_S))
+        assert [p.unit_s for p in pieces] == [0, 3600, 86_400, 3600, 0]
+        assert pieces[0].since == since and pieces[-1].until == until
+        assert all(a.until == b.since for a, b in zip(pieces, pieces[1:], strict=False))
+        assert all(p.since % p.unit_s == 0 and p.until % p.unit_s == 0 for p in pieces if p.unit_s)
+        assert A._split(100.0, 3000.0, (A.HOUR_S,)) == [A._Piece(0, 100.0, 3000.0)]
+        open_end = A._split(5000.0, math.inf, (A.HOUR_S,))
+        assert open_end == [A._Piece(0, 5000.0, 7200), A._Piece(3600, 7200, math.inf)]
+
+    def test_long_ranges_read_the_rollups(self, month: UsageStore) -> None:
+        """A 7-day range reads rollup tables; 24 h and a user-filtered cube read events."""
+        seen: list[str] = []
+
+        def spy(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            seen.append(statement)
+
+        event.listen(month.engine, "before_cursor_execute", spy)
+        try:
+            A.snapshot(month, MonitorQuery(NOW - 7 * 86_400, NOW))
+            assert all(any(t in sql for sql in seen) for t in ("rollup_hour", "rollup_latency_hour",
+                                                               "rollup_latency_day", "rollup_user_day"))
+            seen.clear()
+            A.snapshot(month, MonitorQuery(NOW - 86_400, NOW))
+            assert seen and not any("rollup_" in sql for sql in seen)
+            seen.clear()
+            A.timeseries(month, MonitorQuery(NOW - 7 * 86_400, NOW, users=("u1",)))
+            assert seen and not any("rollup_" in sql for sql in seen)
+        finally:
+            event.remove(month.engine, "before_cursor_execute", spy)
+
+    @pytest.mark.parametrize("q", QUERIES, ids=[f"q{i}" for i in range(len(QUERIES))])
+    def test_rollup_path_equals_the_scan(self, month: UsageStore, q: MonitorQuery,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        """For random ranges and filters, every aggregate read from the rollups equals the
+        same aggregate computed from the events alone."""
+        rolled = everything(month, q)
+        monkeypatch.setattr(A, "ROLLUP_MIN_SPAN_S", math.inf)
+        monkeypatch.setattr(A, "_SEARCH_VIA_ROLLUP", {})  # search every column with LIKE
+        assert_same(rolled, everything(month, q))
+
+    def test_filter_options_equal_the_scan(self, month: UsageStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Filter lists of long ranges (with and without an end, with a limit) equal the scan's."""
+        cases = [(T0 - 100, None, 200), (T0 + 4321.5, T1 - 999, 200), (NOW - 3 * 86_400, NOW, 2),
+                 (T0 + 86_400 * 2.5, None, 3)]
+        rolled = [A.filter_options(month, since, until, limit) for since, until, limit in cases]
+        monkeypatch.setattr(A, "ROLLUP_MIN_SPAN_S", math.inf)
+        assert rolled == [A.filter_options(month, since, until, limit) for since, until, limit in cases]
+        assert rolled[0]["users"] == [f"u{i}" for i in range(6)] and len(rolled[2]["models"]) == 2
+
+    def test_rollups_follow_retention(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """After deleting old events mid-hour, long ranges still equal the scan."""
+        s = UsageStore(f"sqlite:///{(tmp_path / 'usage.db').as_posix()}")
+        s.write_many(random_events(1500, seed=12))
+        s.delete_older_than(T0 + 3 * 86_400 + 1800.5)
+        q = MonitorQuery(T0, T1)
+        rolled = everything(s, q)
+        monkeypatch.setattr(A, "ROLLUP_MIN_SPAN_S", math.inf)
+        monkeypatch.setattr(A, "_SEARCH_VIA_ROLLUP", {})
+        assert_same(rolled, everything(s, q))
+        s.close()
+
+    def test_user_filter_reads_the_user_index(self, month: UsageStore) -> None:
+        """A user filter on a long range reads events through the (user, ts) index."""
+        with month.engine.connect() as conn:
+            plan = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT count(*) FROM events WHERE ts >= ? AND ts < ? AND user IN ('u1', 'u2')",
+                (NOW - 30 * 86_400, NOW)).all()
+        assert "ix_events_user_ts" in str(plan)
 
 
 class TestExport:
