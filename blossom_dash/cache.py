@@ -14,6 +14,7 @@ service refuses whatever was not recorded instead of calling the backend.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -38,13 +39,19 @@ class RequestKey(str):
     """
 
     parts: dict[str, Any]
-    replay_alias: str
+    random_parts: tuple[str, ...]
 
     def __new__(cls, parts: dict[str, Any], random_parts: Collection[str] = ()) -> RequestKey:
         key = super().__new__(cls, canonical_key(parts))
         key.parts = parts
-        key.replay_alias = lookup_alias(parts, tuple(random_parts))
+        key.random_parts = tuple(random_parts)
         return key
+
+    @functools.cached_property
+    def replay_alias(self) -> str:
+        """The backend-independent key replay-only lookups use (computed on first use:
+        two more hashes that only a replay-only miss needs)."""
+        return lookup_alias(self.parts, self.random_parts)
 
 
 def request_key(*, random_parts: Collection[str] = (), **parts: Any) -> RequestKey:
