@@ -57,6 +57,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import service as _service  # the request limits (bound lazily: service.py imports this module)
+from .analytics import neutralise_formulas
 from .errors import BackendUnavailable, DashError, InvalidRequest, RateLimited
 from .store import metadata
 
@@ -426,23 +427,6 @@ def template_csv() -> bytes:
 
 
 # ----- export --------------------------------------------------------------------------
-
-#: Cells a spreadsheet would read as a formula (OWASP, https://owasp.org/www-community/attacks/CSV_Injection).
-FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``df`` whose text cells cannot run as spreadsheet formulas.
-
-    A text cell beginning with ``=``, ``+``, ``-``, ``@``, tab or carriage return gets
-    a leading ``'``, as OWASP advises (https://owasp.org/www-community/attacks/CSV_Injection).
-    Numbers are left alone.
-    """
-    out = df.copy()
-    for col in out.columns:
-        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
-            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v)
-    return out
 
 
 def results_csv(df: pd.DataFrame) -> bytes:

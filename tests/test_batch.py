@@ -245,14 +245,6 @@ class TestExport:
         lines = [json.loads(line) for line in results_jsonl(df).decode().splitlines()]
         assert lines == [{"prompt": "=HYPERLINK(\"x\")", "latency_ms": 1.5}, {"prompt": "Café", "latency_ms": None}]
 
-    def test_analytics_helper_is_the_same_rule(self) -> None:
-        """If the Monitor's export helper exists, both give the same result (one rule, two exports)."""
-        analytics = pytest.importorskip("blossom_dash.analytics")
-        if not hasattr(analytics, "neutralise_formulas"):
-            pytest.skip("no analytics.neutralise_formulas")
-        df = pd.DataFrame({"a": ["=1", "x", "-2", "\r"], "b": [1, 2, 3, 4]})
-        assert analytics.neutralise_formulas(df).equals(neutralise_formulas(df))
-
 
 class TestSubmit:
     def test_rows_are_checked_again(self, svc: BlossomService) -> None:
