@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import make_service
+from helpers import make_service, run_in_threads
 
 from blossom_dash import RateLimited, TextResult
 from blossom_dash.ratelimit import LimitStatus, RateLimiter
@@ -173,7 +173,6 @@ class TestServiceLimits:
             barrier = threading.Barrier(50)
             ok: list[TextResult] = []
             limited: list[RateLimited] = []
-            other: list[BaseException] = []
 
             def worker(i: int) -> None:
                 barrier.wait()
@@ -181,15 +180,8 @@ class TestServiceLimits:
                     ok.append(svc.generate_text(f"Racing prompt {i}", user="alice"))
                 except RateLimited as exc:
                     limited.append(exc)
-                except BaseException as exc:  # noqa: BLE001 - asserted empty below
-                    other.append(exc)
 
-            threads = [threading.Thread(target=worker, args=(i,)) for i in range(50)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(60)
-            assert other == []
+            assert run_in_threads(worker, 50) == []
             assert (len(ok), len(limited)) == (10, 40)
             assert all(e.retry_after_s > 0 and e.scope == "user" for e in limited)
             assert all(e.message and e.hint for e in limited)

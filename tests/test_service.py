@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from blossom_ai.core.models import DEFAULT_IMAGE_MODELS, DEFAULT_TEXT_MODELS
-from helpers import demo_stats, make_service
+from helpers import demo_stats, make_service, run_in_threads
 from PIL import Image
 
 from blossom_dash import (
@@ -58,25 +58,15 @@ class TestStability:
         """200 sequential plus 8x25 threaded calls all succeed, each recorded once as ok."""
         with make_service(tmp_path) as svc:
             results: list[TextResult] = [svc.generate_text(f"sequential prompt {i}") for i in range(200)]
-            errors: list[BaseException] = []
             lock = threading.Lock()
 
             def worker(k: int) -> None:
                 for i in range(25):
-                    try:
-                        r = svc.generate_text(f"threaded prompt {k}-{i}", user=f"user{k}")
-                    except BaseException as exc:  # noqa: BLE001 - collected, asserted below
-                        with lock:
-                            errors.append(exc)
-                    else:
-                        with lock:
-                            results.append(r)
+                    r = svc.generate_text(f"threaded prompt {k}-{i}", user=f"user{k}")
+                    with lock:
+                        results.append(r)
 
-            threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(60)
+            errors = run_in_threads(worker, 8)
             assert errors == []
             assert len(results) == 400
             assert all(r.text.strip() and not r.cached for r in results)
@@ -215,24 +205,15 @@ class TestStreamText:
     def test_concurrent_streams(self, demo_service: BlossomService) -> None:
         """Six threads streaming at once each get their own complete answer."""
         outcomes: dict[int, tuple[str, str]] = {}
-        errors: list[BaseException] = []
 
         def worker(k: int) -> None:
-            try:
-                for i in range(4):
-                    stream = demo_service.stream_text(f"Concurrent stream {k}-{i}", max_tokens=40)
-                    text = "".join(stream)
-                    assert stream.result is not None
-                    outcomes[k * 10 + i] = (text, stream.result.text)
-            except BaseException as exc:  # noqa: BLE001 - asserted empty below
-                errors.append(exc)
+            for i in range(4):
+                stream = demo_service.stream_text(f"Concurrent stream {k}-{i}", max_tokens=40)
+                text = "".join(stream)
+                assert stream.result is not None
+                outcomes[k * 10 + i] = (text, stream.result.text)
 
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert errors == []
+        assert run_in_threads(worker, 6) == []
         assert len(outcomes) == 24
         assert all(text == result and text for text, result in outcomes.values())
         prompts = {text.split("“")[1].split("”")[0] for text, _ in outcomes.values()}

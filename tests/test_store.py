@@ -11,14 +11,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from helpers import make_service
+from helpers import make_service, run_in_threads
 from pydantic import ValidationError
 
 from blossom_dash import Settings
@@ -37,6 +36,21 @@ from blossom_dash.store import (
 
 SECRET = "sk_unit_test_secret_9f8e7d6c"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+#: The first schema (1) as an earlier version created it: migration tests start from it.
+SCHEMA_1_DDL = """
+CREATE TABLE events (id INTEGER NOT NULL, ts FLOAT NOT NULL, request_id VARCHAR(32) NOT NULL,
+  user VARCHAR(128) NOT NULL, session VARCHAR(64) NOT NULL, kind VARCHAR(16) NOT NULL,
+  model VARCHAR(128) NOT NULL, backend VARCHAR(256) NOT NULL, outcome VARCHAR(16) NOT NULL,
+  error_type VARCHAR(64) NOT NULL, status_code INTEGER, latency_ms FLOAT, ttft_ms FLOAT,
+  prompt_tokens INTEGER, completion_tokens INTEGER, bytes INTEGER, prompt TEXT,
+  PRIMARY KEY (id));
+CREATE INDEX ix_events_request_id ON events (request_id);
+CREATE INDEX ix_events_ts ON events (ts);
+CREATE TABLE meta ("key" VARCHAR(64) NOT NULL, value VARCHAR(256) NOT NULL, PRIMARY KEY ("key"));
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
 
 
 def row(request_id: str, ts: float, **fields: Any) -> tuple[Any, ...]:
@@ -130,21 +144,12 @@ class TestUsageStore:
     def test_concurrent_writers(self, tmp_path: Path) -> None:
         """8 threads writing 50 rows each: all 400 are stored."""
         store = UsageStore(sqlite_url(tmp_path / "usage.db"))
-        errors: list[BaseException] = []
 
         def worker(k: int) -> None:
-            try:
-                for i in range(50):
-                    store.write_many([row(f"t{k}-{i}", float(i))])
-            except BaseException as exc:  # noqa: BLE001 - asserted empty below
-                errors.append(exc)
+            for i in range(50):
+                store.write_many([row(f"t{k}-{i}", float(i))])
 
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert errors == []
+        assert run_in_threads(worker, 8) == []
         assert store.count() == 400
         store.close()
 
@@ -217,17 +222,7 @@ class TestServiceStore:
     def test_database_from_the_first_schema_still_records(self, tmp_path: Path) -> None:
         """A usage.db created by the first schema (non-unique request_id index) still takes events."""
         with sqlite3.connect(tmp_path / "usage.db") as conn:
-            conn.executescript("""
-                CREATE TABLE events (id INTEGER NOT NULL, ts FLOAT NOT NULL, request_id VARCHAR(32) NOT NULL,
-                  user VARCHAR(128) NOT NULL, session VARCHAR(64) NOT NULL, kind VARCHAR(16) NOT NULL,
-                  model VARCHAR(128) NOT NULL, backend VARCHAR(256) NOT NULL, outcome VARCHAR(16) NOT NULL,
-                  error_type VARCHAR(64) NOT NULL, status_code INTEGER, latency_ms FLOAT, ttft_ms FLOAT,
-                  prompt_tokens INTEGER, completion_tokens INTEGER, bytes INTEGER, prompt TEXT,
-                  PRIMARY KEY (id));
-                CREATE INDEX ix_events_request_id ON events (request_id);
-                CREATE INDEX ix_events_ts ON events (ts);
-                CREATE TABLE meta ("key" VARCHAR(64) NOT NULL, value VARCHAR(256) NOT NULL, PRIMARY KEY ("key"));
-                INSERT INTO meta VALUES ('schema_version', '1');
+            conn.executescript(SCHEMA_1_DDL + """
                 INSERT INTO events (ts, request_id, user, session, kind, model, backend, outcome, error_type)
                   VALUES (1.0, 'old000000001', 'u', '', 'text', 'demo-swift', 'demo', 'ok', '');
             """)
@@ -407,18 +402,7 @@ class TestRollups:
         """A first-schema file with a duplicated request id keeps one copy and gets its rollups."""
         path = tmp_path / "usage.db"
         with sqlite3.connect(path) as conn:
-            conn.executescript("""
-                CREATE TABLE events (id INTEGER NOT NULL, ts FLOAT NOT NULL, request_id VARCHAR(32) NOT NULL,
-                  user VARCHAR(128) NOT NULL, session VARCHAR(64) NOT NULL, kind VARCHAR(16) NOT NULL,
-                  model VARCHAR(128) NOT NULL, backend VARCHAR(256) NOT NULL, outcome VARCHAR(16) NOT NULL,
-                  error_type VARCHAR(64) NOT NULL, status_code INTEGER, latency_ms FLOAT, ttft_ms FLOAT,
-                  prompt_tokens INTEGER, completion_tokens INTEGER, bytes INTEGER, prompt TEXT,
-                  PRIMARY KEY (id));
-                CREATE INDEX ix_events_request_id ON events (request_id);
-                CREATE INDEX ix_events_ts ON events (ts);
-                CREATE TABLE meta ("key" VARCHAR(64) NOT NULL, value VARCHAR(256) NOT NULL, PRIMARY KEY ("key"));
-                INSERT INTO meta VALUES ('schema_version', '1');
-            """)
+            conn.executescript(SCHEMA_1_DDL)
             conn.executemany(f"INSERT INTO events ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * 16)})",
                              [*random_rows(60, seed=6), random_rows(1, seed=6)[0]])
         store = UsageStore(sqlite_url(path))
