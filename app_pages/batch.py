@@ -4,7 +4,8 @@ import time
 
 import streamlit as st
 
-from blossom_dash import DashError, batch, ui
+from blossom_dash import DashError, ui
+from blossom_dash.features import batch
 
 handle = ui.session_handle()
 service = handle.service

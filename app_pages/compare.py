@@ -6,7 +6,7 @@ from dataclasses import replace
 import streamlit as st
 
 from blossom_dash import DashError, ui
-from blossom_dash import compare as cmp
+from blossom_dash.features import compare as cmp
 
 handle = ui.session_handle()
 service = handle.service

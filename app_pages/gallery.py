@@ -3,7 +3,7 @@
 import streamlit as st
 
 from blossom_dash import ui
-from blossom_dash.gallery import (
+from blossom_dash.features.gallery import (
     GALLERY_KEY,
     GALLERY_MAX_BYTES,
     GALLERY_MAX_IMAGES,

@@ -4,7 +4,9 @@ import time
 
 import streamlit as st
 
-from blossom_dash import analytics, charts, ui
+from blossom_dash import ui
+from blossom_dash.telemetry import analytics
+from blossom_dash.ui import charts
 
 PAGE_SIZE = 50
 

@@ -5,9 +5,10 @@ import random
 
 import streamlit as st
 
-from blossom_dash import DashError, conversations, snippets, ui
-from blossom_dash.audio import FORMATS, MAX_SPEECH_CHARS, VOICES
-from blossom_dash.gallery import GALLERY_KEY, GALLERY_MAX_IMAGES, add_image
+from blossom_dash import DashError, ui
+from blossom_dash.features import conversations, snippets
+from blossom_dash.features.gallery import GALLERY_KEY, GALLERY_MAX_IMAGES, add_image
+from blossom_dash.sdk.speech import FORMATS, MAX_SPEECH_CHARS, VOICES
 
 handle = ui.session_handle()
 service = handle.service

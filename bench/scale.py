@@ -47,9 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import the project, not an installed copy
     sys.path.insert(0, str(ROOT))
 
-from blossom_dash import analytics as A  # noqa: E402
-from blossom_dash.analytics import MonitorQuery  # noqa: E402
-from blossom_dash.store import ROW_COLUMNS, UsageStore  # noqa: E402
+from blossom_dash.telemetry import analytics as A  # noqa: E402
+from blossom_dash.telemetry.analytics import MonitorQuery  # noqa: E402
+from blossom_dash.telemetry.store import ROW_COLUMNS, UsageStore  # noqa: E402
 
 DAY_S = 86_400
 SPAN_S = 30 * DAY_S

@@ -26,20 +26,28 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from .audio import FALLBACK_AUDIO_MODELS, AudioResult, audio_models, speak, speech_body, validate_speech, verify_audio
-from .backend import STATIC_MODELS, TRANSIENT_STATUS, Backend, StreamChunk, to_dash_error
-from .batch import BatchRow, BatchRunner, BatchStatus, check_owner, check_rows, store_errors
-from .cache import CacheEntry, CacheStats, ResponseCache, backend_identity, request_key
-from .compare import Comparison, ComparisonStore, TextComparison, Vote, check_request, image_panel, run_all
-from .conversations import Conversation, ConversationError, ConversationStore
 from .errors import BackendUnavailable, DashError, InvalidRequest, UpstreamError
-from .metrics import Event, MetricsCollector, new_request_id
-from .observability import attach, attach_logging
-from .ratelimit import LimitStatus, RateLimiter
-from .replay import ImportReport, RecordError, not_recorded
+from .features.batch import BatchRow, BatchRunner, BatchStatus, check_owner, check_rows, store_errors
+from .features.compare import Comparison, ComparisonStore, TextComparison, Vote, check_request, image_panel, run_all
+from .features.conversations import Conversation, ConversationError, ConversationStore
+from .policies.cache import CacheEntry, CacheStats, ResponseCache, backend_identity, request_key
+from .policies.ratelimit import LimitStatus, RateLimiter
+from .policies.replay import ImportReport, RecordError, not_recorded
+from .sdk.backend import STATIC_MODELS, TRANSIENT_STATUS, Backend, StreamChunk, to_dash_error
+from .sdk.speech import (
+    FALLBACK_AUDIO_MODELS,
+    AudioResult,
+    audio_models,
+    speak,
+    speech_body,
+    validate_speech,
+    verify_audio,
+)
+from .sdk.transport import LoopThread, Observation, current_observation, monotonic_ms
 from .settings import POLLINATIONS_URL, Settings
-from .store import UsageStore
-from .transport import LoopThread, Observation, current_observation, monotonic_ms
+from .telemetry.collector import Event, MetricsCollector, new_request_id
+from .telemetry.sinks import attach, attach_logging
+from .telemetry.store import UsageStore
 
 T = TypeVar("T")
 log = logging.getLogger("blossom_dash")

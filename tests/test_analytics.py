@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from sqlalchemy import event
 
-from blossom_dash import analytics as A
-from blossom_dash.analytics import MonitorQuery
-from blossom_dash.store import ROW_COLUMNS, UsageStore
+from blossom_dash.telemetry import analytics as A
+from blossom_dash.telemetry.analytics import MonitorQuery
+from blossom_dash.telemetry.store import ROW_COLUMNS, UsageStore
 
 #: A whole hour (a multiple of 3600 s), so 600 s buckets start at NOW - 600·k.
 NOW = 1_699_999_200.0

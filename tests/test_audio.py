@@ -20,8 +20,8 @@ from blossom_dash import (
     RateLimited,
     UpstreamError,
 )
-from blossom_dash.audio import FORMATS, VOICES, AudioResult, verify_audio
 from blossom_dash.demo_backend.audio import VOICES as DEMO_VOICES
+from blossom_dash.sdk.speech import FORMATS, VOICES, AudioResult, verify_audio
 
 TEXT = "The p95 latency fell after the cache warmed up."
 

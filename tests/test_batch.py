@@ -18,7 +18,7 @@ import pytest
 from helpers import demo_stats, make_service
 
 from blossom_dash import BlossomService, InvalidRequest
-from blossom_dash.batch import (
+from blossom_dash.features.batch import (
     MAX_ROWS,
     BatchRow,
     BatchStatus,

@@ -11,7 +11,7 @@ import pytest
 from helpers import demo_stats, make_service
 
 from blossom_dash import BlossomService, RateLimited
-from blossom_dash.cache import ResponseCache, request_key
+from blossom_dash.policies.cache import ResponseCache, request_key
 
 KEY_A = "sk_testkey_AAAA1111aaaa"
 KEY_B = "sk_testkey_BBBB2222bbbb"

@@ -13,7 +13,7 @@ from PIL import Image
 from sqlalchemy import create_engine, inspect
 
 from blossom_dash import BlossomService, InvalidRequest, RateLimited
-from blossom_dash.compare import (
+from blossom_dash.features.compare import (
     ALL_BAD,
     LEADERBOARD_COLUMNS,
     TIE,
@@ -26,7 +26,7 @@ from blossom_dash.compare import (
     permalink,
     wilson_interval,
 )
-from blossom_dash.store import UsageStore, events, metadata
+from blossom_dash.telemetry.store import UsageStore, events, metadata
 
 
 @pytest.fixture()

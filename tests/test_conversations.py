@@ -9,7 +9,7 @@ from helpers import make_service
 from sqlalchemy import create_engine, inspect, text
 
 from blossom_dash import InvalidRequest
-from blossom_dash.conversations import ConversationStore, share_link
+from blossom_dash.features.conversations import ConversationStore, share_link
 
 CHAT = [{"role": "user", "content": "What is   a moving\nwindow?"},
         {"role": "assistant", "content": "A window that slides.", "caption": "`demo-swift` · 12 ms",

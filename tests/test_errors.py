@@ -21,8 +21,8 @@ from blossom_dash import (
     RateLimited,
     UpstreamError,
 )
-from blossom_dash.backend import Backend, to_dash_error
 from blossom_dash.demo_backend.faults import DEFAULT_RETRY_AFTER_S
+from blossom_dash.sdk.backend import Backend, to_dash_error
 
 #: fault name -> (error type, status recorded). ``disconnect`` may surface either way.
 FAULTS: dict[str, tuple[type[DashError] | tuple[type[DashError], ...], int | None]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from blossom_dash import ImageResult
-from blossom_dash.gallery import GalleryItem, add_image, markdown_text, new_seed, total_bytes
+from blossom_dash.features.gallery import GalleryItem, add_image, markdown_text, new_seed, total_bytes
 
 
 def image(seed: int, *, nbytes: int = 10, model: str = "demo-sketch", rid: str | None = None) -> ImageResult:

@@ -22,8 +22,9 @@ import pytest
 from helpers import make_service
 from prometheus_client.parser import text_string_to_metric_families
 
-from blossom_dash import BlossomService, InvalidRequest, RateLimited, UpstreamError, observability
-from blossom_dash.metrics import Event
+from blossom_dash import BlossomService, InvalidRequest, RateLimited, UpstreamError
+from blossom_dash.telemetry import sinks as observability
+from blossom_dash.telemetry.collector import Event
 
 USER = "alice-observer-7f3"
 SESSION = "session-9c1d"

@@ -17,7 +17,7 @@ from streamlit.proto.Metric_pb2 import Metric
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
-from blossom_dash.store import ROW_COLUMNS, UsageStore
+from blossom_dash.telemetry.store import ROW_COLUMNS, UsageStore
 
 
 def _metric(at: AppTest, label: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 from helpers import make_service, run_in_threads
 
 from blossom_dash import RateLimited, TextResult
-from blossom_dash.ratelimit import LimitStatus, RateLimiter
+from blossom_dash.policies.ratelimit import LimitStatus, RateLimiter
 
 
 def refusal(limiter: RateLimiter, user: str) -> RateLimited:

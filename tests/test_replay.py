@@ -13,9 +13,9 @@ import pytest
 from helpers import demo_stats, make_service
 
 from blossom_dash import InvalidRequest, TextResult
-from blossom_dash.cache import ResponseCache, request_key
 from blossom_dash.errors import BackendUnavailable, NotRecorded
-from blossom_dash.replay import RecordingStore
+from blossom_dash.policies.cache import ResponseCache, request_key
+from blossom_dash.policies.replay import RecordingStore
 
 SECRET = "sk_replay_secret_key_9876"
 

@@ -27,9 +27,9 @@ from blossom_dash import (
     InvalidRequest,
     TextResult,
     TextStream,
-    observability,
 )
 from blossom_dash.demo_backend import IMAGE_MODELS, TEXT_MODELS, DemoServer, count_tokens
+from blossom_dash.telemetry import sinks as observability
 
 
 def closed_port() -> int:

@@ -14,7 +14,7 @@ from helpers import make_service
 from PIL import Image
 
 from blossom_dash import BlossomService
-from blossom_dash.snippets import chat_messages, code_for_image, code_for_text
+from blossom_dash.features.snippets import chat_messages, code_for_image, code_for_text
 
 SECRET = "sk_snippet_secret_4242"
 REAL = "https://gen.pollinations.ai"

@@ -21,8 +21,8 @@ from helpers import make_service, run_in_threads
 from pydantic import ValidationError
 
 from blossom_dash import Settings
-from blossom_dash.metrics import summarize
-from blossom_dash.store import (
+from blossom_dash.telemetry.collector import summarize
+from blossom_dash.telemetry.store import (
     EVENT_COLUMNS,
     LATENCY_BINS_PER_E,
     NO_STATUS,
@@ -412,7 +412,7 @@ class TestRollups:
 
     def test_python_ln_fallback_bins_alike(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """On a SQLite without ln(), the Python ln registered on each connection gives the same bins."""
-        import blossom_dash.store as store_module
+        import blossom_dash.telemetry.store as store_module
 
         monkeypatch.setattr(store_module, "SQLITE_HAS_LN", False)
         path = tmp_path / "usage.db"

@@ -73,7 +73,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from .metrics import OUTCOMES
+from .collector import OUTCOMES
 from .store import (
     DAY_S,
     HOUR_S,

@@ -20,7 +20,7 @@ from blossom_ai import ValidationError as SdkValidationError
 from blossom_ai.core.config import ENDPOINTS, SessionConfig
 from blossom_ai.core.models import DEFAULT_IMAGE_MODELS, DEFAULT_TEXT_MODELS
 
-from .errors import (
+from ..errors import (
     AuthenticationFailed,
     BackendUnavailable,
     DashError,

@@ -41,7 +41,7 @@ from typing import Any
 import diskcache
 import orjson
 
-from .errors import NotRecorded
+from ..errors import NotRecorded
 
 log = logging.getLogger("blossom_dash.replay")
 

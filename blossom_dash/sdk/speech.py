@@ -24,7 +24,7 @@ from blossom_ai.core.config import ENDPOINTS
 from mutagen import MutagenError
 from mutagen.mp3 import MP3
 
-from .errors import InvalidRequest, UpstreamError
+from ..errors import InvalidRequest, UpstreamError
 
 #: Voices of Pollinations' ``openai-audio`` (BLOSSOM_SDK.md, "Pollinations facts").
 VOICES: tuple[str, ...] = ("alloy", "echo", "fable", "onyx", "shimmer", "coral", "verse", "ballad", "ash", "sage")

@@ -1,6 +1,6 @@
 """Benchmark: what the service costs over raw HTTP, on the demo backend.
 
-Run ``python -m blossom_dash.bench [--n 300]``. With the demo backend's latency off
+Run ``python bench/overhead.py [--n 300]``. With the demo backend's latency off
 (in-process, on loopback), it times the median of:
 
 - raw: an ``httpx.AsyncClient`` POST of a chat completion, submitted from this thread
@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import httpx
 
-from . import BlossomService, Settings
+from blossom_dash import BlossomService, Settings
 
 
 def _interleaved_medians(fns: dict[str, Callable[[int], object]], n: int, block: int = 30) -> dict[str, float]:

@@ -18,10 +18,10 @@ from typing import Any
 import streamlit as st
 from pydantic import ValidationError
 
-from . import analytics
-from .errors import DashError
-from .service import BlossomService, SessionHandle
-from .settings import Settings
+from ..errors import DashError
+from ..service import BlossomService, SessionHandle
+from ..settings import Settings
+from ..telemetry import analytics
 
 log = logging.getLogger("blossom_dash.ui")
 

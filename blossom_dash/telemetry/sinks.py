@@ -59,10 +59,10 @@ from prometheus_client import (
     start_http_server,
 )
 
-from .metrics import Event, MetricsCollector
+from .collector import Event, MetricsCollector
 
 if TYPE_CHECKING:  # the service imports this module: no import cycle at run time
-    from .service import BlossomService
+    from ..service import BlossomService
 
 log = logging.getLogger("blossom_dash.observability")
 

@@ -51,12 +51,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import errors
-from .errors import DashError, InvalidRequest
-from .store import metadata
+from .. import errors
+from ..errors import DashError, InvalidRequest
+from ..telemetry.store import metadata
 
 if TYPE_CHECKING:
-    from .service import ImageResult, TextResult, TextStream, Usage
+    from ..service import ImageResult, TextResult, TextStream, Usage
 
 log = logging.getLogger("blossom_dash.compare")
 
@@ -175,7 +175,7 @@ class Panel:
         """Token usage of a text answer; None for images and failed panels."""
         if self.prompt_tokens is None and self.completion_tokens is None:
             return None
-        from .service import Usage  # service imports this module at load time
+        from ..service import Usage  # service imports this module at load time
 
         p, c = self.prompt_tokens or 0, self.completion_tokens or 0
         return Usage(p, c, p + c)

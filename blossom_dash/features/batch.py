@@ -56,13 +56,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import service as _service  # the request limits (bound lazily: service.py imports this module)
-from .analytics import neutralise_formulas
-from .errors import BackendUnavailable, DashError, InvalidRequest, RateLimited
-from .store import metadata
+from .. import service as _service  # the request limits (bound lazily: service.py imports this module)
+from ..errors import BackendUnavailable, DashError, InvalidRequest, RateLimited
+from ..telemetry.analytics import neutralise_formulas
+from ..telemetry.store import metadata
 
 if TYPE_CHECKING:
-    from .service import BlossomService
+    from ..service import BlossomService
 
 log = logging.getLogger("blossom_dash.batch")
 

@@ -16,7 +16,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from .errors import RateLimited
+from ..errors import RateLimited
 
 _GLOBAL_ID = "__global__"
 _EXPIRE_EVERY_S = 1.0

@@ -24,7 +24,7 @@ import orjson
 from sqlalchemy import Column, Float, String, Table, Text, insert, select
 from sqlalchemy.engine import Engine
 
-from .store import metadata
+from ..telemetry.store import metadata
 
 conversations = Table(
     "conversations",

@@ -1,0 +1,1 @@
+"""Features built on the gateway: compare, batch, conversations, gallery, snippets."""

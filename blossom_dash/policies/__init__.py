@@ -1,0 +1,1 @@
+"""Request policies: the response cache, replay recordings, rate limits, the circuit breaker."""
