@@ -1,8 +1,14 @@
 """The usage store: one row per request event, plus hourly and daily rollups, through SQLAlchemy.
 
 Default: a SQLite file in WAL mode (``<data_dir>/usage.db``); any SQLAlchemy URL works
-(PostgreSQL with psycopg for a team). Each event is committed before the request's
-result is returned, so a result the user saw is never missing from the history.
+(PostgreSQL with psycopg for a team). Events do not reach this store on the request's
+path: the collector (``collector.py``) journals each event to a memory-mapped file
+before the request's result returns, and its background flusher writes journaled
+events here in batches (``write_many``) about every quarter second. A reader that goes
+through the collector (``MetricsCollector.flush``, ``frame``; the Monitor page flushes
+first) sees every recorded event, and journals left by a killed process are replayed
+into the store on the next start, so a result the user saw is not missing from the
+history; a reader of the store alone may lag the last quarter second.
 
 Rollups (schema 3) let the Monitor answer a 30-day question from a few thousand rows
 instead of a million events (SQLite has no hash aggregate: every ``GROUP BY`` over raw
