@@ -1,4 +1,4 @@
-"""Tests for the usage store (real SQLite files), ``summarize``, and ``Settings`` from the environment."""
+"""Tests for the usage store (real SQLite files), the events a service records, and ``Settings``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from helpers import make_service, run_in_threads
 from pydantic import ValidationError
 
 from blossom_dash import Settings
-from blossom_dash.telemetry.collector import summarize
+from blossom_dash.telemetry import analytics
 from blossom_dash.telemetry.store import (
     EVENT_COLUMNS,
     LATENCY_BINS_PER_E,
@@ -442,51 +442,17 @@ class TestRollups:
         store.close()
 
 
-def hand_built_frame() -> pd.DataFrame:
-    """Eight events: 4 ok, 2 cache hits, 1 error, 1 rate-limited."""
-    rows = [
-        ("ok", 100.0, 10.0, 5, 10), ("ok", 200.0, 20.0, 5, 10), ("ok", 300.0, 30.0, 5, 10),
-        ("ok", 400.0, 40.0, 5, 10), ("cache_hit", 1.0, 1.0, 5, 10), ("cache_hit", 2.0, 2.0, 5, 10),
-        ("error", 50.0, None, None, None), ("rate_limited", 0.0, None, None, None),
-    ]
-    return pd.DataFrame(rows, columns=["outcome", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens"])
-
-
-class TestSummarize:
-    def test_figures_of_a_hand_built_frame(self) -> None:
-        """Rates, percentiles and tokens follow their definitions."""
-        s = summarize(hand_built_frame())
-        assert (s["requests"], s["errors"], s["rate_limited"], s["cache_hits"]) == (8, 1, 1, 2)
-        assert s["error_rate"] == pytest.approx(1 / 8)
-        assert s["cache_hit_rate"] == pytest.approx(2 / 7)  # rate-limited requests never looked
-        assert s["p50_latency_ms"] == pytest.approx(250.0)  # ok requests only
-        assert s["p95_latency_ms"] == pytest.approx(385.0)
-        assert s["p50_ttft_ms"] == pytest.approx(25.0)
-        assert (s["prompt_tokens"], s["completion_tokens"], s["tokens"]) == (20, 40, 60)
-
-    def test_empty_frame(self) -> None:
-        """An empty frame gives zeros and no percentiles."""
-        s = summarize(pd.DataFrame(columns=list(EVENT_COLUMNS)))
-        assert (s["requests"], s["error_rate"], s["cache_hit_rate"], s["tokens"]) == (0, 0.0, 0.0, 0)
-        assert s["p50_latency_ms"] is None and s["p95_latency_ms"] is None and s["p50_ttft_ms"] is None
-
-    def test_only_refusals(self) -> None:
-        """All requests rate-limited: hit rate 0.0 (no division by zero), no percentiles."""
-        df = pd.DataFrame({"outcome": ["rate_limited"] * 3, "latency_ms": [0.0] * 3, "ttft_ms": [None] * 3,
-                           "prompt_tokens": [None] * 3, "completion_tokens": [None] * 3})
-        s = summarize(df)
-        assert (s["requests"], s["rate_limited"], s["cache_hit_rate"], s["error_rate"]) == (3, 3, 0.0, 0.0)
-        assert s["p50_latency_ms"] is None
-
-    def test_summary_of_a_live_service(self, tmp_path: Path) -> None:
-        """The service's summary counts its own requests, hits and tokens."""
+class TestServiceEvents:
+    def test_a_live_service_records_its_requests(self, tmp_path: Path) -> None:
+        """The service's requests, cache hit and tokens reach the store and its KPIs."""
         with make_service(tmp_path) as svc:
             a = svc.generate_text("Summarise me")
             svc.generate_text("Summarise me")
-            s = svc.metrics.summary()
-        assert (s["requests"], s["cache_hits"], s["errors"]) == (2, 1, 0)
-        assert s["cache_hit_rate"] == 0.5
-        assert s["tokens"] == a.usage.prompt_tokens + a.usage.completion_tokens
+            svc.metrics.flush()
+            k = analytics.kpis(svc.store, analytics.MonitorQuery.last(3600, now=time.time() + 1))
+        assert (k["requests"], k["cache_hits"], k["errors"]) == (2, 1, 0)
+        assert k["cache_hit_rate"] == 0.5
+        assert k["tokens"] == a.usage.prompt_tokens + a.usage.completion_tokens
 
 
 class TestSettings:

@@ -268,10 +268,6 @@ class MetricsCollector:
             since = since.timestamp()
         return self.store.frame(since, limit=limit)
 
-    def summary(self, since: float | None = None) -> dict[str, Any]:
-        """Headline figures over the events since ``since`` (see ``summarize``)."""
-        return summarize(self.frame(since))
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -283,47 +279,4 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def summarize(df: pd.DataFrame) -> dict[str, Any]:
-    """Headline figures of an event frame.
-
-    Returns:
-        ``requests, errors, error_rate, rate_limited, cache_hits, cache_hit_rate,
-        p50_latency_ms, p95_latency_ms, p50_ttft_ms, prompt_tokens,
-        completion_tokens, tokens``. Rates are fractions in [0, 1]; the hit rate is
-        cache hits over requests that reached the cache (all but rate-limited ones);
-        latency percentiles cover served (``ok``) requests; tokens count served ones.
-    """
-    n = int(len(df))
-    if n == 0:
-        return {
-            "requests": 0, "errors": 0, "error_rate": 0.0, "rate_limited": 0, "cache_hits": 0,
-            "cache_hit_rate": 0.0, "p50_latency_ms": None, "p95_latency_ms": None,
-            "p50_ttft_ms": None, "prompt_tokens": 0, "completion_tokens": 0, "tokens": 0,
-        }
-    outcome = df["outcome"]
-    errors = int((outcome == "error").sum())
-    limited = int((outcome == "rate_limited").sum())
-    hits = int((outcome == "cache_hit").sum())
-    served = df[outcome == "ok"]
-    lat = served["latency_ms"].dropna()
-    ttft = served["ttft_ms"].dropna()
-    prompt_t = int(served["prompt_tokens"].fillna(0).sum())
-    completion_t = int(served["completion_tokens"].fillna(0).sum())
-    looked_up = n - limited
-    return {
-        "requests": n,
-        "errors": errors,
-        "error_rate": errors / n,
-        "rate_limited": limited,
-        "cache_hits": hits,
-        "cache_hit_rate": hits / looked_up if looked_up else 0.0,
-        "p50_latency_ms": float(lat.quantile(0.5)) if len(lat) else None,
-        "p95_latency_ms": float(lat.quantile(0.95)) if len(lat) else None,
-        "p50_ttft_ms": float(ttft.quantile(0.5)) if len(ttft) else None,
-        "prompt_tokens": prompt_t,
-        "completion_tokens": completion_t,
-        "tokens": prompt_t + completion_t,
-    }
-
-
-__all__ = ["EVENT_COLUMNS", "OUTCOMES", "Event", "MetricsCollector", "new_request_id", "summarize"]
+__all__ = ["EVENT_COLUMNS", "OUTCOMES", "Event", "MetricsCollector", "new_request_id"]
