@@ -1,0 +1,388 @@
+"""Batch files: parsing and checking the uploaded CSV, the template, the downloads.
+
+None of this imports streamlit or touches the database:
+
+- **Parsing and validation** (``parse_csv``): pandas reads the file (``dtype=str``,
+  ``keep_default_na=False``, so "NA" stays a prompt and "007" stays a seed); the rules
+  for each row are this module's (``row_problems``), the same ones the service applies
+  to one request, so a row that passes here is not refused later. ``check_rows``
+  applies them again to the rows of a job being submitted.
+- **The template** (``template_csv``): an example file to fill in.
+- **Export** (``results_csv``, ``results_jsonl``): a job's results as downloads.
+
+Limits: ``MAX_FILE_BYTES`` (5 MB) and ``MAX_ROWS`` (10,000) per file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import json
+import math
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import pandas as pd
+
+from .. import service as _service  # the request limits (bound lazily: service.py imports this module)
+from ..errors import InvalidRequest
+from ..telemetry.analytics import neutralise_formulas
+
+#: Largest CSV accepted, bytes (5 MB holds 10,000 prompts of ~500 characters).
+MAX_FILE_BYTES = 5 * 1024 * 1024
+#: Most rows in one batch.
+MAX_ROWS = 10_000
+#: The columns a batch file may have; only ``prompt`` is required.
+COLUMNS: tuple[str, ...] = ("prompt", "model", "system", "temperature", "max_tokens", "seed")
+
+RESAVE_HINT = ("Re-save it as UTF-8: in Excel, File › Save As › “CSV UTF-8 (Comma delimited)”; in LibreOffice, "
+               "tick “Edit filter settings” and pick “Unicode (UTF-8)”; Google Sheets' File › Download › CSV "
+               "is already UTF-8.")
+FORMAT_HINT = ("The first row names the columns: “prompt” (required), and optionally “model”, “system”, "
+               "“temperature”, “max_tokens”, “seed”. Then one prompt per row.")
+
+
+# ----- parsing and validation ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One prompt of a batch, with its own parameters.
+
+    Attributes:
+        row: Its row number in the uploaded file, as a spreadsheet numbers it (the
+            header is row 1, the first prompt row 2).
+        prompt: The user message.
+        model / system / temperature / max_tokens / seed: ``None`` = the service's default.
+        errors: Why the row cannot run (empty when it can).
+    """
+
+    row: int
+    prompt: str
+    model: str | None = None
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    errors: tuple[str, ...] = ()
+
+    @property
+    def valid(self) -> bool:
+        """Whether the row can run."""
+        return not self.errors
+
+    def params(self) -> dict[str, Any]:
+        """Keyword arguments for ``BlossomService.generate_text`` (besides the prompt)."""
+        return {"model": self.model, "system": self.system, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    """A parsed batch file.
+
+    Attributes:
+        rows: Every non-blank row, valid or not, in file order.
+        columns: The recognised columns the file has (``prompt`` first).
+        notes: Things worth knowing that are not errors (ignored columns, skipped
+            blank rows, a semicolon delimiter).
+    """
+
+    rows: tuple[BatchRow, ...]
+    columns: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def valid(self) -> list[BatchRow]:
+        """The rows that can run."""
+        return [r for r in self.rows if r.valid]
+
+    @property
+    def invalid(self) -> list[BatchRow]:
+        """The rows that cannot run, each with its ``errors``."""
+        return [r for r in self.rows if not r.valid]
+
+    def frame(self) -> pd.DataFrame:
+        """The preview: one row per ``BatchRow``, with a ``problem`` column ("" when valid)."""
+        cols = ["row", *COLUMNS, "problem"]
+        data = [[r.row, r.prompt, r.model or "", r.system or "", r.temperature, r.max_tokens, r.seed,
+                 "; ".join(r.errors)] for r in self.rows]
+        df = pd.DataFrame(data, columns=cols)
+        return df.astype({"temperature": "Float64", "max_tokens": "Int64", "seed": "Int64"})
+
+
+def _norm_column(name: object) -> str:
+    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+
+
+def decode_csv(data: bytes) -> str:
+    """The text of an uploaded CSV: UTF-8, with or without a byte-order mark.
+
+    Args:
+        data: The file's bytes.
+
+    Returns:
+        The decoded text (a UTF-8 BOM, as Excel's "CSV UTF-8" writes, removed).
+
+    Raises:
+        InvalidRequest: empty, an Excel workbook, UTF-16, or not UTF-8 (the message
+            names the first bad byte and its line, the hint how to re-save the file).
+    """
+    if not data or not data.strip():
+        raise InvalidRequest("The file is empty.", FORMAT_HINT)
+    if data.startswith(b"PK\x03\x04"):
+        raise InvalidRequest("This is an Excel workbook (.xlsx), not a CSV file.",
+                             "In Excel, use File › Save As › “CSV UTF-8 (Comma delimited)” and upload that.")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InvalidRequest("The file is UTF-16 (Excel's “Unicode Text”), not UTF-8.", RESAVE_HINT)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise InvalidRequest(
+            f"The file is not UTF-8: byte 0x{data[exc.start]:02X} on line {line} is not valid UTF-8 "
+            "(the file was probably saved as Windows-1252 / Latin-1, e.g. Excel's plain “CSV”).",
+            RESAVE_HINT) from None
+
+
+def _read_frame(text: str, sep: str) -> pd.DataFrame:
+    """pandas' reader with every cell as text and blank lines kept (row numbers stay true)."""
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise InvalidRequest("The file has no header row.", FORMAT_HINT) from None
+    except pd.errors.ParserError as exc:
+        msg = str(exc)
+        if m := re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", msg):
+            expected, line, saw = m.groups()
+            raise InvalidRequest(
+                f"Row {line} has {saw} cells but the header has {expected}.",
+                "A prompt that contains the delimiter (a comma) must be in double quotes, and a quote inside it "
+                "doubled (\"\"); spreadsheet programs do this when they save as CSV.") from None
+        raise InvalidRequest(f"The file is not a readable CSV: {msg.splitlines()[-1][:200]}",
+                             "Open it in a spreadsheet program and save it again as CSV UTF-8.") from None
+    return df.fillna("")
+
+
+def parse_csv(data: bytes, *, known_models: Collection[str] | None = None, max_prompt_chars: int = 5000,
+              max_rows: int = MAX_ROWS, max_bytes: int = MAX_FILE_BYTES) -> ParsedBatch:
+    """Parse and validate a batch file.
+
+    Args:
+        data: The uploaded bytes (UTF-8, optionally with a BOM).
+        known_models: The backend's text models; a row naming another is invalid.
+            ``None`` when the list is not known (then any name passes).
+        max_prompt_chars: Longest prompt (system prompt included), as the service's
+            ``Settings.max_prompt_chars``.
+        max_rows / max_bytes: The file limits (``MAX_ROWS``, ``MAX_FILE_BYTES``).
+
+    Returns:
+        ``ParsedBatch`` with every non-blank row; invalid rows carry their ``errors``.
+
+    Raises:
+        InvalidRequest: the file as a whole cannot be used (too large, empty, not
+            UTF-8, no ``prompt`` column, no rows, too many rows, unreadable CSV).
+    """
+    if len(data) > max_bytes:
+        raise InvalidRequest(f"The file is {len(data) / 1_048_576:.1f} MB; the limit is "
+                             f"{max_bytes / 1_048_576:.0f} MB.", "Split it into smaller files.")
+    text = decode_csv(data)
+    header = text.split("\n", 1)[0]
+    df = _read_frame(text, ",")
+    notes: list[str] = []
+    if "prompt" not in {_norm_column(c) for c in df.columns}:
+        # Excel in many European locales saves "CSV" with semicolons; some tools use tabs.
+        for sep, label in ((";", "semicolons"), ("\t", "tabs")):
+            if sep in header and "prompt" in {_norm_column(c) for c in header.split(sep)}:
+                df = _read_frame(text, sep)
+                notes.append(f"The columns are separated by {label}; read that way.")
+                break
+    names = [_norm_column(c) for c in df.columns]
+    duplicated = sorted({n for n in names if names.count(n) > 1 and n in COLUMNS})
+    if duplicated:
+        raise InvalidRequest(f"The column “{duplicated[0]}” appears more than once.", "Keep one of them.")
+    if "prompt" not in names:
+        found = ", ".join(f"“{c}”" for c in df.columns[:8]) or "none"
+        raise InvalidRequest(f"The file has no “prompt” column (its columns: {found}).", FORMAT_HINT)
+    df.columns = names
+    ignored = [c for c in df.columns if c not in COLUMNS]
+    if ignored:
+        notes.append("Ignored columns: " + ", ".join(ignored[:10]) + (" …" if len(ignored) > 10 else "") + ".")
+    used = [c for c in COLUMNS if c in df.columns]
+    df = df[used]
+    blank = df.apply(lambda col: col.str.strip() == "").all(axis=1)
+    if blank.any():
+        notes.append(f"Skipped {int(blank.sum()):,} blank row(s).")
+    df = df[~blank]
+    if df.empty:
+        raise InvalidRequest("The file has a header but no prompts.", FORMAT_HINT)
+    if len(df) > max_rows:
+        raise InvalidRequest(f"The file has {len(df):,} rows; a batch holds at most {max_rows:,}.",
+                             f"Split it into files of up to {max_rows:,} rows and run them one after another.")
+    known = frozenset(known_models) if known_models is not None else None
+    rows = tuple(validate_row(int(pos) + 2, record, known_models=known, max_prompt_chars=max_prompt_chars)
+                 for pos, record in zip(df.index, df.to_dict("records"), strict=True))
+    return ParsedBatch(rows, tuple(used), tuple(notes))
+
+
+def _number(name: str, raw: str, errors: list[str], *, whole: bool) -> float | int | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if re.fullmatch(r"[+-]?\d+,\d+", value):  # a decimal comma, as European spreadsheets write it
+        value = value.replace(",", ".")
+    try:
+        number = float(value)
+    except ValueError:
+        errors.append(f"{name} “{raw.strip()[:20]}” is not a {'whole number' if whole else 'number'}")
+        return None
+    if not math.isfinite(number):
+        errors.append(f"{name} “{raw.strip()[:20]}” is not a {'whole number' if whole else 'number'}")
+        return None
+    if whole:
+        if not number.is_integer():
+            errors.append(f"{name} {value} is not a whole number")
+            return None
+        return int(number)
+    return number
+
+
+def validate_row(row: int, values: Mapping[str, str], *, known_models: Collection[str] | None = None,
+                 max_prompt_chars: int = 5000) -> BatchRow:
+    """One file row (cells as text) as a ``BatchRow``, with its problems.
+
+    Args:
+        row: The row's number in the file (header = 1).
+        values: Cells by column name (``COLUMNS``); missing or blank = not given.
+        known_models / max_prompt_chars: As in ``parse_csv``.
+
+    Returns:
+        ``BatchRow``; ``errors`` lists bad numbers and everything ``row_problems`` finds.
+    """
+    errors: list[str] = []
+    temperature = _number("temperature", values.get("temperature", ""), errors, whole=False)
+    max_tokens = _number("max_tokens", values.get("max_tokens", ""), errors, whole=True)
+    seed = _number("seed", values.get("seed", ""), errors, whole=True)
+    parsed = BatchRow(row=row, prompt=values.get("prompt", ""), model=values.get("model", "").strip() or None,
+                      system=values.get("system", "").strip() or None, temperature=temperature,
+                      max_tokens=None if max_tokens is None else int(max_tokens),
+                      seed=None if seed is None else int(seed))
+    errors += row_problems(parsed, known_models=known_models, max_prompt_chars=max_prompt_chars)
+    return replace(parsed, errors=tuple(errors))
+
+
+def row_problems(row: BatchRow, *, known_models: Collection[str] | None = None,
+                 max_prompt_chars: int = 5000) -> list[str]:
+    """What stops ``row`` from running, in short phrases (empty list: it can run).
+
+    The rules are ``BlossomService.generate_text``'s (``_text_request``): a non-blank
+    prompt, prompt and system prompt within ``max_prompt_chars`` together,
+    temperature 0-2, max_tokens 1-``MAX_TOKENS_LIMIT``, seed 0-``SEED_MAX``; plus a
+    model from ``known_models`` when that list is given.
+    """
+    max_tokens_limit, seed_max = _service.MAX_TOKENS_LIMIT, _service.SEED_MAX
+    problems: list[str] = []
+    prompt = row.prompt if isinstance(row.prompt, str) else ""
+    if not prompt.strip():
+        problems.append("empty prompt")
+    elif len(prompt) > max_prompt_chars:
+        problems.append(f"prompt too long: {len(prompt):,} characters (limit {max_prompt_chars:,})")
+    elif row.system and len(prompt.strip()) + len(row.system.strip()) > max_prompt_chars:
+        problems.append(f"system prompt and prompt too long together: "
+                        f"{len(prompt.strip()) + len(row.system.strip()):,} characters (limit {max_prompt_chars:,})")
+    t = row.temperature
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 2.0):
+        problems.append(f"temperature {t:g} out of range (0 to 2)" if isinstance(t, (int, float))
+                        else "temperature is not a number")
+    m = row.max_tokens
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= max_tokens_limit):
+        problems.append(f"max_tokens {m} out of range (1 to {max_tokens_limit:,})")
+    s = row.seed
+    if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= seed_max):
+        problems.append(f"seed {s} out of range (0 to {seed_max:,})")
+    if row.model is not None and (not isinstance(row.model, str) or len(row.model) > 128):
+        problems.append("model is not a model name")
+    elif row.model is not None and known_models is not None and row.model not in known_models:
+        problems.append(f"unknown model “{row.model}”")
+    return problems
+
+
+def apply_defaults(rows: Sequence[BatchRow], *, model: str | None = None, max_tokens: int | None = None
+                   ) -> list[BatchRow]:
+    """``rows`` with ``model`` / ``max_tokens`` filled in where a row left them blank."""
+    return [replace(r, model=r.model or model, max_tokens=r.max_tokens if r.max_tokens is not None else max_tokens)
+            for r in rows]
+
+
+def template_csv() -> bytes:
+    """A small example batch file (UTF-8), to download and fill in."""
+    df = pd.DataFrame([
+        {"prompt": "Summarise the benefits of moving-window rate limits in two sentences.", "model": "",
+         "system": "", "temperature": "", "max_tokens": "", "seed": ""},
+        {"prompt": "Write a haiku about latency percentiles.", "model": "", "system": "You are a poet.",
+         "temperature": "0.7", "max_tokens": "120", "seed": "42"},
+    ], columns=list(COLUMNS))
+    return df.to_csv(index=False).encode("utf-8")
+
+
+def check_rows(rows: Sequence[BatchRow | Mapping[str, Any]], *, max_prompt_chars: int = 5000,
+               max_rows: int = MAX_ROWS) -> list[BatchRow]:
+    """The rows of a job to submit, checked again (a script may build them by hand).
+
+    Args:
+        rows: ``BatchRow`` objects (``parse_csv``'s valid rows) or mappings with a
+            ``prompt`` and optional ``model``, ``system``, ``temperature``,
+            ``max_tokens``, ``seed`` (typed values; ``row`` defaults to the position + 2).
+
+    Returns:
+        ``BatchRow`` objects, in order.
+
+    Raises:
+        InvalidRequest: no rows, more than ``max_rows``, or a row ``row_problems`` refuses.
+    """
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise InvalidRequest("A batch is a list of rows.", "Upload a CSV file on the Batch page.")
+    if not rows:
+        raise InvalidRequest("The batch has no rows to run.", "Upload a file with at least one valid prompt.")
+    if len(rows) > max_rows:
+        raise InvalidRequest(f"The batch has {len(rows):,} rows; the limit is {max_rows:,}.",
+                             f"Split it into batches of up to {max_rows:,} rows.")
+    known = {f.name for f in fields(BatchRow)} - {"errors"}
+    out: list[BatchRow] = []
+    bad: list[str] = []
+    for pos, item in enumerate(rows):
+        if isinstance(item, BatchRow):
+            row = replace(item, errors=())
+        elif isinstance(item, Mapping):
+            row = BatchRow(**{"row": pos + 2, "prompt": "", **{k: v for k, v in item.items() if k in known}})
+        else:
+            raise InvalidRequest(f"Row {pos + 2} is not a row of the batch.", "Upload a CSV file on the Batch page.")
+        problems = row_problems(row, max_prompt_chars=max_prompt_chars)
+        if problems:
+            bad.append(f"row {row.row}: {'; '.join(problems)}")
+        out.append(row)
+    if bad:
+        raise InvalidRequest(f"{len(bad):,} of {len(rows):,} rows cannot run ({bad[0]}"
+                             + (f", and {len(bad) - 1:,} more)." if len(bad) > 1 else ")."),
+                             "Fix them in the file, or run only the valid rows.")
+    return out
+
+
+# ----- export --------------------------------------------------------------------------
+
+
+def results_csv(df: pd.DataFrame) -> bytes:
+    """Batch results as UTF-8 CSV (with a BOM, so that Excel reads it as UTF-8), formulas neutralised."""
+    return neutralise_formulas(df).to_csv(index=False).encode("utf-8-sig")
+
+
+def results_jsonl(df: pd.DataFrame) -> bytes:
+    """Batch results as JSON Lines: one object per row, missing values ``null``.
+
+    JSON is not opened as formulas, so the values are exported as stored.
+    """
+    records = df.astype(object).where(df.notna(), None).to_dict("records")
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
