@@ -45,7 +45,8 @@ with limit_col:
         new_global = st.number_input("Global limit (RPM)", 1, 1_000_000, global_rpm, key="controls_global_rpm")
         if st.form_submit_button("Apply limits", type="primary"):
             service.limiter.configure(per_user_rpm=int(new_user), global_rpm=int(new_global))
-            st.toast("Limits applied; windows start empty.", icon="✅")
+            st.toast("Limits applied. Requests already made in the last minute still count against a new "
+                     "limit.", icon="✅")
 
     @st.fragment(run_every=1)
     def quota() -> None:

@@ -1,8 +1,11 @@
-"""Tests for the moving-window limits: ``RateLimiter`` alone, then exact under threads through the service."""
+"""Tests for the moving-window limits: ``RateLimiter`` alone, across limit changes on a test clock, then exact
+under threads through the service."""
 
 from __future__ import annotations
 
+import random
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,30 @@ def refusal(limiter: RateLimiter, user: str) -> RateLimited:
     with pytest.raises(RateLimited) as info:
         limiter.acquire(user)
     return info.value
+
+
+class FakeClock:
+    """A clock that moves only when told to (seconds)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def admit_all(limiter: RateLimiter, user: str) -> int:
+    """Acquire for ``user`` until refused; how many were admitted."""
+    n = 0
+    while True:
+        try:
+            limiter.acquire(user)
+        except RateLimited:
+            return n
+        n += 1
 
 
 class TestAcquire:
@@ -164,6 +191,167 @@ class TestConfigure:
             rl.acquire("u")
         rl.configure(per_user_rpm=4)
         assert rl.status("u").user.remaining == 1
+
+
+class TestLimitChanges:
+    """configure() on a test clock: requests already made count against a new limit at their real times."""
+
+    def test_lower_then_raise_admits_no_more_than_the_limit(self) -> None:
+        """15 requests, limit 15 -> 5 -> 15: nothing more until the first is 60 s old, then exactly one."""
+        clock = FakeClock()
+        rl = RateLimiter(per_user_rpm=15, global_rpm=1000, clock=clock)
+        for _ in range(15):  # one a second, t = 0..14
+            rl.acquire("u")
+            clock.advance(1)
+        rl.configure(per_user_rpm=5)
+        rl.configure(per_user_rpm=15)
+        assert admit_all(rl, "u") == 0
+        assert (rl.status("u").user.used, rl.status("u").user.reset_in_s) == (15, 45.0)
+        clock.advance(44.5)  # t = 59.5: the request of t = 0 still counts
+        assert admit_all(rl, "u") == 0
+        clock.advance(0.5)  # t = 60: it has left
+        assert admit_all(rl, "u") == 1
+
+    def test_lowered_limit_refuses_until_enough_requests_are_old(self) -> None:
+        """10 requests at t = 0..9, limit lowered to 4: refused until only 3 count, with the true wait."""
+        clock = FakeClock()
+        rl = RateLimiter(per_user_rpm=10, global_rpm=1000, clock=clock)
+        for _ in range(10):
+            rl.acquire("u")
+            clock.advance(1)
+        rl.configure(per_user_rpm=4)
+        s = rl.status("u").user
+        # The 4th newest (t = 6) must leave, not just the oldest (t = 0): at t = 66.
+        assert (s.limit, s.used, s.remaining, s.reset_in_s) == (4, 10, 0, 56.0)
+        err = refusal(rl, "u")
+        assert err.scope == "user" and err.retry_after_s == pytest.approx(56.0)
+        clock.advance(55.5)
+        assert refusal(rl, "u").retry_after_s == pytest.approx(0.5)
+        clock.advance(0.5)
+        assert admit_all(rl, "u") == 1
+        assert rl.status("u").user.used == 4
+
+    def test_raised_limit_frees_old_slots_on_time(self) -> None:
+        """Slots carried into a raised limit free 60 s after their requests, not 60 s after the change."""
+        clock = FakeClock()
+        rl = RateLimiter(per_user_rpm=3, global_rpm=1000, clock=clock)
+        for _ in range(3):
+            rl.acquire("u")
+        clock.advance(30)
+        rl.configure(per_user_rpm=4)
+        s = rl.status("u").user
+        assert (s.used, s.remaining, s.reset_in_s) == (3, 1, 30.0)
+        rl.acquire("u")
+        clock.advance(30)
+        assert rl.status("u").user.remaining == 3
+
+    def test_global_window_across_lower_raise_lower(self) -> None:
+        """The global window keeps its requests through 10 -> 3 -> 10 -> 12 -> 5 RPM."""
+        clock = FakeClock()
+        rl = RateLimiter(per_user_rpm=100, global_rpm=10, clock=clock)
+        for i in range(10):
+            rl.acquire(f"user{i}")
+        clock.advance(1)
+        rl.configure(global_rpm=3)
+        assert refusal(rl, "new").scope == "global"
+        rl.configure(global_rpm=10)
+        assert refusal(rl, "new").scope == "global"
+        rl.configure(global_rpm=12)
+        assert admit_all(rl, "new") == 2
+        rl.configure(global_rpm=5)
+        s = rl.status("new").global_
+        assert (s.limit, s.used, s.remaining, s.reset_in_s) == (5, 12, 0, 59.0)
+        clock.advance(59)  # t = 60: the first ten have left, the two of t = 1 count
+        assert admit_all(rl, "other") == 3
+
+    def test_a_user_named_like_the_global_window_is_just_a_user(self) -> None:
+        """User identities cannot share a window with the global one, whatever they are called."""
+        rl = RateLimiter(per_user_rpm=1, global_rpm=100, clock=FakeClock())
+        for user in ("all", "__global__", "global/all"):
+            rl.acquire(user)
+            assert rl.status(user).user.remaining == 0
+        assert rl.status("x").global_.used == 3
+
+    def test_invalid_limit_in_constructor(self) -> None:
+        """A limit below 1 is refused when the limiter is built, as in configure()."""
+        with pytest.raises(ValueError):
+            RateLimiter(per_user_rpm=0)
+
+
+@dataclass
+class _Model:
+    """The definition the limiter must meet, kept independently: every admission and its limits."""
+
+    admitted: list[tuple[float, str, int, int]] = field(default_factory=list)  # (t, user, user_rpm, global_rpm)
+
+    def counted(self, now: float, user: str | None) -> list[float]:
+        """Admission times counting at ``now`` (in ``(now - 60, now]``), newest first; all users if None."""
+        return sorted((t for t, u, _, _ in self.admitted if (user is None or u == user) and t > now - 60),
+                      reverse=True)
+
+
+def _rises_in(counted: list[float], limit: int, now: float) -> float:
+    """Seconds until a window with these admissions (newest first) has one more free slot."""
+    return counted[min(len(counted), limit) - 1] + 60 - now if counted else 0.0
+
+
+class TestExactProperty:
+    @pytest.mark.parametrize("seed", range(40))
+    def test_random_acquire_configure_advance(self, seed: int) -> None:
+        """Random acquires, limit changes and clock steps: every decision, wait and status matches the definition.
+
+        Definition: a request at t is admitted iff, counting it, at most the user limit of that user's and at most
+        the global limit of everyone's admissions lie in (t - 60 s, t], with the limits in force at t.
+        """
+        rng = random.Random(seed)
+        clock = FakeClock()
+        user_rpm, global_rpm = rng.randint(1, 6), rng.randint(1, 12)
+        rl = RateLimiter(per_user_rpm=user_rpm, global_rpm=global_rpm, clock=clock)
+        model = _Model()
+        users = ["a", "b", "c", "d"]
+        steps = [0.0, 0.0, 0.25, 1.0, 7.0, 30.0, 59.0, 59.75, 60.0, 61.0]
+        for _ in range(300):
+            op = rng.random()
+            now = clock()
+            if op < 0.55:
+                user = rng.choice(users)
+                mine, everyone = model.counted(now, user), model.counted(now, None)
+                try:
+                    rl.acquire(user)
+                except RateLimited as exc:
+                    scope = "global" if len(everyone) >= global_rpm else "user"
+                    assert len(everyone) >= global_rpm or len(mine) >= user_rpm, "refused with room"
+                    assert exc.scope == scope
+                    window, limit = (everyone, global_rpm) if scope == "global" else (mine, user_rpm)
+                    assert exc.retry_after_s == pytest.approx(_rises_in(window, limit, now), abs=1e-3)
+                else:
+                    assert len(everyone) < global_rpm and len(mine) < user_rpm, "admitted over a limit"
+                    model.admitted.append((now, user, user_rpm, global_rpm))
+            elif op < 0.7:
+                choice = rng.randrange(3)
+                new_user = rng.randint(1, 6) if choice != 1 else None
+                new_global = rng.randint(1, 12) if choice != 0 else None
+                rl.configure(per_user_rpm=new_user, global_rpm=new_global)
+                user_rpm, global_rpm = new_user or user_rpm, new_global or global_rpm
+            elif op < 0.95:
+                clock.advance(rng.choice(steps))
+            else:
+                rl._storage.expire()  # what the background thread does, at a chosen moment
+            user = rng.choice(users)
+            status = rl.status(user)
+            for window, counted, limit in ((status.user, model.counted(clock(), user), user_rpm),
+                                           (status.global_, model.counted(clock(), None), global_rpm)):
+                assert (window.limit, window.used, window.remaining) == (limit, len(counted),
+                                                                        max(0, limit - len(counted)))
+                assert window.reset_in_s == pytest.approx(_rises_in(counted, limit, clock()), abs=1e-3)
+        assert rl.limits == (user_rpm, global_rpm)
+        # The invariant itself, over the whole history: at each admission, it and those before it in the last
+        # 60 s never exceed the limits in force then.
+        for i, (t, user, u_rpm, g_rpm) in enumerate(model.admitted):
+            in_window = [(t2, u2) for t2, u2, _, _ in model.admitted[: i + 1] if t2 > t - 60]
+            assert sum(u2 == user for _, u2 in in_window) <= u_rpm
+            assert len(in_window) <= g_rpm
+        assert model.admitted, "the sequence admitted nothing: it tests nothing"
 
 
 class TestServiceLimits:

@@ -3,13 +3,19 @@
 Every request takes one slot from the user's window and one from the global window,
 or from neither: the check and the take happen under one lock, so the limit is exact
 under any number of threads (a plain test-then-hit pair of calls is not).
+
+A window is keyed by who it counts (a user, or everyone), not by its limit, so when
+``configure()`` changes a limit the requests already made stay in the window at the
+times they were made and count against the new limit until they are 60 s old.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
@@ -18,99 +24,251 @@ from limits.strategies import MovingWindowRateLimiter
 
 from ..errors import RateLimited
 
-_GLOBAL_ID = "__global__"
+_GLOBAL_ID = "all"
 _EXPIRE_EVERY_S = 1.0
 
 
-class _Storage(MemoryStorage):
-    """``limits``' MemoryStorage with one long-lived expiry thread.
+class _Limit(RateLimitItemPerMinute):
+    """A per-minute limit whose window key leaves out the amount.
 
-    The stock storage starts a ``threading.Timer`` (a new OS thread) 10 ms after any
+    ``limits`` puts the amount in the key, so a changed limit would start a new, empty
+    window and the requests already made would have to be copied into it (which lost
+    count when a limit was lowered and raised again). Keyed by scope and identity only,
+    one window outlives every change of its limit.
+    """
+
+    def key_for(self, *identifiers: bytes | str | int | float) -> str:
+        """``"<namespace>/<identifiers>"``: the scope ("user"/"global") and who is counted."""
+        return "/".join([self.namespace, *(str(i) for i in identifiers)])
+
+
+class _Entry:
+    """One admitted request in a moving window (the shape ``MemoryStorage`` stores).
+
+    Attributes:
+        atime: When it was admitted (clock seconds).
+        expiry: When it leaves the window (clock seconds).
+    """
+
+    __slots__ = ("atime", "expiry")
+
+    def __init__(self, atime: float, expiry_s: float) -> None:
+        self.atime = atime
+        self.expiry = atime + expiry_s
+
+
+def _counted(events: list[_Entry], now: float, expiry: float) -> int:
+    """How many of ``events`` (newest first) still count at ``now`` (window ``expiry`` seconds)."""
+    return bisect.bisect_left(events, -(now - expiry), key=lambda e: -e.atime)
+
+
+class _Storage(MemoryStorage):
+    """``limits``' MemoryStorage for moving windows, on an injected clock, with one expiry thread.
+
+    The stock moving-window methods read ``time.time()`` themselves and disagree about
+    a request exactly ``expiry`` seconds old (``acquire_entry`` still counts it,
+    ``get_moving_window`` does not). Here all of them read ``clock`` and use one rule:
+    a request admitted at ``a`` counts at time ``t`` while ``t - expiry < a``.
+
+    The stock storage also starts a ``threading.Timer`` (a new OS thread) 10 ms after any
     hit whenever the previous one has finished: under steady traffic a thread start
     per request or two, and each start makes the request thread wait for the new
     thread to run (~0.2 ms here, more than the rest of the limiter). Expiry only
-    trims old entries (the moving-window count itself uses timestamps), so one
-    daemon thread doing it every second keeps memory bounded at no per-request cost.
+    trims entries that no longer count, so one daemon thread doing it every second
+    keeps memory bounded at no per-request cost; it ends once the storage is dropped.
+
+    Args:
+        clock: Current time in seconds; must never go backwards.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, clock: Callable[[], float]) -> None:
+        # Set before MemoryStorage starts its one-off timer, which calls expire().
+        self._clock = clock
         self._expiry_thread: threading.Thread | None = None
+        super().__init__()
 
     def _MemoryStorage__schedule_expiry(self) -> None:
         if self._expiry_thread is None:
-            self._expiry_thread = threading.Thread(target=self._expire_forever, name="blossom-dash-limits",
-                                                   daemon=True)
+            self._expiry_thread = threading.Thread(target=_expire_forever, args=(weakref.ref(self),),
+                                                   name="blossom-dash-limits", daemon=True)
             self._expiry_thread.start()
 
-    def _expire_forever(self) -> None:
-        while True:
-            time.sleep(_EXPIRE_EVERY_S)
-            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+    def _MemoryStorage__expire_events(self) -> None:
+        self.expire()
+
+    def expire(self) -> None:
+        """Drop the entries that have left their windows, and windows left empty."""
+        now = self._clock()
+        for key in list(self.events):
+            with self.locks[key]:
+                if events := self.events.get(key):
+                    # Newest first; keep the entries whose expiry is still ahead.
+                    self.events[key] = events[:bisect.bisect_left(events, -now, key=lambda e: -e.expiry)]
+                if not self.events.get(key):
+                    self.events.pop(key, None)
+                    self.locks.pop(key, None)
+
+    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """Admit ``amount`` requests into ``key``'s window if it then holds at most ``limit``.
+
+        Args:
+            key: The window.
+            limit: Requests allowed in the window.
+            expiry: Window length, seconds.
+            amount: Requests to admit together.
+
+        Returns:
+            Whether they were admitted (all of them, or none).
+        """
+        if amount > limit:
+            return False
+        self._MemoryStorage__schedule_expiry()
+        with self.locks[key]:
+            events = self.events.setdefault(key, [])
+            now = self._clock()
+            # Newest first: the window is full if the entry ``amount`` places short of
+            # the limit still counts.
+            if limit - amount < len(events) and events[limit - amount].atime > now - expiry:
+                return False
+            events[:0] = [_Entry(now, expiry)] * amount
+            return True
+
+    def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        """``(when the oldest counted request was admitted, how many count)``; ``(now, 0)`` if none."""
+        now = self._clock()
+        with self.locks[key]:
+            events = self.events.get(key, [])
+            count = _counted(events, now, expiry)
+            return (events[count - 1].atime, count) if count else (now, 0)
+
+    def window(self, key: str, limit: int, expiry: int) -> tuple[int, float]:
+        """The requests counted in ``key``'s window and when its free slots next grow.
+
+        Args:
+            key: The window.
+            limit: Requests allowed in the window (at least 1).
+            expiry: Window length, seconds.
+
+        Returns:
+            ``(used, rises_in_s)``: the requests that count now, and seconds until
+            ``limit - used`` next goes up, or until a slot frees when ``used >= limit``
+            (0.0 if the window is empty).
+        """
+        now = self._clock()
+        with self.locks[key]:
+            events = self.events.get(key, [])
+            used = _counted(events, now, expiry)
+            if not used:
+                return 0, 0.0
+            # Newest first. Under the limit, a slot is added when the oldest leaves; at or
+            # over it (a lowered limit), only once the limit-th newest has left too.
+            return used, events[min(used, limit) - 1].expiry - now
+
+
+def _expire_forever(ref: weakref.ref[_Storage]) -> None:
+    """Run ``expire()`` every ``_EXPIRE_EVERY_S`` seconds until the storage is gone."""
+    while True:
+        time.sleep(_EXPIRE_EVERY_S)
+        storage = ref()
+        if storage is None:
+            return
+        storage.expire()
+        del storage  # no strong reference while sleeping, so the storage can be collected
 
 
 @dataclass(frozen=True)
 class WindowStatus:
     """One window's state.
 
+    Requests already made carry over when a limit changes: they count against the new
+    limit until they are 60 s old, so right after a limit is lowered ``used`` can be
+    above ``limit``.
+
     Attributes:
-        limit: Requests allowed per 60 s moving window (RPM).
-        remaining: Requests still admitted now.
-        reset_in_s: Seconds until the oldest request leaves the window (0 if empty).
+        limit: Requests allowed per 60 s moving window (RPM), as configured now.
+        remaining: Requests still admitted now: ``limit - used``, at least 0.
+        reset_in_s: Seconds until ``remaining`` next goes up (0 if the window is empty):
+            until the oldest request leaves while there is room, and until a slot frees
+            when the window is full, which after a lowered limit is later than that.
+        used: Requests made in the last 60 s, under whatever limit applied when they were made.
     """
 
     limit: int
     remaining: int
     reset_in_s: float
+    used: int
 
 
 @dataclass(frozen=True)
 class LimitStatus:
-    """The state of a user's window and of the global window."""
+    """The state of a user's window and of the global window.
+
+    Requests already made in the last minute still count after a limit changes
+    (see ``WindowStatus.used``).
+    """
 
     user: WindowStatus
     global_: WindowStatus
 
 
+def _check_rpm(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1 request per minute")
+
+
 class RateLimiter:
     """Moving-window limits per user and for the whole process.
+
+    Exact means: a request at time ``t`` is admitted if and only if, counting it, at
+    most ``per_user_rpm`` of that user's requests and at most ``global_rpm`` of all
+    users' requests were admitted in ``(t - 60 s, t]``, with the limits in force at
+    ``t``. A request admitted at ``a`` counts until ``a + 60 s`` whatever ``configure()``
+    does meanwhile: lowering a limit refuses new requests until enough earlier ones are
+    60 s old, raising it admits the difference at once.
 
     Args:
         per_user_rpm: Requests per minute one user identity may make.
         global_rpm: Requests per minute all users together may make.
+        clock: Current time in seconds; must never go backwards (the check and the
+            take of one request read it separately).
+
+    Raises:
+        ValueError: a limit below 1.
     """
 
-    def __init__(self, *, per_user_rpm: int = 30, global_rpm: int = 120) -> None:
+    def __init__(self, *, per_user_rpm: int = 30, global_rpm: int = 120,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        _check_rpm("per_user_rpm", per_user_rpm)
+        _check_rpm("global_rpm", global_rpm)
         self._lock = threading.Lock()
-        self._storage = _Storage()
+        self._storage = _Storage(clock)
         self._strategy = MovingWindowRateLimiter(self._storage)
-        self._user_item = RateLimitItemPerMinute(per_user_rpm)
-        self._global_item = RateLimitItemPerMinute(global_rpm)
-        self._seen: dict[str, float] = {}  # identity -> last admitted (epoch s), for configure()
+        self._user_item = _Limit(per_user_rpm, namespace="user")
+        self._global_item = _Limit(global_rpm, namespace="global")
 
-    def _window(self, item: RateLimitItemPerMinute, ident: str) -> WindowStatus:
-        stats = self._strategy.get_window_stats(item, ident)
-        reset_in = max(0.0, stats.reset_time - time.time()) if stats.remaining < item.amount else 0.0
-        return WindowStatus(limit=item.amount, remaining=max(0, stats.remaining), reset_in_s=round(reset_in, 3))
+    def _window(self, item: _Limit, ident: str) -> WindowStatus:
+        used, rises_in = self._storage.window(item.key_for(ident), item.amount, item.get_expiry())
+        return WindowStatus(limit=item.amount, remaining=max(0, item.amount - used),
+                            reset_in_s=round(rises_in, 3), used=used)
 
     def acquire(self, user: str) -> None:
         """Take one slot for ``user`` and one global slot, or neither.
 
         Raises:
-            RateLimited: a window is full; ``retry_after_s`` is when its oldest
-                request leaves it, ``scope`` says which window ("user"/"global").
+            RateLimited: a window is full; ``retry_after_s`` is when its next slot
+                frees, ``scope`` says which window ("user"/"global"; global first).
         """
         with self._lock:
             # test(global), then hit(user) which tests and takes in one step, then
-            # hit(global), which cannot fail under the lock: both slots or neither.
+            # hit(global), which cannot fail under the lock on a clock that never goes
+            # back (a window only loses entries as time passes): both slots or neither.
             if not self._strategy.test(self._global_item, _GLOBAL_ID):
                 raise self._refusal(self._global_item, _GLOBAL_ID, "global")
             if not self._strategy.hit(self._user_item, user):
                 raise self._refusal(self._user_item, user, "user")
             self._strategy.hit(self._global_item, _GLOBAL_ID)
-            self._seen[user] = time.time()
 
-    def _refusal(self, item: RateLimitItemPerMinute, ident: str, scope: str) -> RateLimited:
+    def _refusal(self, item: _Limit, ident: str, scope: str) -> RateLimited:
         status = self._window(item, ident)
         who = "You have" if scope == "user" else "All users together have"
         return RateLimited(
@@ -120,41 +278,31 @@ class RateLimiter:
         )
 
     def status(self, user: str) -> LimitStatus:
-        """The current windows of ``user`` and of the process, without taking a slot."""
+        """The current windows of ``user`` and of the process, without taking a slot.
+
+        Requests made before a limit changed are included (``used``, ``remaining``,
+        ``reset_in_s`` all count them).
+        """
         with self._lock:
             return LimitStatus(self._window(self._user_item, user), self._window(self._global_item, _GLOBAL_ID))
 
     def configure(self, *, per_user_rpm: int | None = None, global_rpm: int | None = None) -> None:
         """Change the limits; they apply to the next request.
 
-        Requests already in a window keep counting against the new limit. ``limits``
-        keys a moving window by its limit, so they are carried into the new window
-        as if made now: the new window is exact in count and at most 60 s
-        conservative in when those slots free up.
+        Requests already made keep counting against the new limit, at the times they
+        were made, until they are 60 s old (see the class docstring).
 
         Raises:
-            ValueError: a limit below 1.
+            ValueError: a limit below 1; then neither limit changes.
         """
         for name, value in (("per_user_rpm", per_user_rpm), ("global_rpm", global_rpm)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1 request per minute")
+            if value is not None:
+                _check_rpm(name, value)
         with self._lock:
-            cutoff = time.time() - 60
-            self._seen = {u: t for u, t in self._seen.items() if t > cutoff}
-            if per_user_rpm is not None and per_user_rpm != self._user_item.amount:
-                self._user_item = self._carry(self._user_item, RateLimitItemPerMinute(per_user_rpm), self._seen)
-            if global_rpm is not None and global_rpm != self._global_item.amount:
-                self._global_item = self._carry(self._global_item, RateLimitItemPerMinute(global_rpm),
-                                                [_GLOBAL_ID])
-
-    def _carry(self, old: RateLimitItemPerMinute, new: RateLimitItemPerMinute, idents: Iterable[str]
-               ) -> RateLimitItemPerMinute:
-        for ident in idents:
-            used = old.amount - self._strategy.get_window_stats(old, ident).remaining
-            if used > 0:
-                self._strategy.hit(new, ident, cost=min(used, new.amount))
-            self._strategy.clear(old, ident)
-        return new
+            if per_user_rpm is not None:
+                self._user_item = _Limit(per_user_rpm, namespace="user")
+            if global_rpm is not None:
+                self._global_item = _Limit(global_rpm, namespace="global")
 
     @property
     def limits(self) -> tuple[int, int]:
