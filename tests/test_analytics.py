@@ -15,8 +15,10 @@ import pytest
 from sqlalchemy import event
 
 from blossom_dash.telemetry import analytics as A
+from blossom_dash.telemetry import query as Q
+from blossom_dash.telemetry import requests_log as L
 from blossom_dash.telemetry.analytics import MonitorQuery
-from blossom_dash.telemetry.store import ROW_COLUMNS, UsageStore
+from blossom_dash.telemetry.store import DAY_S, HOUR_S, ROW_COLUMNS, UsageStore
 
 #: A whole hour (a multiple of 3600 s), so 600 s buckets start at NOW - 600·k.
 NOW = 1_699_999_200.0
@@ -160,7 +162,7 @@ class TestHistogramQuantile:
     def test_ln_fallback_gives_the_same_bins(self, store: UsageStore, monkeypatch: pytest.MonkeyPatch) -> None:
         """Where SQLite lacks ln(), the Python function registered on the connection bins alike."""
         built_in = A.latency_by_model(store, hour())
-        monkeypatch.setattr(A, "_SQLITE_HAS_LN", False)
+        monkeypatch.setattr(Q, "_SQLITE_HAS_LN", False)
         pd.testing.assert_frame_equal(A.latency_by_model(store, hour()), built_in)
 
 
@@ -454,6 +456,14 @@ def everything(store: UsageStore, q: MonitorQuery) -> dict[str, Any]:
     return out
 
 
+def scan_only(monkeypatch: pytest.MonkeyPatch, store: UsageStore) -> None:
+    """Send every read to the events, as a short range's are: no rollups, and searches
+    with LIKE on every column."""
+    monkeypatch.setattr(Q, "ROLLUP_MIN_SPAN_S", math.inf)
+    monkeypatch.setattr(L, "_SEARCH_VIA_ROLLUP", {})
+    assert Q._is_raw(Q._plan(store, MonitorQuery(T0, T1), (HOUR_S,)))  # the patch reached the planner
+
+
 def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     for key in a:
         if isinstance(a[key], pd.DataFrame):
@@ -466,14 +476,14 @@ class TestRollupPath:
     def test_plan_partitions_the_range(self) -> None:
         """Whole days, then whole hours, then raw edges cover a range exactly, in order."""
         since, until = 10 * 86_400 - 5000.5, 13 * 86_400 + 7300.25
-        pieces = A._split(since, until, (A.DAY_S, A.HOUR_S))
+        pieces = Q._split(since, until, (DAY_S, HOUR_S))
         assert [p.unit_s for p in pieces] == [0, 3600, 86_400, 3600, 0]
         assert pieces[0].since == since and pieces[-1].until == until
         assert all(a.until == b.since for a, b in zip(pieces, pieces[1:], strict=False))
         assert all(p.since % p.unit_s == 0 and p.until % p.unit_s == 0 for p in pieces if p.unit_s)
-        assert A._split(100.0, 3000.0, (A.HOUR_S,)) == [A._Piece(0, 100.0, 3000.0)]
-        open_end = A._split(5000.0, math.inf, (A.HOUR_S,))
-        assert open_end == [A._Piece(0, 5000.0, 7200), A._Piece(3600, 7200, math.inf)]
+        assert Q._split(100.0, 3000.0, (HOUR_S,)) == [Q._Piece(0, 100.0, 3000.0)]
+        open_end = Q._split(5000.0, math.inf, (HOUR_S,))
+        assert open_end == [Q._Piece(0, 5000.0, 7200), Q._Piece(3600, 7200, math.inf)]
 
     def test_long_ranges_read_the_rollups(self, month: UsageStore) -> None:
         """A 7-day range reads rollup tables; 24 h and a user-filtered cube read events."""
@@ -502,8 +512,7 @@ class TestRollupPath:
         """For random ranges and filters, every aggregate read from the rollups equals the
         same aggregate computed from the events alone."""
         rolled = everything(month, q)
-        monkeypatch.setattr(A, "ROLLUP_MIN_SPAN_S", math.inf)
-        monkeypatch.setattr(A, "_SEARCH_VIA_ROLLUP", {})  # search every column with LIKE
+        scan_only(monkeypatch, month)
         assert_same(rolled, everything(month, q))
 
     def test_filter_options_equal_the_scan(self, month: UsageStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -511,7 +520,7 @@ class TestRollupPath:
         cases = [(T0 - 100, None, 200), (T0 + 4321.5, T1 - 999, 200), (NOW - 3 * 86_400, NOW, 2),
                  (T0 + 86_400 * 2.5, None, 3)]
         rolled = [A.filter_options(month, since, until, limit) for since, until, limit in cases]
-        monkeypatch.setattr(A, "ROLLUP_MIN_SPAN_S", math.inf)
+        scan_only(monkeypatch, month)
         assert rolled == [A.filter_options(month, since, until, limit) for since, until, limit in cases]
         assert rolled[0]["users"] == [f"u{i}" for i in range(6)] and len(rolled[2]["models"]) == 2
 
@@ -522,8 +531,7 @@ class TestRollupPath:
         s.delete_older_than(T0 + 3 * 86_400 + 1800.5)
         q = MonitorQuery(T0, T1)
         rolled = everything(s, q)
-        monkeypatch.setattr(A, "ROLLUP_MIN_SPAN_S", math.inf)
-        monkeypatch.setattr(A, "_SEARCH_VIA_ROLLUP", {})
+        scan_only(monkeypatch, s)
         assert_same(rolled, everything(s, q))
         s.close()
 
@@ -592,7 +600,7 @@ class TestPostgresqlDialect:
     def test_buckets_and_bins_floor_instead_of_rounding(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """PostgreSQL's CAST(double AS integer) rounds, so buckets and latency bins use floor()."""
         seen: list[str] = []
-        monkeypatch.setattr(A, "_rows", lambda store, stmt: seen.append(self._sql(stmt)) or [])
+        monkeypatch.setattr(Q, "_rows", lambda store, stmt: seen.append(self._sql(stmt)) or [])
         A.timeseries(self._PgStore(), hour(), bucket_s=600)  # type: ignore[arg-type]
         A.latency_by_model(self._PgStore(), hour())  # type: ignore[arg-type]
         assert "CAST(floor(events.ts / CAST(600.0 AS FLOAT)) AS INTEGER) AS bucket" in seen[0]
@@ -600,5 +608,5 @@ class TestPostgresqlDialect:
 
     def test_search_uses_ilike(self) -> None:
         """Search is case-insensitive on PostgreSQL too (ILIKE), with % and _ escaped."""
-        sql = self._sql(A._log_select(self._PgStore(), hour(), "50%_off", ["request_id"]))  # type: ignore[arg-type]
+        sql = self._sql(L._log_select(self._PgStore(), hour(), "50%_off", ["request_id"]))  # type: ignore[arg-type]
         assert sql.count("ILIKE") == len(A.SEARCHABLE) and "'50/%%/_off'" in sql  # %% is the driver's %
