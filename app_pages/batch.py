@@ -42,7 +42,8 @@ st.caption(f"One prompt per row in a column named **prompt**; optional columns *
            f"{batch.MAX_ROWS:,} rows and {batch.MAX_FILE_BYTES // 1_048_576} MB.")
 if upload is not None:
     with ui.guard("reading the file"):
-        models = service.list_models("text")
+        listed = service.model_list("text")
+        models = None if listed.fallback else list(listed.names)  # a fallback list cannot judge a name
         parsed = batch.parse_csv(upload.getvalue(), known_models=models,
                                  max_prompt_chars=service.settings.max_prompt_chars)
         valid, invalid = parsed.valid, parsed.invalid

@@ -114,7 +114,11 @@ image_models: list[str] = []
 blind = st.toggle("Blind vote", key="compare_blind", help="Hide the model names (Model A, B…) until you vote, "
                   "as Chatbot Arena does, so that the names do not sway the vote.")
 with ui.guard("listing models"):
-    text_models, image_models = service.list_models("text"), service.list_models("image")
+    listed = [service.model_list("text"), service.model_list("image")]
+    text_models, image_models = (list(m.names) for m in listed)
+    for m in listed:
+        if m.fallback:
+            st.caption(f"⚠️ {m.detail} Type model names the backend serves.")
 text_tab, image_tab, board_tab = st.tabs(["💬 Text", "🖼️ Images", "🏆 Leaderboard"])
 
 with text_tab:

@@ -17,34 +17,41 @@ cache_col, limit_col = st.columns(2)
 
 with cache_col:
     st.subheader("Response cache")
-    stats = service.cache.stats()
+    stats = service.cache_stats()
     with st.form("controls_cache_form"):
         enabled = st.toggle("Cache enabled", value=stats.enabled, key="controls_cache_enabled")
         ttl = st.number_input("TTL (seconds)", 1, 7 * 86400, int(stats.ttl_s), key="controls_cache_ttl")
-        max_entries = st.number_input("Max entries", 1, 100_000, stats.max_entries, key="controls_cache_max")
+        c = st.columns(2)
+        max_entries = c[0].number_input("Max entries", 1, 100_000, stats.max_entries, key="controls_cache_max")
+        max_mib = c[1].number_input("Max size (MiB)", 1, 65_536, max(1, stats.max_bytes // 1_048_576),
+                                    key="controls_cache_max_mib")
         if st.form_submit_button("Apply cache settings", type="primary"):
-            stats = service.cache.configure(enabled=enabled, ttl_s=float(ttl), max_entries=int(max_entries))
-            st.toast("Cache settings applied.", icon="✅")
+            with ui.guard("applying the cache settings"):
+                stats = service.configure_cache(enabled=enabled, ttl_s=float(ttl), max_entries=int(max_entries),
+                                                max_bytes=int(max_mib) * 1_048_576)
+                st.toast("Cache settings applied.", icon="✅")
     if st.button("Clear cache", key="controls_cache_clear", icon="🗑️"):
         kept = " (recordings kept)." if stats.persistent else "."
-        st.toast(f"Cleared {service.cache.clear()} entries{kept}", icon="🗑️")
-        stats = service.cache.stats()
+        st.toast(f"Cleared {service.clear_cache()} entries{kept}", icon="🗑️")
+        stats = service.cache_stats()
     m = st.columns(3)
     m[0].metric("Entries", f"{stats.entries:,} / {stats.max_entries:,}")
     m[1].metric("Hit rate", f"{stats.hit_rate:.0%}", help=f"{stats.hits:,} hits, {stats.misses:,} misses")
-    m[2].metric("Size", f"{stats.bytes / 1024:,.1f} KiB")
+    m[2].metric("Size", f"{stats.bytes / 1_048_576:,.1f} / {stats.max_bytes / 1_048_576:,.0f} MiB")
+    st.caption(f"Answers larger than {service.settings.max_response_bytes / 1_048_576:,.0f} MiB are refused "
+               "and never cached (`BLOSSOM_DASH_MAX_RESPONSE_BYTES`).")
     st.caption(f"{stats.evictions:,} evicted (full) · {stats.expirations:,} expired (TTL) · "
                f"{stats.saved_ms / 1000:,.1f} s of backend time saved · "
                + ("**on**" if stats.enabled else "**off**: every request goes to the backend"))
 
 with limit_col:
     st.subheader("Rate limits")
-    user_rpm, global_rpm = service.limiter.limits
+    user_rpm, global_rpm = service.rate_limits()
     with st.form("controls_limits_form"):
         new_user = st.number_input("Per-user limit (RPM)", 1, 100_000, user_rpm, key="controls_user_rpm")
         new_global = st.number_input("Global limit (RPM)", 1, 1_000_000, global_rpm, key="controls_global_rpm")
         if st.form_submit_button("Apply limits", type="primary"):
-            service.limiter.configure(per_user_rpm=int(new_user), global_rpm=int(new_global))
+            service.configure_limits(per_user_rpm=int(new_user), global_rpm=int(new_global))
             st.toast("Limits applied. Requests already made in the last minute still count against a new "
                      "limit.", icon="✅")
 
@@ -69,9 +76,11 @@ backend_col, key_col = st.columns(2)
 with backend_col:
     st.subheader("Backend")
     health = service.health()
-    icon = "🟢" if health["ok"] else "🔴"
-    st.markdown(f"{icon} **{health['label']}** — {health['detail']} ({health['latency_ms']:,.0f} ms)")
-    if st.button("Check now", key="controls_health", icon="🔄"):
+    probe = f" · last check {health['latency_ms']:,.0f} ms" if health["latency_ms"] is not None else ""
+    st.markdown(f"{ui.HEALTH_ICONS[health['status']]} **{health['label']}** — circuit breaker "
+                f"**{health['circuit']}** · {health['detail']}{probe}")
+    if st.button("Check now", key="controls_health", icon="🔄",
+                 help="Ask the backend's model list (no generation is spent); counts as traffic."):
         service.health(max_age_s=0)
         st.rerun()
     with st.form("controls_backend_form"):
@@ -112,7 +121,7 @@ st.caption("Record answers on disk so they survive restarts, then replay them wi
            "demo at the office, export it, import it on stage and turn *replay only* on.")
 rec_col, file_col = st.columns(2)
 with rec_col:
-    rstats = service.cache.stats()
+    rstats = service.cache_stats()
     with st.form("controls_replay_form"):
         persistent = st.toggle("Record answers (persistent cache)", value=rstats.persistent,
                                key="controls_replay_persistent",
@@ -137,7 +146,7 @@ with file_col:
         if st.button("Delete all recordings", key="controls_replay_clear", type="primary"):
             with ui.guard("deleting recordings"):
                 st.toast(f"Deleted {service.clear_recordings():,} recordings.", icon="🗑️")
-rstats = service.cache.stats()
+rstats = service.cache_stats()
 with figures:
     r = st.columns(2)
     r[0].metric("Recorded answers", f"{rstats.persistent_entries:,}")

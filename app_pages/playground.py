@@ -14,7 +14,7 @@ handle = ui.session_handle()
 service = handle.service
 st.title("Playground")
 ui.backend_badge(service)
-if service.cache.replay_only:
+if service.replay_only:
     st.caption(":violet-badge[📼 REPLAY ONLY] Answers come from recordings; prompts not recorded are refused.")
 
 SIZES = {"Square 1024×1024": (1024, 1024), "Square 512×512": (512, 512), "Landscape 1024×768": (1024, 768),
@@ -50,9 +50,7 @@ chat_tab, image_tab, speech_tab = st.tabs(["💬 Chat", "🖼️ Image", "🔊 S
 with chat_tab:
     with st.expander("Model and parameters", expanded=False):
         left, right = st.columns(2)
-        with ui.guard("listing models"):
-            text_models = service.list_models("text")
-        model = left.selectbox("Model", text_models, key="playground_model")
+        model = ui.model_picker(service, "text", key="playground_model", where=left)
         max_tokens = right.number_input("Max tokens", 1, 8192, 512, step=64, key="playground_max_tokens")
         temperature = left.slider("Temperature", 0.0, 2.0, 1.0, 0.05, key="playground_temperature",
                                   help="0 = focused and repeatable, 1 = the model's default, 2 = most varied.")
@@ -111,9 +109,7 @@ with image_tab:
         image_prompt = st.text_area("Describe the image", key="playground_image_prompt", height=90,
                                     placeholder="A watercolour lighthouse at dawn, soft light")
         c1, c2, c3 = st.columns([2, 2, 1])
-        with ui.guard("listing image models"):
-            image_models = service.list_models("image")
-        image_model = c1.selectbox("Model", image_models, key="playground_image_model")
+        image_model = ui.model_picker(service, "image", key="playground_image_model", where=c1)
         size = c2.selectbox("Size", list(SIZES), key="playground_image_size")
         image_seed = c3.number_input("Seed", 0, 2**31 - 1, key="playground_image_seed")
         generate = st.form_submit_button("Generate image", type="primary", icon="🎨")
@@ -141,10 +137,8 @@ with speech_tab:
         speech_text = st.text_area("Text to speak", key="playground_speech_text", height=90, max_chars=MAX_SPEECH_CHARS,
                                    placeholder="Welcome to the quarterly review. Latency is down, the hit rate is up.")
         c1, c2, c3 = st.columns([2, 2, 1])
-        with ui.guard("listing voice models"):
-            voice_models = service.list_models("audio")
-        voice_model = c1.selectbox("Model", voice_models, key="playground_speech_model",
-                                   help="Models whose output includes audio (on Pollinations: openai-audio).")
+        voice_model = ui.model_picker(service, "audio", key="playground_speech_model", where=c1,
+                                      help="Models whose output includes audio (on Pollinations: openai-audio).")
         voice = c2.selectbox("Voice", VOICES, key="playground_speech_voice")
         audio_format = c3.selectbox("Format", list(FORMATS), key="playground_speech_format", format_func=str.upper)
         speak = st.form_submit_button("Speak", type="primary", icon="🔊")

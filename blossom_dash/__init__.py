@@ -18,13 +18,17 @@ from .errors import (
     RateLimited,
     UpstreamError,
 )
-from .service import BlossomService, ImageResult, SessionHandle, TextResult, TextStream, Usage
+from .gateway import Caller, TextStream
+from .results import AudioResult, ImageResult, TextResult, Usage
+from .service import BlossomService, SessionHandle
 from .settings import Settings
 
 __all__ = [
+    "AudioResult",
     "AuthenticationFailed",
     "BackendUnavailable",
     "BlossomService",
+    "Caller",
     "DashError",
     "ImageResult",
     "InvalidRequest",

@@ -61,7 +61,22 @@ class RateLimited(DashError):
 
 
 class BackendUnavailable(DashError):
-    """The backend cannot be reached, timed out, or its circuit is open."""
+    """The backend cannot be reached, timed out, or its circuit breaker is open.
+
+    Attributes:
+        retryable: The connection was reset before any byte of an answer arrived, so
+            one more attempt cannot duplicate work (``sdk.call`` retries it).
+    """
+
+    retryable = False
+
+
+class CircuitOpen(BackendUnavailable):
+    """Refused unsent: the backend's circuit breaker is open (``policies.breaker``).
+
+    Attributes:
+        retry_after_s: Seconds until the next probe request is let through.
+    """
 
 
 class UpstreamError(DashError):
@@ -70,6 +85,17 @@ class UpstreamError(DashError):
     Args:
         status_code: The HTTP status (200 when the body itself was unusable).
     """
+
+
+class ResponseTooLarge(UpstreamError):
+    """The backend's answer passed ``Settings.max_response_bytes``; it is neither shown nor cached."""
+
+    @classmethod
+    def over(cls, limit: int, where: str) -> ResponseTooLarge:
+        """The error for a body past ``limit`` bytes from ``where`` (a backend label)."""
+        return cls(f"{where} sent an answer larger than {limit / 1_048_576:,.0f} MB, the most accepted.",
+                   "Ask for less (fewer tokens, a smaller image), or raise BLOSSOM_DASH_MAX_RESPONSE_BYTES.",
+                   status_code=200)
 
 
 class AuthenticationFailed(DashError):
@@ -89,9 +115,11 @@ class NotRecorded(DashError):
 __all__ = [
     "AuthenticationFailed",
     "BackendUnavailable",
+    "CircuitOpen",
     "DashError",
     "InvalidRequest",
     "NotRecorded",
     "RateLimited",
+    "ResponseTooLarge",
     "UpstreamError",
 ]

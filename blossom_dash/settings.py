@@ -29,12 +29,24 @@ class Settings(BaseSettings):
             ``POLLINATIONS_API_KEY`` or ``BLOSSOM_DASH_API_KEY``.
         demo_latency: Simulate per-model TTFT and tokens/s on the demo backend; off for
             benchmarks.
-        request_timeout_s: Deadline of one backend call, seconds.
-        image_timeout_s: Deadline of one image generation, seconds.
-        retries: Extra attempts for transient upstream failures (502/503/504 and
-            dropped connections); waits honour ``Retry-After`` up to
-            ``retry_max_wait_s``.
-        cache_enabled / cache_ttl_s / cache_max_entries: the response cache.
+        request_timeout_s: Deadline of one text or speech call, seconds, retries and
+            the default-model lookup included; for a stream, the deadline of its
+            first delta.
+        image_timeout_s: Deadline of one image generation, seconds (same rules).
+        stream_timeout_s: Deadline of a whole stream, first byte to last, seconds.
+        retries: Extra attempts for transient upstream failures (502/503/504 and a
+            connection reset before any byte arrived); waits honour ``Retry-After``
+            up to ``retry_max_wait_s``, always inside the call's deadline. A stream
+            is retried only before its first delta.
+        breaker_failures: Consecutive backend failures (timeouts, connection errors,
+            5xx) that open the circuit breaker; 4xx answers and our own refusals do
+            not count.
+        breaker_reset_s: Seconds an open circuit fails fast before one probe request
+            is let through (half-open).
+        max_response_bytes: Largest response body accepted from a backend; a larger
+            one is refused with ``UpstreamError`` and never cached.
+        cache_enabled / cache_ttl_s / cache_max_entries / cache_max_bytes: the
+            response cache, capped both in entries and in bytes.
         persistent_cache: Also record every cached answer on disk
             (``<data_dir>/replay``) so it survives restarts.
         replay_only: Serve recorded answers only and never call a backend (offline
@@ -73,10 +85,15 @@ class Settings(BaseSettings):
     image_timeout_s: float = Field(default=120.0, gt=0, le=600)
     retries: int = Field(default=1, ge=0, le=5)
     retry_max_wait_s: float = Field(default=5.0, ge=0, le=60)
+    stream_timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    breaker_failures: int = Field(default=5, ge=1, le=10_000)
+    breaker_reset_s: float = Field(default=30.0, gt=0, le=3600)
+    max_response_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, le=1024**3)
 
     cache_enabled: bool = True
     cache_ttl_s: float = Field(default=3600.0, gt=0)
     cache_max_entries: int = Field(default=512, ge=1, le=100_000)
+    cache_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=64 * 1024**3)
     persistent_cache: bool = False
     replay_only: bool = False
 

@@ -156,7 +156,7 @@ class TestValidation:
             svc.generate_speech(TEXT, voice="robot", user="refused-user")
         events = svc.metrics.frame()
         mine = events[events["user"] == "refused-user"]
-        assert mine[["kind", "outcome", "error_type"]].values.tolist() == [["audio", "error", "InvalidRequest"]]
+        assert mine[["kind", "outcome", "error_type"]].values.tolist() == [["audio", "rejected", "InvalidRequest"]]
 
     def test_voice_and_format_ignore_case(self, svc: BlossomService) -> None:
         """``Onyx`` and ``WAV`` are accepted as onyx and wav."""

@@ -200,14 +200,16 @@ class TestParseCsv:
         parsed = parse_csv(data, known_models=["demo-swift", "demo-deep"])
         problems = {r.prompt[:6]: "; ".join(r.errors) for r in parsed.rows}
         assert problems["fine"] == ""
-        assert problems[""] == "empty prompt"
-        assert "prompt too long: 5,001 characters (limit 5,000)" in problems["x" * 6]
-        assert problems["hot"] == "temperature 3 out of range (0 to 2)"
+        # The gateway's own rules and words (TextRequest.problems), so the preview and
+        # the pipeline cannot disagree.
+        assert problems[""] == "The prompt is empty"
+        assert "The prompt has 5,001 characters; the limit is 5,000" in problems["x" * 6]
+        assert problems["hot"] == "temperature must be between 0.0 and 2.0, not 3.0"
         assert problems["warm"] == "temperature “warm” is not a number"
         assert problems["tokens"] == "max_tokens 12.5 is not a whole number"
-        assert problems["zero"] == "max_tokens 0 out of range (1 to 8,192)"
-        assert "seed -1 out of range" in problems["seed"]
-        assert problems["who"] == "unknown model “gpt-9”"
+        assert problems["zero"] == "max_tokens must be a whole number from 1 to 8192, not 0"
+        assert "seed must be a whole number from 0 to 2147483647, not -1" in problems["seed"]
+        assert problems["who"] == "Unknown model “gpt-9”"
         assert len(parsed.valid) == 1 and len(parsed.invalid) == 8
 
     def test_unknown_model_passes_when_the_list_is_unknown(self) -> None:
@@ -218,7 +220,7 @@ class TestParseCsv:
         """The preview has one row per file row, with the problem in words."""
         frame = parse_csv(b"prompt,temperature\nok,1\nbad,9\n").frame()
         assert list(frame["row"]) == [2, 3]
-        assert list(frame["problem"]) == ["", "temperature 9 out of range (0 to 2)"]
+        assert list(frame["problem"]) == ["", "temperature must be between 0.0 and 2.0, not 9.0"]
 
     def test_template_is_a_valid_batch(self) -> None:
         """The downloadable template parses with no problems."""
@@ -252,7 +254,7 @@ class TestSubmit:
         bad = [{"prompt": "ok"}, {"prompt": ""}, {"prompt": "t", "temperature": 5.0}]
         with pytest.raises(InvalidRequest) as err:
             svc.submit_batch(bad, user="a")
-        assert "2 of 3 rows cannot run (row 3: empty prompt, and 1 more)" in err.value.message
+        assert "2 of 3 rows cannot run (row 3: The prompt is empty, and 1 more)" in err.value.message
         with pytest.raises(InvalidRequest, match="no rows"):
             svc.submit_batch([], user="a")
         with pytest.raises(InvalidRequest, match="10,001 rows"):

@@ -333,7 +333,7 @@ class TestServiceCache:
         """With a fake clock, an answer older than the TTL is fetched again."""
         clock = FakeClock()
         with make_service(tmp_path) as svc:
-            svc.cache = ResponseCache(ttl_s=60, timer=clock)
+            svc.cache = svc.gateway._cache = ResponseCache(ttl_s=60, timer=clock)  # a cache on the fake clock
             svc.generate_text("Expire me")
             clock.now = 59
             assert svc.generate_text("Expire me").cached is True

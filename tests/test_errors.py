@@ -22,7 +22,8 @@ from blossom_dash import (
     UpstreamError,
 )
 from blossom_dash.demo_backend.faults import DEFAULT_RETRY_AFTER_S
-from blossom_dash.sdk.backend import Backend, to_dash_error
+from blossom_dash.sdk.backend import Backend
+from blossom_dash.sdk.mapping import to_dash_error
 
 #: fault name -> (error type, status recorded). ``disconnect`` may surface either way.
 FAULTS: dict[str, tuple[type[DashError] | tuple[type[DashError], ...], int | None]] = {
@@ -143,14 +144,14 @@ class TestToDashError:
     def test_maps_exceptions_to_words(self, backend: Backend, exc: BaseException,
                                       expected: type[DashError]) -> None:
         """Raw transport and SDK exceptions become DashErrors naming the backend."""
-        err = to_dash_error(exc, None, backend=backend, model="m", timeout_s=5)
+        err = to_dash_error(exc, None, where=backend.label, model="m", timeout_s=5)
         assert type(err) is expected
         assert backend.label in err.message and err.hint
 
     def test_passes_dash_errors_through(self, backend: Backend) -> None:
         """A DashError is returned as it is."""
         err = InvalidRequest("x", "y")
-        assert to_dash_error(err, None, backend=backend, model="m", timeout_s=5) is err
+        assert to_dash_error(err, None, where=backend.label, model="m", timeout_s=5) is err
 
 
 class TestTextFaults:
@@ -389,7 +390,7 @@ class TestBadInput:
         with pytest.raises(InvalidRequest):
             demo_service.generate_text("ok", temperature=3)
         ev = last_event(demo_service, before)
-        assert (ev["outcome"], ev["error_type"]) == ("error", "InvalidRequest")
+        assert (ev["outcome"], ev["error_type"]) == ("rejected", "InvalidRequest")
 
     def test_prompt_at_the_limit_is_accepted(self, demo_service: BlossomService) -> None:
         """A prompt of exactly max_prompt_chars characters is answered."""

@@ -145,7 +145,11 @@ class TestPrometheusExport:
             r.usage.completion_tokens for r in served)
         assert not any(k[0] == "blossom_tokens_total" and ("model", imodel) in k[1] and v for k, v in after.items())
 
-        for hist in ("blossom_request_duration_seconds", "blossom_ttft_seconds"):
+        # TTFT is a stream's figure: whole answers have a duration and no TTFT.
+        assert d("blossom_ttft_seconds_count", model=smodel, kind="stream") == 1
+        assert d("blossom_ttft_seconds_count", model=model, kind="text") == 0
+        assert d("blossom_ttft_seconds_count", model=imodel, kind="image") == 0
+        for hist in ("blossom_request_duration_seconds",):
             assert d(f"{hist}_count", model=model, kind="text") == 3  # served only: not the hit
             assert d(f"{hist}_count", model=imodel, kind="image") == 1
             assert d(f"{hist}_count", model=smodel, kind="stream") == 1

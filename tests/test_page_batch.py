@@ -65,9 +65,9 @@ class TestUploadAndPreview:
         assert not at.exception and not at.error
         assert any("5 rows · ✅ 2 valid · ❌ 3 invalid" in m for m in texts(at, "markdown"))
         warning = " ".join(texts(at, "warning"))
-        assert "3 row(s) cannot run" in warning and "row 3: empty prompt" in warning
+        assert "3 row(s) cannot run" in warning and "row 3: The prompt is empty" in warning
         preview = at.dataframe[0].value
-        assert list(preview["problem"]) == ["", "empty prompt", "temperature 9 out of range (0 to 2)",
+        assert list(preview["problem"]) == ["", "The prompt is empty", "temperature must be between 0.0 and 2.0, not 9.0",
                                             "max_tokens “many” is not a whole number", ""]
         assert at.button(key="batch_run").label == "Run 2 valid rows"
         at.toggle(key="batch_only_invalid").set_value(True).run()
@@ -76,7 +76,7 @@ class TestUploadAndPreview:
     def test_unknown_model_is_flagged(self) -> None:
         """A model the backend does not list makes its row invalid."""
         at = upload(app("app_pages/batch.py").run(), b"prompt,model\nhi,demo-swift\nhey,gpt-9\n")
-        assert list(at.dataframe[0].value["problem"]) == ["", "unknown model “gpt-9”"]
+        assert list(at.dataframe[0].value["problem"]) == ["", "Unknown model “gpt-9”"]
 
     @pytest.mark.parametrize(("data", "message", "hint"), [
         ("prompt\nCafé\n".encode("latin-1"), "not UTF-8", "CSV UTF-8"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pages_helpers import app, texts
 from streamlit.testing.v1 import AppTest
 
@@ -60,7 +62,7 @@ class TestBackendControls:
     def test_health_is_shown(self) -> None:
         """The live backend and its health are on the page."""
         at = app("app_pages/controls.py").run()
-        assert any("demo" in m and "text models listed" in m for m in texts(at, "markdown"))
+        assert any("demo" in m and "circuit breaker **closed**" in m for m in texts(at, "markdown"))
 
     def test_bad_url_is_a_message(self) -> None:
         """Switching to something that is not a URL says what to type instead."""
@@ -78,14 +80,34 @@ class TestBackendControls:
         at.text_input(key="controls_backend_url").set_value("http://127.0.0.1:9")
         _submit(at, "Switch backend")
         assert not at.exception
-        assert any("🔴" in m for m in texts(at, "markdown"))
+        assert any("🟠" in m and "failed" in m for m in texts(at, "markdown")), texts(at, "markdown")  # the check failed
         chat = app("app_pages/playground.py").run()
         chat.chat_input(key="playground_prompt").set_value("anyone there?").run()
         assert not chat.exception
-        assert any("Cannot reach" in e for e in texts(chat, "error"))
+        # No model could be listed, so none is guessed: the words say why.
+        assert any("did not list its text models" in e and "connection failed" in e for e in texts(chat, "error"))
         at.radio(key="controls_backend_choice").set_value("demo")
         _submit(at, "Switch backend")
         assert any("🟢" in m for m in texts(at, "markdown"))
+
+    def test_badge_goes_red_when_the_circuit_opens(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """After ``breaker_failures`` failed calls every page's badge and the sidebar say the
+        backend is failing, and a prompt fails fast with when it will be tried again."""
+        monkeypatch.setenv("BLOSSOM_DASH_BREAKER_FAILURES", "2")
+        at = app("app_pages/controls.py").run()
+        at.radio(key="controls_backend_choice").set_value("custom URL")
+        at.text_input(key="controls_backend_url").set_value("http://127.0.0.1:9")
+        _submit(at, "Switch backend")  # its check is failure 1
+        chat = app("app_pages/playground.py").run()
+        chat.chat_input(key="playground_prompt").set_value("anyone there?").run()  # failure 2: open
+        chat.chat_input(key="playground_prompt").set_value("and now?").run()
+        assert not chat.exception
+        assert any("circuit breaker open" in e and "tried again in" in e for e in texts(chat, "error"))
+        for page in ("app_pages/playground.py", "app_pages/monitor.py", "app_pages/controls.py"):
+            shown = app(page).run()
+            assert any(":red-badge[CUSTOM · failing" in c for c in texts(shown, "caption")), page
+        assert any("🔴" in m and "circuit breaker **open**" in m for m in texts(app("app_pages/controls.py").run(),
+                                                                                "markdown"))
 
 
 class TestSessionKey:

@@ -140,7 +140,7 @@ class TestReplayOnly:
             assert svc.limiter.status("anonymous").user.remaining == 1
             events = svc.metrics.frame()
             refused = events[events.error_type == "NotRecorded"]
-            assert len(refused) == 3 and set(refused.outcome) == {"error"}
+            assert len(refused) == 3 and set(refused.outcome) == {"rejected"}
             assert not (events.error_type == "BackendUnavailable").any(), "no backend was tried"
 
     def test_nothing_reaches_a_live_backend(self, tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ class TestGenerateText:
         assert r.usage.completion_tokens == count_tokens(r.text) <= 50
         assert r.usage.prompt_tokens == count_tokens("Describe a moving window")
         assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
-        assert r.latency_ms >= 0 and r.ttft_ms is not None
+        assert r.latency_ms >= 0 and r.ttft_ms is None  # TTFT is a stream's figure
 
     def test_default_model_is_the_first_listed(self, demo_service: BlossomService) -> None:
         """Without a model, the backend's first listed text model answers."""
@@ -342,11 +342,38 @@ class TestListModels:
             demo_service.list_models("video")  # "audio" is a kind since text-to-speech
         assert info.value.message and info.value.hint
 
-    def test_falls_back_to_the_sdk_list(self, tmp_path: Path) -> None:
-        """A backend that refuses connections yields the SDK's static lists."""
+    def test_a_dead_custom_backend_shows_no_borrowed_names(self, tmp_path: Path) -> None:
+        """A custom backend that refuses connections lists nothing, says why, and never
+        shows Pollinations' names as its own."""
         with make_service(tmp_path, backend=f"http://127.0.0.1:{closed_port()}") as svc:
-            assert svc.list_models("text") == list(DEFAULT_TEXT_MODELS)
-            assert svc.list_models("image") == list(DEFAULT_IMAGE_MODELS)
+            models = svc.model_list("text")
+            assert models.fallback and models.names == () and "did not list" in models.detail
+            assert not set(svc.list_models("image")) & set(DEFAULT_IMAGE_MODELS)
+            with pytest.raises(BackendUnavailable) as info:
+                svc.generate_text("Which model?")  # no model given and none listed: words, not a guess
+            assert "model" in info.value.message.lower() and info.value.hint
+
+    def test_a_fallback_is_not_cached_as_the_backends_list(self, tmp_path: Path) -> None:
+        """A failed listing is asked again after ``retry_s``: a backend that comes up
+        later is listed at once, not after the 5-minute TTL of a real list."""
+        port = closed_port()
+        with make_service(tmp_path, backend=f"http://127.0.0.1:{port}") as svc:
+            svc.gateway._models.retry_s = 0.2
+            assert svc.model_list("text").fallback
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, daemon=True)
+            thread.start()
+            server = DemoServer(latency=False)
+            asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", port), loop).result(10)
+            try:
+                time.sleep(0.3)
+                models = svc.model_list("text")
+                assert models.source == "backend" and models.names == tuple(TEXT_MODELS)
+                assert svc.generate_text("Now it answers").model == list(TEXT_MODELS)[0]
+            finally:
+                asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(5)
 
 
 class TestSwitchBackend:

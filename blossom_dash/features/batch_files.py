@@ -26,8 +26,8 @@ from typing import Any
 
 import pandas as pd
 
-from .. import service as _service  # the request limits (bound lazily: service.py imports this module)
 from ..errors import InvalidRequest
+from ..gateway.requests import TextRequest
 from ..telemetry.analytics import neutralise_formulas
 
 #: Largest CSV accepted, bytes (5 MB holds 10,000 prompts of ~500 characters).
@@ -74,7 +74,7 @@ class BatchRow:
         return not self.errors
 
     def params(self) -> dict[str, Any]:
-        """Keyword arguments for ``BlossomService.generate_text`` (besides the prompt)."""
+        """The fields of a ``gateway.TextRequest`` besides the prompt."""
         return {"model": self.model, "system": self.system, "temperature": self.temperature,
                 "max_tokens": self.max_tokens, "seed": self.seed}
 
@@ -275,37 +275,18 @@ def validate_row(row: int, values: Mapping[str, str], *, known_models: Collectio
 
 def row_problems(row: BatchRow, *, known_models: Collection[str] | None = None,
                  max_prompt_chars: int = 5000) -> list[str]:
-    """What stops ``row`` from running, in short phrases (empty list: it can run).
+    """What stops ``row`` from running, one sentence each (empty list: it can run).
 
-    The rules are ``BlossomService.generate_text``'s (``_text_request``): a non-blank
-    prompt, prompt and system prompt within ``max_prompt_chars`` together,
-    temperature 0-2, max_tokens 1-``MAX_TOKENS_LIMIT``, seed 0-``SEED_MAX``; plus a
-    model from ``known_models`` when that list is given.
+    The rules are the gateway's own (``gateway.TextRequest.problems``), so a row the
+    preview accepts is a request the pipeline accepts; plus a model from
+    ``known_models`` when that list is given.
     """
-    max_tokens_limit, seed_max = _service.MAX_TOKENS_LIMIT, _service.SEED_MAX
-    problems: list[str] = []
-    prompt = row.prompt if isinstance(row.prompt, str) else ""
-    if not prompt.strip():
-        problems.append("empty prompt")
-    elif len(prompt) > max_prompt_chars:
-        problems.append(f"prompt too long: {len(prompt):,} characters (limit {max_prompt_chars:,})")
-    elif row.system and len(prompt.strip()) + len(row.system.strip()) > max_prompt_chars:
-        problems.append(f"system prompt and prompt too long together: "
-                        f"{len(prompt.strip()) + len(row.system.strip()):,} characters (limit {max_prompt_chars:,})")
-    t = row.temperature
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 2.0):
-        problems.append(f"temperature {t:g} out of range (0 to 2)" if isinstance(t, (int, float))
-                        else "temperature is not a number")
-    m = row.max_tokens
-    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= max_tokens_limit):
-        problems.append(f"max_tokens {m} out of range (1 to {max_tokens_limit:,})")
-    s = row.seed
-    if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= seed_max):
-        problems.append(f"seed {s} out of range (0 to {seed_max:,})")
-    if row.model is not None and (not isinstance(row.model, str) or len(row.model) > 128):
-        problems.append("model is not a model name")
-    elif row.model is not None and known_models is not None and row.model not in known_models:
-        problems.append(f"unknown model “{row.model}”")
+    request = TextRequest(row.prompt if isinstance(row.prompt, str) else "", row.model, row.system, None,
+                          row.max_tokens, row.temperature, row.seed)
+    problems = [err.message.rstrip(".") for err in request.problems(max_prompt_chars)]
+    if (row.model is not None and known_models is not None and isinstance(row.model, str)
+            and row.model not in known_models and not any("model" in p for p in problems)):
+        problems.append(f"Unknown model “{row.model}”")
     return problems
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from ..errors import DashError, InvalidRequest, RateLimited
+from ..gateway.requests import Caller, TextRequest
 from ..telemetry.store import metadata
 from .batch_files import BatchRow
 from .batch_tables import (
@@ -44,7 +45,7 @@ from .batch_tables import (
 )
 
 if TYPE_CHECKING:
-    from ..service import BlossomService
+    from ..gateway import Gateway
 
 log = logging.getLogger("blossom_dash.batch")
 
@@ -112,7 +113,7 @@ class BatchRunner:
     """Runs batch jobs on a bounded pool of daemon threads; owned by ``BlossomService``.
 
     Rows of all running jobs are taken round-robin, so one long job does not hold up
-    a short one. A row goes through ``service.generate_text`` as the job's user:
+    a short one. A row goes through the gateway (``Gateway.run``) as the job's user:
     cache hits are instant, misses take a rate-limit slot and record a ``text``
     event that the Monitor shows. Before a row is sent, the user's and the global
     moving windows are checked; when one is full, the job waits until it has room
@@ -127,7 +128,8 @@ class BatchRunner:
     interpreter exit, which would keep a stopped server alive until a long batch drained.
 
     Args:
-        service: The owning service (``generate_text``, ``limiter``, ``store``).
+        gateway: The request pipeline rows go through (and whose limits pace them).
+        engine: The usage database, where the jobs and rows are kept.
         workers: Rows run at the same time.
         clock: Monotonic seconds (injectable for tests).
 
@@ -135,10 +137,10 @@ class BatchRunner:
         sqlalchemy.exc.SQLAlchemyError: the tables cannot be created.
     """
 
-    def __init__(self, service: BlossomService, *, workers: int = DEFAULT_WORKERS,
+    def __init__(self, gateway: Gateway, engine: Engine, *, workers: int = DEFAULT_WORKERS,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._svc = service
-        self._engine: Engine = service.store.engine
+        self._gateway = gateway
+        self._engine: Engine = engine
         metadata.create_all(self._engine, tables=[batch_jobs, batch_rows])  # idempotent
         self.runner_id = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.workers = workers
@@ -280,7 +282,7 @@ class BatchRunner:
         if st.active and limited:
             # Paced by the moving window: after the wait, up to one window's worth (RPM)
             # goes at once as the old slots free up, the rest at RPM per minute.
-            rpm = self._svc.limiter.limits[0]
+            rpm = self._gateway.limits[0]
             floor = waiting_s + max(0, st.remaining - rpm) * 60.0 / rpm
             eta = floor if eta is None else max(eta, floor)
         return replace(st, running=running, eta_s=eta, waiting_s=round(waiting_s, 1), wait_reason=reason)
@@ -397,7 +399,7 @@ class BatchRunner:
 
     def _has_room(self, job: _Active, now: float) -> bool:
         """Whether the user's and the global windows have a slot; else pause ``job``."""
-        status = self._svc.limiter.status(job.user)
+        status = self._gateway.limit_status(job.user)
         for scope, window in (("user", status.user), ("global", status.global_)):
             if window.remaining <= 0:
                 job.not_before = now + min(max(window.reset_in_s, 0.05), MAX_WAIT_S)
@@ -450,8 +452,8 @@ class BatchRunner:
     def _answer(self, job: _Active, idx: int, row: BatchRow) -> dict[str, Any] | None:
         """Run one row; its columns to save, or None if it was put back (rate limit)."""
         try:
-            result = self._svc.generate_text(row.prompt, **row.params(), user=job.user, session=job.session,
-                                             api_key=job.api_key)
+            result = self._gateway.run(TextRequest(row.prompt, **row.params()),
+                                       Caller(job.user, job.session, job.api_key))
         except RateLimited as err:
             with self._cond:
                 job.waits[idx] += 1

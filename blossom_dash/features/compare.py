@@ -44,7 +44,7 @@ from .compare_store import (
 )
 
 if TYPE_CHECKING:
-    from ..service import TextStream
+    from ..gateway.streams import TextStream
 
 log = logging.getLogger("blossom_dash.compare")
 

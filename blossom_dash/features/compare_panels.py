@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..errors import DashError
+from ..results import Usage
 
 if TYPE_CHECKING:
-    from ..service import ImageResult, TextResult, Usage
+    from ..results import ImageResult, TextResult
 
 #: The two vote choices that name no model.
 TIE, ALL_BAD = "tie", "all_bad"
@@ -65,8 +66,6 @@ class Panel:
         """Token usage of a text answer; None for images and failed panels."""
         if self.prompt_tokens is None and self.completion_tokens is None:
             return None
-        from ..service import Usage  # service imports this module at load time
-
         p, c = self.prompt_tokens or 0, self.completion_tokens or 0
         return Usage(p, c, p + c)
 

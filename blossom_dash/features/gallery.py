@@ -13,7 +13,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from ..service import SEED_MAX, ImageResult
+from ..gateway.requests import SEED_MAX
+from ..results import ImageResult
 
 #: Session-state key of the gallery list (shared by the Playground and the Gallery).
 GALLERY_KEY = "gallery_images"

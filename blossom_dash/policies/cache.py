@@ -122,18 +122,27 @@ class CacheStats:
     persistent: bool = False
     replay_only: bool = False
     persistent_entries: int = 0
+    max_bytes: int = 0
     persistent_bytes: int = 0
 
 
 class _CountingCache(TLRUCache):
-    """TLRUCache that reports capacity evictions and expirations to callbacks."""
+    """TLRUCache capped in bytes (cachetools' ``getsizeof``) and in entries, reporting
+    capacity evictions and expirations to callbacks."""
 
-    def __init__(self, maxsize: int, ttl_s: Callable[[], float], timer: Callable[[], float],
+    def __init__(self, max_entries: int, max_bytes: int, ttl_s: Callable[[], float], timer: Callable[[], float],
                  on_evict: Callable[[], None], on_expire: Callable[[int], None]) -> None:
         # An entry expires ttl_s after it was first stored, whenever it is re-inserted.
-        super().__init__(maxsize=maxsize, ttu=lambda _k, entry, _now: entry.created + ttl_s(), timer=timer)
+        super().__init__(maxsize=max_bytes, ttu=lambda _k, entry, _now: entry.created + ttl_s(), timer=timer,
+                         getsizeof=lambda entry: max(1, entry.nbytes))
+        self.max_entries = max_entries
         self._on_evict = on_evict
         self._on_expire = on_expire
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)  # evicts least recently used entries past max_bytes
+        while len(self) > self.max_entries:
+            self.popitem()
 
     def popitem(self) -> tuple[Any, Any]:
         item = super().popitem()
@@ -161,8 +170,10 @@ class ResponseCache:
         enabled: Whether lookups and stores happen at all.
         ttl_s: Seconds an entry stays valid (a recording older than this is not
             served unless ``replay_only``; it stays on disk).
-        max_entries: Capacity of the memory; the least recently used entry is
-            evicted beyond it (recordings are never evicted).
+        max_entries: Capacity of the memory in entries; the least recently used entry
+            is evicted beyond it (recordings are never evicted).
+        max_bytes: Capacity of the memory in payload bytes, evicted the same way; an
+            answer larger than it alone is not kept in memory.
         timer: Clock in seconds (inject a fake one in tests).
         persist_dir: Folder of the recordings (``<data_dir>/replay``); None allows
             no persistence.
@@ -180,6 +191,7 @@ class ResponseCache:
         enabled: bool = True,
         ttl_s: float = 3600.0,
         max_entries: int = 512,
+        max_bytes: int = 256 * 1024 * 1024,
         timer: Callable[[], float] = time.monotonic,
         persist_dir: Path | str | None = None,
         persistent: bool = False,
@@ -191,6 +203,7 @@ class ResponseCache:
         self._ttl_s = float(ttl_s)
         self._hits = self._misses = self._evictions = self._expirations = 0
         self._saved_ms = 0.0
+        self._max_bytes = int(max_bytes)
         self._data = self._new_map(max_entries)
         self._persist_dir = Path(persist_dir) if persist_dir is not None else None
         self._store: RecordingStore | None = None
@@ -202,7 +215,7 @@ class ResponseCache:
             self.configure(persistent=True, replay_only=replay_only)
 
     def _new_map(self, max_entries: int) -> _CountingCache:
-        return _CountingCache(max_entries, lambda: self._ttl_s, self._timer, self._count_eviction,
+        return _CountingCache(max_entries, self._max_bytes, lambda: self._ttl_s, self._timer, self._count_eviction,
                               self._count_expirations)
 
     # Both are called under self._lock, from inside the cache's own methods.
@@ -276,7 +289,7 @@ class ResponseCache:
             self._saved_ms += rec.latency_ms
             age_s = max(0.0, time.time() - rec.created)
             entry = CacheEntry(rec.value, rec.nbytes, rec.latency_ms, self._timer() - age_s, recorded=True)
-            if self._enabled and rec.key == key and age_s < self._ttl_s:
+            if self._enabled and rec.key == key and age_s < self._ttl_s and rec.nbytes <= self._max_bytes:
                 self._data[key] = entry  # back on the fast path, keeping its age
             return entry
 
@@ -298,7 +311,7 @@ class ResponseCache:
             except (OSError, TypeError, ValueError) as exc:
                 self.record_errors += 1
                 log.warning("could not record answer %s: %s", str(key)[:12], exc)
-        if enabled:
+        if enabled and nbytes <= self._max_bytes:  # larger than the whole cache: not kept in memory
             with self._lock:
                 if self._enabled:
                     self._data[key] = CacheEntry(value, int(nbytes), float(latency_ms), self._timer(), recorded)
@@ -366,6 +379,7 @@ class ResponseCache:
         enabled: bool | None = None,
         ttl_s: float | None = None,
         max_entries: int | None = None,
+        max_bytes: int | None = None,
         persistent: bool | None = None,
         replay_only: bool | None = None,
     ) -> CacheStats:
@@ -376,6 +390,7 @@ class ResponseCache:
             ttl_s: New TTL in seconds (> 0); entries older than it expire at once.
             max_entries: New capacity (>= 1); the least recently used entries beyond
                 it are evicted and counted.
+            max_bytes: New capacity in bytes (>= 1), applied the same way.
             persistent: Record answers on disk and read them back (recordings are
                 kept when turned off). Off also turns ``replay_only`` off.
             replay_only: Serve recordings only; on also turns ``persistent`` on.
@@ -392,6 +407,8 @@ class ResponseCache:
             raise ValueError("ttl_s must be > 0 seconds")
         if max_entries is not None and max_entries < 1:
             raise ValueError("max_entries must be at least 1")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
         if persistent is False and replay_only:
             raise ValueError("replay-only needs the persistent cache: it serves recordings")
         if persistent or replay_only:
@@ -407,10 +424,12 @@ class ResponseCache:
             if persistent is not None:
                 self._persistent = bool(persistent)
                 self._replay_only = self._replay_only and self._persistent
-            if ttl_s is not None or max_entries is not None:
+            if ttl_s is not None or max_entries is not None or max_bytes is not None:
                 if ttl_s is not None:
                     self._ttl_s = float(ttl_s)
-                capacity = max_entries or int(self._data.maxsize)
+                if max_bytes is not None:
+                    self._max_bytes = int(max_bytes)
+                capacity = max_entries or int(self._data.max_entries)
                 self._data.expire()  # under the old TTL
                 old = self._data.lru_items()
                 self._evictions += max(0, len(old) - capacity)
@@ -419,8 +438,10 @@ class ResponseCache:
                 for key, entry in old[-capacity:]:  # the most recently used, in recency order
                     if entry.created + self._ttl_s <= now:
                         self._expirations += 1  # a shorter TTL has already run out
+                    elif entry.nbytes > self._max_bytes:
+                        self._evictions += 1
                     else:
-                        self._data[key] = entry
+                        self._data[key] = entry  # past max_bytes, the oldest of these are evicted (counted)
         return self.stats()
 
     def stats(self) -> CacheStats:
@@ -433,7 +454,8 @@ class ResponseCache:
             return CacheStats(
                 enabled=self._enabled,
                 entries=len(self._data),
-                max_entries=int(self._data.maxsize),
+                max_entries=int(self._data.max_entries),
+                max_bytes=self._max_bytes,
                 ttl_s=self._ttl_s,
                 hits=self._hits,
                 misses=self._misses,

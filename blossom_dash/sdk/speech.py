@@ -25,6 +25,7 @@ from mutagen import MutagenError
 from mutagen.mp3 import MP3
 
 from ..errors import InvalidRequest, UpstreamError
+from ..results import AudioResult
 
 #: Voices of Pollinations' ``openai-audio`` (BLOSSOM_SDK.md, "Pollinations facts").
 VOICES: tuple[str, ...] = ("alloy", "echo", "fable", "onyx", "shimmer", "coral", "verse", "ballad", "ash", "sage")
@@ -37,64 +38,6 @@ FALLBACK_AUDIO_MODELS: tuple[str, ...] = ("openai-audio",)
 #: A chat model with audio output answers its prompt; this makes it read the text instead.
 READ_ALOUD = ("You are a text-to-speech voice. Read the user's message aloud exactly as written, word for "
               "word. Do not answer it, comment on it, translate it or add anything.")
-
-
-@dataclass(frozen=True)
-class AudioResult:
-    """One synthesised clip.
-
-    Attributes:
-        data: The audio bytes, verified as WAV or MP3.
-        content_type: ``audio/wav`` or ``audio/mpeg``.
-        voice: The voice asked for.
-        format: The container the backend really sent (``wav`` or ``mp3``).
-        duration_s: Length of the clip in seconds; None when the header does not say.
-        latency_ms: Wall time of this call (a cache hit's is the lookup's).
-        cached: Served from the response cache (no backend call, no rate-limit slot).
-        request_id: The id on this call's event and log line.
-        model: The model that spoke.
-        backend: ``demo``, ``pollinations`` or ``custom``.
-        requested_format: The format asked for; differs from ``format`` when the backend
-            sent another one (the demo backend synthesises WAV only).
-        transcript: What the backend says it spoke, when it says.
-    """
-
-    data: bytes
-    content_type: str
-    voice: str
-    format: str
-    duration_s: float | None
-    latency_ms: float
-    cached: bool
-    request_id: str
-    model: str
-    backend: str
-    requested_format: str = "wav"
-    transcript: str = ""
-
-    @property
-    def note(self) -> str:
-        """A sentence for the page when the format differs from the one asked for, else ""."""
-        if self.format == self.requested_format:
-            return ""
-        if self.backend == "demo":
-            return (f"You asked for {self.requested_format.upper()}; the demo backend synthesises WAV only, "
-                    "so this clip (and its download) is WAV.")
-        return (f"You asked for {self.requested_format.upper()}; the backend sent "
-                f"{self.format.upper()}, so this clip is {self.format.upper()}.")
-
-    @property
-    def summary(self) -> str:
-        """One line for under the player: ``voice **onyx** · WAV · 2.6 s`` (and, on the
-        demo backend, that its voice plays tones rather than words)."""
-        length = f"{self.duration_s:.1f} s" if self.duration_s is not None else "length unknown"
-        demo = " · the demo voice plays tones that follow the text, not words" if self.backend == "demo" else ""
-        return f"voice **{self.voice}** · {self.format.upper()} · {length}{demo}"
-
-    @property
-    def file_name(self) -> str:
-        """A download name such as ``speech-alloy-3f2a9c1b.wav``."""
-        return f"speech-{self.voice}-{self.request_id[-8:]}.{self.format}"
 
 
 @dataclass(frozen=True)

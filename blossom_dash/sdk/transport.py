@@ -13,28 +13,32 @@ Three things the SDK needs around it to behave in a long-lived Streamlit process
 - ``SdkLogger`` and ``NoLimiter``: keep the SDK's logging off stdout and the root
   logger, and switch off its limiter (ours is exact; the SDK's waits 30 s then sends
   anyway).
+
+Every body is read through a size cap (``Observation.max_bytes``): a backend that
+answers with 50 MB is refused with ``ResponseTooLarge`` once the cap is crossed,
+without holding the rest in memory. The event loop itself is in ``loop.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import json
 import logging
 import math
-import threading
-import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from blossom_ai.core.config import ENDPOINTS, SessionConfig
 from blossom_ai.core.models import ImageModel, TextModel
 from blossom_ai.utils.http_client import HttpxClient
 
-T = TypeVar("T")
+from ..errors import ResponseTooLarge
+
+#: Response headers that describe the wire encoding of a body we have already decoded.
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 _sdk_log = logging.getLogger("blossom_dash.sdk")
 # Neither our SDK logger nor the SDK's module logger ("blossom_ai", which warns about
@@ -114,6 +118,8 @@ class Observation:
         usage: ``usage`` from a JSON chat response, as sent.
         nbytes: Response body size.
         attempts: HTTP requests made during the call.
+        max_bytes: Largest body accepted (``ResponseTooLarge`` beyond it); None = no cap.
+        where: The backend's label, for messages.
     """
 
     api_key: str | None = None
@@ -125,6 +131,8 @@ class Observation:
     usage: dict[str, Any] | None = None
     nbytes: int = 0
     attempts: int = 0
+    max_bytes: int | None = None
+    where: str = "The backend"
 
 
 current_observation: contextvars.ContextVar[Observation | None] = contextvars.ContextVar(
@@ -189,12 +197,11 @@ class ObservingHttpClient(HttpxClient):
         return super()._validate_url(url.replace("..", "%2E%2E")).replace("%2E%2E", "..")
 
     @staticmethod
-    def _observe(response: httpx.Response) -> None:
+    def _observe(response: httpx.Response, body: bytes) -> None:
         obs = current_observation.get()
         if obs is None:
             return
         obs.status_code = response.status_code
-        body = response.content
         obs.nbytes = len(body)
         if response.status_code >= 400:
             obs.error_body = body[:2048].decode("utf-8", errors="replace")
@@ -207,10 +214,24 @@ class ObservingHttpClient(HttpxClient):
                 obs.usage = None
 
     async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """Send a request (see ``HttpxClient.request``), recording the response."""
+        """Send a request (see ``HttpxClient.request``), reading the body under the size cap.
+
+        Returns:
+            A response whose body is already read (``.content``, ``.json()`` work).
+
+        Raises:
+            ResponseTooLarge: the body passed ``Observation.max_bytes``.
+            httpx.HTTPStatusError: an error status (after it was recorded).
+            httpx.HTTPError: transport failures.
+        """
         url = self._validate_url(self._prepare(url, kwargs))
-        response = await self._async_client.request(method, url, **kwargs)
-        self._observe(response)
+        async with self._async_client.stream(method, url, **kwargs) as streamed:
+            body = await read_capped(streamed)
+        response = httpx.Response(
+            streamed.status_code, content=body, request=streamed.request, extensions=streamed.extensions,
+            headers=[(k, v) for k, v in streamed.headers.multi_items() if k.lower() not in _WIRE_HEADERS],
+        )
+        self._observe(response, body)
         response.raise_for_status()
         return response
 
@@ -231,73 +252,58 @@ class ObservingHttpClient(HttpxClient):
             if obs is not None:
                 obs.status_code = response.status_code
                 if response.status_code >= 400:
-                    body = await response.aread()
+                    body = await read_capped(response)
                     obs.error_body = body[:2048].decode("utf-8", errors="replace")
                     obs.retry_after_s = parse_retry_after(response.headers, body)
             yield response
 
 
-class LoopThread:
-    """One asyncio event loop running forever in a daemon thread.
+async def read_capped(response: httpx.Response) -> bytes:
+    """The decoded body of a streamed response, refused past ``Observation.max_bytes``.
 
-    Args:
-        name: Thread name (shows in py-spy and thread dumps).
+    Raises:
+        ResponseTooLarge: the declared Content-Length or the bytes read passed the cap
+            (the connection is then closed by the caller's ``async with``).
     """
-
-    def __init__(self, name: str = "blossom-dash-loop") -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
-        """Schedule ``coro`` on the loop; returns a concurrent future."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[return-value]
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for its result.
-
-        Raises:
-            concurrent.futures.TimeoutError: ``timeout`` seconds passed (the coroutine
-                is cancelled).
-            Exception: whatever the coroutine raised.
-        """
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return fut.result(timeout)
-        except BaseException:
-            fut.cancel()
-            raise
-
-    @property
-    def alive(self) -> bool:
-        """Whether the loop thread is running."""
-        return self._thread.is_alive() and not self.loop.is_closed()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the loop and join its thread (pending tasks are cancelled)."""
-        if self.loop.is_closed():
-            return
-
-        async def _cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        try:
-            self.run(_cancel_all(), timeout=timeout)
-        except Exception:  # noqa: BLE001 - best effort at shutdown
-            pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.loop.close()
+    obs = current_observation.get()
+    limit = obs.max_bytes if obs is not None else None
+    if limit is not None:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ResponseTooLarge.over(limit, obs.where if obs is not None else "The backend")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise ResponseTooLarge.over(limit, obs.where if obs is not None else "The backend")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-def monotonic_ms() -> float:
-    """A monotonic clock reading in milliseconds."""
-    return time.perf_counter() * 1000.0
+async def iter_lines_capped(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of a streamed body (``\\n`` or ``\\r\\n``), under the same size cap.
+
+    httpx's own ``aiter_lines`` buffers a line however long it grows; this counts every
+    byte, so one endless line is refused at the cap rather than filling memory.
+
+    Raises:
+        ResponseTooLarge: more than ``Observation.max_bytes`` arrived.
+    """
+    obs = current_observation.get()
+    limit = obs.max_bytes if obs is not None else None
+    size = 0
+    pending = bytearray()  # amortised appends: a long line costs O(n), not O(n^2)
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise ResponseTooLarge.over(limit, obs.where if obs is not None else "The backend")
+        pending += chunk
+        if b"\n" not in chunk:
+            continue
+        *lines, rest = bytes(pending).split(b"\n")
+        pending = bytearray(rest)
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8", errors="replace")

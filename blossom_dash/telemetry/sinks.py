@@ -46,7 +46,7 @@ import threading
 import time
 import weakref
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from prometheus_client import (
@@ -61,8 +61,17 @@ from prometheus_client import (
 
 from .collector import Event, MetricsCollector
 
-if TYPE_CHECKING:  # the service imports this module: no import cycle at run time
-    from ..service import BlossomService
+
+class BlossomService(Protocol):
+    """What the sinks read of the service (structural: telemetry sits below the service).
+
+    ``metrics`` gets the sinks; ``cache.stats().entries`` feeds the gauge; ``settings``
+    gives the log level and prompt logging.
+    """
+
+    metrics: MetricsCollector
+    settings: Any
+    cache: Any
 
 log = logging.getLogger("blossom_dash.observability")
 
@@ -112,8 +121,8 @@ REQUEST_DURATION = Histogram(
     ["model", "kind"], buckets=LATENCY_BUCKETS_S, registry=REGISTRY,
 )
 TTFT = Histogram(
-    "blossom_ttft_seconds", "Time to first token of served requests (outcome ok only); for a "
-    "non-streamed answer, time to the whole answer, seconds.",
+    "blossom_ttft_seconds", "Time to first token of served streams (outcome ok only), seconds; "
+    "non-streamed answers have no TTFT.",
     ["model", "kind"], buckets=LATENCY_BUCKETS_S, registry=REGISTRY,
 )
 TOKENS = Counter(

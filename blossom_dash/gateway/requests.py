@@ -1,0 +1,314 @@
+"""Who asks (``Caller``) and what they ask for: one typed request per kind.
+
+Each request holds every validation rule of its kind and every part of its cache
+key, so the pipeline, Batch's preview and Compare all check a request the same way.
+``validate`` checks what can be checked without the backend; ``prepare`` also takes
+the resolved model name and returns a ``Prepared`` request: the wire parameters and
+the cache-key parts (the backend's identity is added once, by the pipeline).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import InvalidRequest
+from ..sdk.speech import MAX_SPEECH_CHARS, speech_body, validate_speech
+
+MAX_TOKENS_LIMIT = 8192
+DEFAULT_MAX_TOKENS = 1024
+IMAGE_MIN_PX, IMAGE_MAX_PX = 64, 2048  # the SDK's own bounds (_Validators.dimensions)
+SEED_MAX = 2**31 - 1
+#: Longest URL-encoded image prompt the SDK sends (MAX_SAFE_URL_LENGTH - 200 in
+#: blossom_ai.generators.image_generator).
+IMAGE_PROMPT_URL_CHARS = 1848
+MODEL_NAME_CHARS = 128
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the identity every request, limit and event is charged to.
+
+    Attributes:
+        user: The user identity (rate limits, Monitor, ownership of jobs).
+        session: The browser session (Monitor).
+        api_key: A key for this caller's requests only; never logged, stored or shown
+            (excluded from ``repr``), never part of a cache key.
+    """
+
+    user: str = "anonymous"
+    session: str = ""
+    api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request with its model resolved.
+
+    Attributes:
+        kind: ``"text"``, ``"image"`` or ``"audio"`` (a stream is a text request).
+        model: The model name sent.
+        key_parts: Everything that changes the answer, for ``policies.cache.request_key``.
+        random_parts: Key parts picked at random rather than by the user (an image's
+            seed): replay-only lookups ignore them.
+        wire: The backend call's parameters (kind-specific).
+    """
+
+    kind: str
+    model: str
+    key_parts: dict[str, Any]
+    random_parts: tuple[str, ...] = ()
+    wire: dict[str, Any] = field(default_factory=dict)
+
+
+def check_model(model: Any) -> str | None:
+    """A model name stripped, or None for "the default".
+
+    Raises:
+        InvalidRequest: not text, or longer than ``MODEL_NAME_CHARS``.
+    """
+    if model is None or (isinstance(model, str) and not model.strip()):
+        return None
+    if not isinstance(model, str) or len(model) > MODEL_NAME_CHARS:
+        raise InvalidRequest(f"{str(model)[:40]!r} is not a model name.", "Pick a model from the list.")
+    return model.strip()
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int, hint: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi):
+        raise InvalidRequest(f"{name} must be a whole number from {lo} to {hi}, not {value!r}.", hint)
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """A chat completion, whole (``pipeline.run``) or streamed (``pipeline.stream``).
+
+    Attributes:
+        prompt: The user's message (1 to ``max_prompt_chars`` characters).
+        model: A model name; None = the backend's default.
+        system: Optional system prompt.
+        history: Earlier turns ``[{"role": "user"|"assistant", "content": str}]``; the
+            oldest are dropped to fit the request cap (the SDK's 5,000 characters).
+        max_tokens: 1 to ``MAX_TOKENS_LIMIT``; None = ``DEFAULT_MAX_TOKENS``.
+        temperature: 0.0 to 2.0; None = the model's default.
+        seed: 0 to ``SEED_MAX`` for a repeatable answer.
+    """
+
+    prompt: str
+    model: str | None = None
+    system: str | None = None
+    history: list[dict[str, Any]] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+
+    kind = "text"
+
+    @property
+    def event_prompt(self) -> str | None:
+        """What the usage store may keep of the request (truncated there)."""
+        return self.prompt if isinstance(self.prompt, str) else None
+
+    def problems(self, max_prompt_chars: int) -> list[InvalidRequest]:
+        """Every rule this request breaks, in field order (empty: it can be sent).
+
+        Batch's preview lists them all per row; ``validate`` raises the first.
+        """
+        limit = max_prompt_chars
+        found: list[InvalidRequest] = []
+
+        def check(fn: Any, *args: Any) -> None:
+            try:
+                fn(*args)
+            except InvalidRequest as err:
+                found.append(err)
+
+        prompt = self.prompt
+        if not isinstance(prompt, str) or not prompt.strip():
+            found.append(InvalidRequest("The prompt is empty.", "Type a question or an instruction first."))
+        elif len(prompt) > limit:
+            found.append(InvalidRequest(f"The prompt has {len(prompt):,} characters; the limit is {limit:,}.",
+                                        "Shorten it, or split it into several requests."))
+        elif isinstance(self.system, str) and len(prompt.strip()) + len(self.system.strip()) > limit:
+            fixed = len(prompt.strip()) + len(self.system.strip())
+            found.append(InvalidRequest(
+                f"The system prompt and the prompt together have {fixed:,} characters; the limit is {limit:,}.",
+                "Shorten the system prompt or the prompt."))
+        t = self.temperature
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 2.0):
+            found.append(InvalidRequest(f"temperature must be between 0.0 and 2.0, not {t!r}.",
+                                        "Use 0 for focused answers, 1 for the default, up to 2 for varied ones."))
+        check(_check_int, "max_tokens", self.max_tokens, 1, MAX_TOKENS_LIMIT, "Pick a value in range.")
+        check(_check_int, "seed", self.seed, 0, SEED_MAX,
+              "Leave it empty for a random answer, or pick a number to repeat one.")
+        if self.system is not None and not isinstance(self.system, str):
+            found.append(InvalidRequest("The system prompt must be text.", "Type it as plain text."))
+        check(check_model, self.model)
+        return found
+
+    def validate(self, max_prompt_chars: int) -> None:
+        """Check everything but the model's existence.
+
+        Raises:
+            InvalidRequest: the first of ``problems``: what is wrong, and what to do.
+        """
+        if found := self.problems(max_prompt_chars):
+            raise found[0]
+
+    def messages(self, max_prompt_chars: int) -> list[dict[str, Any]]:
+        """The messages sent: system, the newest history that fits, then the prompt."""
+        system = (self.system or "").strip()
+        head = [{"role": "system", "content": system}] if system else []
+        tail = [{"role": "user", "content": self.prompt.strip()}]
+        budget = max_prompt_chars - sum(len(m["content"]) for m in head + tail)
+        history: list[dict[str, Any]] = []
+        for msg in reversed(self.history or []):  # keep the newest history that fits
+            if not isinstance(msg, dict) or msg.get("role") not in {"user", "assistant"}:
+                continue
+            content = str(msg.get("content") or "").strip()
+            if not content or len(content) > budget:
+                break
+            budget -= len(content)
+            history.insert(0, {"role": msg["role"], "content": content})
+        return head + history + tail
+
+    def prepare(self, model: str, max_prompt_chars: int) -> Prepared:
+        """Validate and resolve (``model`` is the name to send).
+
+        Streamed and whole answers share keys: the answer is the same either way.
+
+        Raises:
+            InvalidRequest: as ``validate``.
+        """
+        self.validate(max_prompt_chars)
+        messages = self.messages(max_prompt_chars)
+        extra: dict[str, Any] = {}
+        if self.temperature is not None:
+            extra["temperature"] = float(self.temperature)
+        if self.seed is not None:
+            extra["seed"] = self.seed
+        max_tokens = self.max_tokens or DEFAULT_MAX_TOKENS
+        return Prepared("text", model, {"kind": "text", "model": model, "messages": messages,
+                                        "max_tokens": max_tokens, **extra},
+                        wire={"messages": messages, "max_tokens": max_tokens, "extra": extra})
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image.
+
+    Attributes:
+        prompt: What to draw; it travels in the URL, so its URL-encoded length is
+            capped at ``IMAGE_PROMPT_URL_CHARS``.
+        model: A model name; None = the backend's default.
+        width / height: Pixels, ``IMAGE_MIN_PX`` to ``IMAGE_MAX_PX`` (the SDK's bounds).
+        seed: 0 to ``SEED_MAX``; None picks one at random at ``prepare`` (returned in
+            the result), so "generate again" gives a new image.
+    """
+
+    prompt: str
+    model: str | None = None
+    width: int = 1024
+    height: int = 1024
+    seed: int | None = None
+
+    kind = "image"
+
+    @property
+    def event_prompt(self) -> str | None:
+        """What the usage store may keep of the request."""
+        return self.prompt if isinstance(self.prompt, str) else None
+
+    def validate(self, max_prompt_chars: int) -> None:
+        """Check everything but the model's existence.
+
+        Raises:
+            InvalidRequest: what is wrong, and what to do.
+        """
+        prompt = self.prompt
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequest("The image prompt is empty.", "Describe the picture you want first.")
+        encoded = len(quote(prompt.strip(), safe=""))
+        if len(prompt) > max_prompt_chars or encoded > IMAGE_PROMPT_URL_CHARS:
+            raise InvalidRequest(
+                f"The image prompt is too long: {len(prompt):,} characters, {encoded:,} once URL-encoded; "
+                f"an image prompt travels in the URL, which holds {IMAGE_PROMPT_URL_CHARS:,}.",
+                "Shorten the description (spaces and punctuation count three times).")
+        for name, value in (("width", self.width), ("height", self.height)):
+            if isinstance(value, bool) or not isinstance(value, int) or not IMAGE_MIN_PX <= value <= IMAGE_MAX_PX:
+                raise InvalidRequest(f"{name} must be {IMAGE_MIN_PX} to {IMAGE_MAX_PX} pixels, not {value!r}.",
+                                     "Pick a size in range.")
+        _check_int("seed", self.seed, 0, SEED_MAX, "Leave it empty for a random image.")
+        check_model(self.model)
+
+    def prepare(self, model: str, max_prompt_chars: int) -> Prepared:
+        """Validate and resolve; a missing seed is drawn here.
+
+        Raises:
+            InvalidRequest: as ``validate``.
+        """
+        self.validate(max_prompt_chars)
+        random_parts = ("seed",) if self.seed is None else ()  # replay-only: any recorded seed will do
+        seed = random.randint(0, SEED_MAX) if self.seed is None else self.seed
+        prompt = self.prompt.strip()
+        params = {"prompt": prompt, "width": self.width, "height": self.height, "seed": seed}
+        return Prepared("image", model, {"kind": "image", "model": model, **params}, random_parts, wire=params)
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    """Text read aloud by a chat model with audio output (``openai-audio``).
+
+    Attributes:
+        text: What to say, 1 to ``MAX_SPEECH_CHARS`` characters (and at most
+            ``max_prompt_chars``).
+        voice: One of ``sdk.speech.VOICES``.
+        audio_format: ``"wav"`` or ``"mp3"``.
+        model: A model with audio output; None = the first the backend lists.
+    """
+
+    text: str
+    voice: str = "alloy"
+    audio_format: str = "wav"
+    model: str | None = None
+
+    kind = "audio"
+
+    @property
+    def event_prompt(self) -> str | None:
+        """What the usage store may keep of the request."""
+        return self.text if isinstance(self.text, str) else None
+
+    def validate(self, max_prompt_chars: int) -> tuple[str, str, str]:
+        """Check the text, voice, format (``sdk.speech.validate_speech``) and model name.
+
+        Returns:
+            ``(text stripped, voice, format)`` as they are sent.
+
+        Raises:
+            InvalidRequest: what is wrong, and what to do.
+        """
+        checked = validate_speech(self.text, self.voice, self.audio_format,
+                                  max_chars=min(MAX_SPEECH_CHARS, max_prompt_chars))
+        check_model(self.model)
+        return checked
+
+    def prepare(self, model: str, max_prompt_chars: int) -> Prepared:
+        """Validate and resolve.
+
+        Raises:
+            InvalidRequest: as ``validate``.
+        """
+        text, voice, audio_format = self.validate(max_prompt_chars)
+        params = {"text": text, "voice": voice, "format": audio_format}
+        return Prepared("audio", model, {"kind": "audio", "model": model, **params},
+                        wire={"body": speech_body(text, model=model, voice=voice, audio_format=audio_format),
+                              "voice": voice, "audio_format": audio_format})
+
+
+Request = TextRequest | ImageRequest | SpeechRequest
+
+__all__ = ["DEFAULT_MAX_TOKENS", "IMAGE_MAX_PX", "IMAGE_MIN_PX", "IMAGE_PROMPT_URL_CHARS", "MAX_TOKENS_LIMIT",
+           "SEED_MAX", "Caller", "ImageRequest", "Prepared", "Request", "SpeechRequest", "TextRequest", "check_model"]

@@ -1,0 +1,419 @@
+"""The team-wide features of ``BlossomService``: Compare, Batch, replay recordings and shared chats.
+
+A base class of ``service.BlossomService`` (kept apart so that the composition in
+``service.py`` stays short): thin methods that check who asks and hand the work to
+``features/`` and ``policies/``, over the gateway. Nothing here holds request logic.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from .errors import BackendUnavailable, DashError, InvalidRequest
+from .features.batch import BatchRow, BatchRunner, BatchStatus, check_owner, check_rows, store_errors
+from .features.compare import Comparison, ComparisonStore, TextComparison, Vote, check_request, image_panel, run_all
+from .features.conversations import Conversation, ConversationError, ConversationStore
+from .gateway import Gateway, TextRequest, TextStream
+from .gateway.requests import SEED_MAX
+from .policies.cache import CacheStats, ResponseCache
+from .policies.replay import ImportReport, RecordError
+from .results import ImageResult
+from .sdk.backend import Backend
+from .settings import Settings
+from .telemetry.store import UsageStore
+
+
+class FeatureMethods:
+    """Compare, Batch, replay and conversation methods; mixed into ``BlossomService``."""
+
+    settings: Settings
+    cache: ResponseCache
+    store: UsageStore
+    _lock: threading.RLock
+    _closed: bool
+
+    @property
+    def _gw(self) -> Gateway:  # provided by BlossomService
+        raise NotImplementedError
+
+    @property
+    def backend(self) -> Backend:  # provided by BlossomService
+        raise NotImplementedError
+
+    def backend_info(self) -> dict[str, Any]:  # provided by BlossomService
+        raise NotImplementedError
+
+    def stream_text(self, prompt: str, **kwargs: Any) -> TextStream:  # provided by BlossomService
+        raise NotImplementedError
+
+    def generate_image(self, prompt: str, **kwargs: Any) -> ImageResult:  # provided by BlossomService
+        raise NotImplementedError
+
+    # ----- comparisons (the Compare page; logic in compare.py) ---------------------------
+
+    def _comparisons(self) -> ComparisonStore:
+        """The comparison tables, created in the usage database on first use."""
+        with self._lock:
+            store = getattr(self, "_comparison_store", None)
+            if store is None:
+                store = self._comparison_store = ComparisonStore(self.store.engine)
+            return store
+
+    def compare_text(self, prompt: str, models: list[str], *, system: str | None = None,
+                     max_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
+                     user: str = "anonymous", session: str = "", api_key: str | None = None) -> TextComparison:
+        """Start one streamed answer per model to the same prompt, all at once.
+
+        Each stream is a ``stream_text`` request (cache, rate limit, one event each).
+        A model whose request is refused at the start (rate limit, bad model name)
+        gets its error in its own panel; the others still run.
+
+        Args:
+            prompt: The one prompt.
+            models: 2 to 4 distinct model names, in column order.
+            system / max_tokens / temperature / seed: As in ``generate_text``, for all models.
+
+        Returns:
+            ``TextComparison``: iterate ``updates()``, then ``finish()`` stores it.
+
+        Raises:
+            InvalidRequest: the prompt, the model list or a parameter is invalid.
+        """
+        models = check_request(prompt, models, max_prompt_chars=self.settings.max_prompt_chars)
+        params = {"system": system, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+        # Parameters are checked once here, not as one identical error per panel.
+        TextRequest(prompt, models[0], system, None, max_tokens, temperature, seed).validate(
+            self.settings.max_prompt_chars)
+        starts: list[Any] = []
+        for model in models:
+            try:
+                starts.append(self.stream_text(prompt, model=model, **params, user=user, session=session,
+                                               api_key=api_key))
+            except DashError as err:
+                starts.append(err)
+        return TextComparison(prompt, models, params, starts, lambda panels: self._comparisons().save(
+            kind="text", prompt=prompt, params=params, panels=panels, user=user, session=session,
+            backend=self.backend.name))
+
+    def compare_images(self, prompt: str, models: list[str], *, width: int = 1024, height: int = 1024,
+                       seed: int | None = None, user: str = "anonymous", session: str = "",
+                       api_key: str | None = None) -> Comparison:
+        """Generate the same prompt with the same seed on 2 to 4 image models at once, and store it.
+
+        Args:
+            prompt: What to draw.
+            models: 2 to 4 distinct image model names.
+            width / height: Pixels, 64 to 2048.
+            seed: One seed for every model; None picks one at random.
+
+        Returns:
+            The stored ``Comparison``; a model that failed has its error in its panel.
+
+        Raises:
+            InvalidRequest: the prompt, the models, the size or the seed is invalid.
+            StorageFailed: the comparison could not be stored.
+        """
+        models = check_request(prompt, models, max_prompt_chars=self.settings.max_prompt_chars)
+        seed = random.randint(0, SEED_MAX) if seed is None else seed
+        outcomes = run_all([lambda m=m: self.generate_image(prompt, model=m, width=width, height=height, seed=seed,
+                                                            user=user, session=session, api_key=api_key)
+                            for m in models])
+        invalid = [o for o, _ in outcomes if isinstance(o, InvalidRequest)]
+        if len(invalid) == len(outcomes):
+            raise invalid[0]  # the request itself is wrong: say it once, not once per cell
+        panels = [image_panel(i, m, o, ms) for i, (m, (o, ms)) in enumerate(zip(models, outcomes, strict=True))]
+        return self._comparisons().save(kind="image", prompt=prompt, panels=panels, user=user, session=session,
+                                        params={"width": width, "height": height, "seed": seed},
+                                        backend=self.backend.name)
+
+    def compare_record(self, kind: str, prompt: str, panels: list[Any], *, params: dict[str, Any] | None = None,
+                       user: str = "anonymous", session: str = "", api_key: str | None = None) -> Comparison:
+        """Store a comparison made elsewhere (``compare.Panel`` per model).
+
+        Raises:
+            InvalidRequest: unknown kind, or not 2 to 4 panels.
+            StorageFailed: the write failed.
+        """
+        if kind not in ("text", "image"):
+            raise InvalidRequest(f"Unknown comparison kind {kind!r}.", "Use 'text' or 'image'.")
+        check_request(prompt, [p.model for p in panels], max_prompt_chars=self.settings.max_prompt_chars)
+        return self._comparisons().save(kind=kind, prompt=prompt, params=params or {}, panels=panels, user=user,
+                                        session=session, backend=self.backend.name)
+
+    def vote(self, comparison_id: str, choice: str, *, user: str = "anonymous", session: str = "",
+             api_key: str | None = None) -> Vote:
+        """Vote on a stored comparison: a model that answered, ``"tie"`` or ``"all_bad"``.
+
+        Voting again on the same comparison replaces the earlier vote.
+
+        Raises:
+            InvalidRequest: unknown comparison or choice. StorageFailed: the write failed.
+        """
+        return self._comparisons().vote(comparison_id, choice, user=user, session=session)
+
+    def leaderboard(self, kind: str = "text") -> Any:
+        """Votes, wins, ties, losses, win rate and its 95 % interval per model (a DataFrame).
+
+        See ``compare.ComparisonStore.leaderboard``.
+        """
+        return self._comparisons().leaderboard(kind)
+
+    def load_comparison(self, comparison_id: str) -> Comparison:
+        """A stored comparison (prompt, models, answers, figures, vote) for its permalink.
+
+        Raises:
+            InvalidRequest: malformed or unknown id. StorageFailed: the read failed.
+        """
+        return self._comparisons().load(comparison_id)
+
+    # ----- batch jobs (the Batch page; logic in batch.py) --------------------------------
+
+    def _batch_runner(self) -> BatchRunner:
+        """The batch runner: its tables and daemon threads are created on first use."""
+        with self._lock:
+            if self._closed:
+                raise BackendUnavailable("The service has been shut down.", "Reload the page to start it again.")
+            runner = getattr(self, "_batch", None)
+            if runner is None:
+                with store_errors("started"):
+                    runner = self._batch = BatchRunner(self._gw, self.store.engine)
+            return runner
+
+    def submit_batch(self, rows: Sequence[BatchRow | Mapping[str, Any]], *, name: str = "",
+                     user: str = "anonymous", session: str = "", api_key: str | None = None) -> str:
+        """Start a background job that answers every row with ``generate_text``.
+
+        Each row is one request of kind ``text`` as ``user`` (cache, rate limits and
+        Monitor as usual); a full rate-limit window pauses the job rather than
+        failing rows. The job outlives the page and is kept in the usage database.
+
+        Args:
+            rows: 1 to ``batch.MAX_ROWS`` rows: ``BatchRow`` (``batch.parse_csv``'s
+                valid rows) or mappings with ``prompt`` and optional ``model``,
+                ``system``, ``temperature``, ``max_tokens``, ``seed``.
+            name: A label for the job list (the file name).
+
+        Returns:
+            The job id (32 hex characters).
+
+        Raises:
+            InvalidRequest: no rows, too many, or a row that cannot run.
+            BackendUnavailable: the service is shut down or the database failed.
+        """
+        checked = check_rows(rows, max_prompt_chars=self.settings.max_prompt_chars)
+        runner = self._batch_runner()
+        with store_errors("saved"):
+            return runner.submit(checked, user=user, session=session, api_key=api_key, name=str(name or ""))
+
+    def batch_status(self, job_id: str, *, user: str | None = None, session: str = "",
+                     api_key: str | None = None) -> BatchStatus:
+        """Counts (done/failed/remaining), ETA and rate-limit wait of ``user``'s job.
+
+        Raises:
+            InvalidRequest: no such job of ``user`` (any user's when None).
+            BackendUnavailable: the database failed.
+        """
+        runner = self._batch_runner()
+        with store_errors("read"):
+            return runner.status(check_owner(runner, job_id, user))
+
+    def batch_results(self, job_id: str, *, limit: int | None = None, user: str | None = None, session: str = "",
+                      api_key: str | None = None) -> pd.DataFrame:
+        """The job's rows in file order: input, answer, model, latency, tokens, error.
+
+        Args:
+            limit: Only the first ``limit`` rows (a live view); None = all.
+
+        Returns:
+            A DataFrame with ``batch.RESULT_COLUMNS``.
+
+        Raises:
+            InvalidRequest, BackendUnavailable: as ``batch_status``.
+        """
+        runner = self._batch_runner()
+        with store_errors("read"):
+            return runner.results(check_owner(runner, job_id, user), limit=limit)
+
+    def cancel_batch(self, job_id: str, *, user: str | None = None, session: str = "",
+                     api_key: str | None = None) -> BatchStatus:
+        """Stop ``user``'s job: no further rows start; rows in flight finish and are kept.
+
+        Returns:
+            The job's status after the cancel (cancelling a stopped job changes nothing).
+
+        Raises:
+            InvalidRequest, BackendUnavailable: as ``batch_status``.
+        """
+        runner = self._batch_runner()
+        with store_errors("cancelled"):
+            runner.cancel(check_owner(runner, job_id, user))
+            return runner.status(job_id)
+
+    def resume_batch(self, job_id: str, *, retry_failed: bool = False, user: str | None = None,
+                     session: str = "", api_key: str | None = None) -> BatchStatus:
+        """Run the unfinished rows of an interrupted or cancelled job (finished rows are kept).
+
+        Args:
+            retry_failed: Also run the rows that failed.
+
+        Raises:
+            InvalidRequest: no such job, it is running, or nothing is left to run.
+            BackendUnavailable: as ``batch_status``.
+        """
+        runner = self._batch_runner()
+        with store_errors("resumed"):
+            runner.resume(check_owner(runner, job_id, user), user=runner.owner(job_id) or "anonymous",
+                          session=session, api_key=api_key, retry_failed=retry_failed)
+            return runner.status(job_id)
+
+    def delete_batch(self, job_id: str, *, user: str | None = None, session: str = "",
+                     api_key: str | None = None) -> None:
+        """Delete a stopped job of ``user`` and its rows.
+
+        Raises:
+            InvalidRequest: no such job, or it is running.
+            BackendUnavailable: as ``batch_status``.
+        """
+        runner = self._batch_runner()
+        with store_errors("deleted"):
+            runner.delete(check_owner(runner, job_id, user))
+
+    def list_batches(self, user: str | None, *, session: str = "", api_key: str | None = None,
+                     limit: int = 50) -> list[BatchStatus]:
+        """``user``'s newest ``limit`` jobs (everyone's when None), newest first.
+
+        Raises:
+            BackendUnavailable: the database failed.
+        """
+        runner = self._batch_runner()
+        with store_errors("listed"):
+            return runner.list(user, limit=limit)
+
+    # ----- replay and shared conversations (logic in replay.py, conversations.py) --------
+
+    def configure_replay(self, *, persistent: bool | None = None, replay_only: bool | None = None) -> CacheStats:
+        """Turn recording (the persistent cache) and replay-only mode on or off, for everyone.
+
+        Args:
+            persistent: Record every answer under ``<data_dir>/replay`` and serve it
+                after a restart; off keeps the recordings and turns replay-only off.
+            replay_only: Serve recordings only; nothing reaches a backend and no
+                rate-limit slot is spent. On also turns recording on.
+
+        Returns:
+            ``cache.stats()`` after the change.
+
+        Raises:
+            InvalidRequest: ``persistent=False`` together with ``replay_only=True``.
+            DashError: the recordings folder cannot be opened.
+        """
+        try:
+            return self.cache.configure(persistent=persistent, replay_only=replay_only)
+        except ValueError as exc:
+            raise InvalidRequest(f"Replay settings not applied: {exc}.",
+                                 "Leave the persistent cache on while replay-only is on.") from exc
+        except OSError as exc:
+            raise DashError(f"The recordings folder {self.settings.data_dir / 'replay'} cannot be opened: {exc}.",
+                            "Check that the data directory exists and is writable, then try again.") from exc
+
+    def export_recordings(self) -> bytes:
+        """Every recorded answer as one ``.zip`` to replay elsewhere (``replay.RecordingStore.export``).
+
+        Raises:
+            DashError: the recordings cannot be read.
+        """
+        try:
+            return self.cache.export_recordings(self.backend_info())
+        except (OSError, ValueError) as exc:
+            raise DashError(f"The recordings could not be exported: {exc}.",
+                            "Check the data directory, then try again.") from exc
+
+    def import_recordings(self, data: bytes) -> ImportReport:
+        """Merge an exported ``.zip`` into the recordings; nothing changes unless all of it reads.
+
+        Returns:
+            ``ImportReport``: added, skipped (already recorded), total.
+
+        Raises:
+            InvalidRequest: not a blossom-dash replay export, a newer format version,
+                or damaged (the message says which).
+            DashError: the recordings folder cannot be written.
+        """
+        try:
+            return self.cache.import_recordings(data)
+        except RecordError as exc:
+            raise InvalidRequest(f"Nothing was imported. {exc}",
+                                 "Export it again from blossom-dash (Controls → Replay) and import that .zip.") from exc
+        except (OSError, ValueError) as exc:
+            raise DashError(f"The recordings could not be written: {exc}.",
+                            "Check that the data directory is writable, then try again.") from exc
+
+    def clear_recordings(self) -> int:
+        """Delete every recorded answer (the in-memory cache keeps what it has not read from them).
+
+        Returns:
+            How many recordings were deleted.
+
+        Raises:
+            DashError: the recordings folder cannot be opened.
+        """
+        try:
+            return self.cache.clear_recordings()
+        except OSError as exc:
+            raise DashError(f"The recordings could not be deleted: {exc}.", "Check the data directory.") from exc
+
+    def _conversations(self) -> ConversationStore:
+        """The ``conversations`` table, created in the usage database on first use."""
+        with self._lock:
+            store = getattr(self, "_conversation_store", None)
+            if store is None:
+                store = self._conversation_store = ConversationStore(self.store.engine)
+            return store
+
+    def save_conversation(self, messages: list[dict[str, Any]], *, user: str = "anonymous", session: str = "",
+                          api_key: str | None = None) -> Conversation:
+        """Save a snapshot of a Playground chat for its permalink (``?conversation=<id>``).
+
+        Args:
+            messages: ``[{"role": "user"|"assistant", "content", "caption"?, "code"?}]``.
+            user: Who shares it.
+
+        Returns:
+            The saved ``Conversation`` (its ``id`` goes in the link).
+
+        Raises:
+            InvalidRequest: empty chat, a bad role, too long (``conversations.MAX_*``).
+            DashError: the database refused the write.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return self._conversations().save(messages, user=user)
+        except ConversationError as exc:
+            raise InvalidRequest(str(exc), "Chat first, then share.") from exc
+        except SQLAlchemyError as exc:
+            raise DashError("The conversation could not be saved: the usage database refused the write.",
+                            "Try again; if it repeats, check the database.") from exc
+
+    def load_conversation(self, conversation_id: str) -> Conversation:
+        """A shared conversation, to show read-only.
+
+        Raises:
+            InvalidRequest: the id is malformed or unknown (the link is wrong or cut short).
+            DashError: the database cannot be read.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return self._conversations().load(conversation_id)
+        except ConversationError as exc:
+            raise InvalidRequest(f"This conversation link does not open anything: {exc}",
+                                 "Check that the link was copied whole, or start a new chat.") from exc
+        except SQLAlchemyError as exc:
+            raise DashError("The conversation could not be read from the usage database.",
+                            "Try again in a moment.") from exc
