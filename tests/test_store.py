@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 import pytest
 from helpers import make_service, run_in_threads
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 
 from blossom_dash import Settings
 from blossom_dash.telemetry import analytics
+from blossom_dash.telemetry.collector import MetricsCollector
 from blossom_dash.telemetry.store import (
     EVENT_COLUMNS,
     LATENCY_BINS_PER_E,
@@ -31,6 +33,7 @@ from blossom_dash.telemetry.store import (
     SCHEMA_VERSION,
     UsageStore,
     rollup_hour,
+    upgrade_row,
     upsert_statement,
 )
 
@@ -240,35 +243,62 @@ DAY0 = 1_699_920_000.0
 
 def random_rows(n: int, seed: int, start: float = DAY0 - 3600 * 5, span_s: float = 3 * 86_400,
                 prefix: str = "r") -> list[tuple[Any, ...]]:
-    """``n`` varied events in ``[start, start + span_s)``: every outcome, missing
-    latencies, TTFTs, tokens and status codes, sub-millisecond latencies, and events
-    exactly on hour boundaries."""
+    """``n`` varied events in ``[start, start + span_s)``, as today's pipeline records
+    them: every outcome, missing latencies, TTFTs (streams only), tokens and status
+    codes, sub-millisecond latencies, and events exactly on hour boundaries."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         ts = start + rng.random() * span_s
         if i % 17 == 0:
             ts = float(math.floor(ts / 3600) * 3600)  # exactly on an hour boundary
-        outcome = rng.choices(["ok", "cache_hit", "rate_limited", "error"], weights=[70, 12, 8, 10])[0]
+        outcome = rng.choices(["ok", "cache_hit", "rate_limited", "rejected", "error"], weights=[70, 12, 8, 4, 6])[0]
         fields: dict[str, Any] = {"user": rng.choice(["ann", "ben", "cid", "dee"]),
                                   "model": rng.choice(["m-a", "m-b", "m-c"]),
                                   "kind": rng.choice(["text", "stream", "image"]),
                                   "backend": rng.choice(["demo", "demo", "other"]), "outcome": outcome}
         if outcome == "ok":
             lat = rng.choice([rng.lognormvariate(5, 1.3), rng.random(), None])
-            fields |= {"latency_ms": lat, "ttft_ms": None if lat is None or rng.random() < 0.3 else lat * rng.random(),
+            stream = fields["kind"] == "stream"
+            fields |= {"latency_ms": lat,
+                       "ttft_ms": None if lat is None or not stream or rng.random() < 0.3 else lat * rng.random(),
                        "prompt_tokens": rng.choice([None, rng.randint(1, 500)]),
                        "completion_tokens": rng.randint(1, 900), "status_code": 200, "error_type": ""}
         elif outcome == "error":
-            fields |= {"error_type": rng.choice(["UpstreamError", "BackendUnavailable"]),
-                       "status_code": rng.choice([500, 502, None]), "latency_ms": rng.choice([None, 40.0]),
+            error_type = rng.choice(["UpstreamError", "BackendUnavailable", "InvalidRequest"])
+            status = 400 if error_type == "InvalidRequest" else rng.choice([500, 502, None])  # the backend's 400
+            fields |= {"error_type": error_type, "status_code": status, "latency_ms": rng.choice([None, 40.0]),
                        "ttft_ms": None, "prompt_tokens": None, "completion_tokens": None}
+        elif outcome == "rejected":
+            fields |= {"error_type": rng.choice(["InvalidRequest", "NotRecorded"]), "status_code": None,
+                       "latency_ms": 0.0, "ttft_ms": None, "prompt_tokens": None, "completion_tokens": None}
         else:
             fields |= {"error_type": "RateLimited" if outcome == "rate_limited" else "",
                        "status_code": 429 if outcome == "rate_limited" else 200, "latency_ms": 0.5,
-                       "ttft_ms": 0.5, "prompt_tokens": 7, "completion_tokens": 9}
+                       "ttft_ms": 0.5 if fields["kind"] == "stream" else None, "prompt_tokens": 7,
+                       "completion_tokens": 9}
         rows.append(row(f"{prefix}{seed}-{i}", ts, **fields))
     return rows
+
+
+def legacy_rows(n: int, seed: int) -> list[tuple[Any, ...]]:
+    """``random_rows`` as versions before schema 4 recorded them: the rejected requests
+    as ``error`` (``InvalidRequest`` without a status, ``NotRecorded``), and a TTFT on
+    every served or cached answer, the whole latency for the kinds that do not stream."""
+    out = []
+    for r in random_rows(n, seed, prefix="legacy"):
+        fields = dict(zip(ROW_COLUMNS, r, strict=True))
+        if fields["outcome"] == "rejected":
+            fields["outcome"] = "error"
+        if fields["outcome"] in ("ok", "cache_hit") and fields["kind"] != "stream":
+            fields["ttft_ms"] = fields["latency_ms"]
+        out.append(tuple(fields[c] for c in ROW_COLUMNS))
+    return out
+
+
+def upgraded(stored: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Stored ``events`` rows (``id`` first) with ``upgrade_row`` applied to the rest."""
+    return [(r[0], *upgrade_row(r[1:])) for r in stored]
 
 
 def expected_rollups(path: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -374,11 +404,12 @@ class TestRollups:
         assert stored_rollups(path) == before
 
     def test_schema_2_file_is_migrated_without_loss(self, tmp_path: Path) -> None:
-        """A schema-2 file (no rollups, no user index) opens at schema 3 with every event
-        and exact rollups, and keeps them exact on later writes."""
+        """A schema-2 file (no rollups, no user index) opens at today's schema with every
+        event, brought to today's outcomes and TTFTs, and exact rollups, and keeps them
+        exact on later writes."""
         path = tmp_path / "usage.db"
         store = UsageStore(sqlite_url(path))
-        rows = random_rows(500, seed=5)
+        rows = legacy_rows(500, seed=5)
         store.write_many(rows[:400])
         store.close()
         with sqlite3.connect(path) as conn:  # take the file back to schema 2
@@ -388,27 +419,96 @@ class TestRollups:
             conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
             events_before = conn.execute("SELECT * FROM events ORDER BY id").fetchall()
         again = UsageStore(sqlite_url(path))
-        assert again.schema_version() == SCHEMA_VERSION == 3
-        again.write_many(rows[350:])  # 50 replayed, 100 new
+        assert again.schema_version() == SCHEMA_VERSION == 4
+        again.write_many([upgrade_row(r) for r in rows[350:]])  # 50 replayed, 100 new
         again.close()
         with sqlite3.connect(path) as conn:
-            assert conn.execute("SELECT * FROM events ORDER BY id LIMIT 400").fetchall() == events_before
+            assert conn.execute("SELECT * FROM events ORDER BY id LIMIT 400").fetchall() == upgraded(events_before)
             assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 500
             indexes = {r[1] for r in conn.execute("PRAGMA index_list(events)")}
         assert "ix_events_user_ts" in indexes
         assert_rollups_exact(path)
 
-    def test_schema_1_file_reaches_schema_3(self, tmp_path: Path) -> None:
-        """A first-schema file with a duplicated request id keeps one copy and gets its rollups."""
+    def test_schema_1_file_reaches_today(self, tmp_path: Path) -> None:
+        """A first-schema file with a duplicated request id keeps one copy, is brought to
+        today's outcomes and TTFTs, and gets its rollups."""
         path = tmp_path / "usage.db"
+        legacy = legacy_rows(60, seed=6)
         with sqlite3.connect(path) as conn:
             conn.executescript(SCHEMA_1_DDL)
             conn.executemany(f"INSERT INTO events ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * 16)})",
-                             [*random_rows(60, seed=6), random_rows(1, seed=6)[0]])
+                             [*legacy, legacy[0]])
         store = UsageStore(sqlite_url(path))
-        assert (store.schema_version(), store.count()) == (3, 60)
+        assert (store.schema_version(), store.count()) == (4, 60)
         store.close()
+        with sqlite3.connect(path) as conn:
+            stored = conn.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM events ORDER BY id").fetchall()
+        assert stored == [upgrade_row(r) for r in legacy]
+        assert any(r[ROW_COLUMNS.index("outcome")] == "rejected" for r in stored)
         assert_rollups_exact(path)
+
+    def test_schema_3_file_is_upgraded_in_place(self, tmp_path: Path) -> None:
+        """Schema 3 -> 4 on a file with rollups: the user's invalid requests and replay
+        refusals become ``rejected`` (a backend's 400 stays an error), the TTFT of
+        everything but streams is cleared, nothing else changes, and the rollups are
+        exact, before and after later writes."""
+        path = tmp_path / "usage.db"
+        none = {"latency_ms": 0.0, "ttft_ms": None, "prompt_tokens": None, "completion_tokens": None}
+        hand = [
+            row("nr", DAY0 + 10, outcome="error", error_type="NotRecorded", status_code=None, **none),
+            row("ir", DAY0 + 20, outcome="error", error_type="InvalidRequest", status_code=None, **none),
+            row("ir400", DAY0 + 30, outcome="error", error_type="InvalidRequest", status_code=400, **none),
+            row("up", DAY0 + 40, outcome="error", error_type="UpstreamError", status_code=None, **none),
+            row("rl", DAY0 + 50, outcome="rate_limited", error_type="RateLimited", status_code=429, **none),
+            row("txt", DAY0 + 60, kind="text", latency_ms=80.0, ttft_ms=80.0),
+            row("str", DAY0 + 70, kind="stream", latency_ms=900.0, ttft_ms=150.0),
+            row("hit", DAY0 + 80, kind="image", outcome="cache_hit", latency_ms=0.5, ttft_ms=0.5),
+        ]
+        legacy = legacy_rows(600, seed=8)
+        store = UsageStore(sqlite_url(path))
+        store.write_many(hand + legacy)  # rollups as schema 3 kept them: of the events as stored
+        store.close()
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+            before = conn.execute("SELECT * FROM events ORDER BY id").fetchall()
+            # The file holds what the upgrade must change, in the events and in the rollups.
+            assert conn.execute("SELECT count(*) FROM rollup_latency_hour WHERE which = 'ttft' AND kind != 'stream'"
+                                ).fetchone()[0] > 0
+            assert conn.execute("SELECT count(*) FROM rollup_hour WHERE outcome = 'rejected'").fetchone()[0] == 0
+        again = UsageStore(sqlite_url(path))
+        assert again.schema_version() == 4 and again.count() == 608
+        df = again.frame().set_index("request_id")
+        assert df.loc[["nr", "ir", "ir400", "up", "rl"], "outcome"].tolist() == [
+            "rejected", "rejected", "error", "error", "rate_limited"]
+        ttft = df.loc[["txt", "str", "hit"], "ttft_ms"]
+        assert ttft.isna().tolist() == [True, False, True] and ttft["str"] == 150.0
+        assert_rollups_exact(path)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT * FROM events ORDER BY id").fetchall() == upgraded(before)
+            assert conn.execute("SELECT sum(requests) FROM rollup_hour WHERE outcome = 'rejected'").fetchone()[0] \
+                == int((df["outcome"] == "rejected").sum())
+        again.write_many(random_rows(200, seed=9, prefix="after"))
+        again.close()
+        assert_rollups_exact(path)
+
+    def test_a_journal_from_before_the_upgrade_is_replayed_in_todays_terms(self, tmp_path: Path) -> None:
+        """A journal left by a process killed before the upgrade holds old-style events:
+        replaying it stores them as the migration would have."""
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        legacy = legacy_rows(50, seed=10)
+        journal = tmp_path / "journal" / f"journal-{dead}-0000.jsonl"
+        journal.parent.mkdir()
+        journal.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in legacy))
+        store = UsageStore(sqlite_url(tmp_path / "usage.db"))
+        collector = MetricsCollector(store, journal.parent)
+        collector.close()
+        store.close()
+        with sqlite3.connect(tmp_path / "usage.db") as conn:
+            stored = conn.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM events ORDER BY id").fetchall()
+        assert stored == [upgrade_row(r) for r in legacy] != legacy
+        assert not journal.exists()
+        assert_rollups_exact(tmp_path / "usage.db")
 
     def test_python_ln_fallback_bins_alike(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """On a SQLite without ln(), the Python ln registered on each connection gives the same bins."""

@@ -29,12 +29,14 @@ from typing import Any, NamedTuple
 import orjson
 import pandas as pd
 
-from .store import EVENT_COLUMNS, ROW_COLUMNS, UsageStore
+from .store import EVENT_COLUMNS, ROW_COLUMNS, UsageStore, upgrade_row
 
 log = logging.getLogger("blossom_dash.metrics")
 #: Journals written by collectors of this process (never replayed from under them).
 _LIVE_JOURNALS: set[str] = set()
-OUTCOMES = ("ok", "cache_hit", "rate_limited", "error")
+#: ``rejected``: the user's own invalid request (refused before sending) or a replay-only
+#: refusal; ``error``: a backend or system failure; ``rate_limited``: our own limits.
+OUTCOMES = ("ok", "cache_hit", "rate_limited", "rejected", "error")
 
 
 _ID_PREFIX = os.urandom(5).hex()
@@ -94,11 +96,13 @@ class Event(NamedTuple):
     Attributes:
         ts: Start time, unix epoch seconds.
         kind: ``text`` | ``stream`` | ``image`` | ``audio``.
-        outcome: ``ok`` | ``cache_hit`` | ``rate_limited`` | ``error``.
+        outcome: ``ok`` | ``cache_hit`` | ``rate_limited`` | ``rejected`` | ``error``
+            (see ``OUTCOMES``).
         error_type: The ``DashError`` subclass name, "" when none.
         status_code: Upstream HTTP status, None when no response came back.
         latency_ms: Wall time from the call to its result (milliseconds).
-        ttft_ms: Time to first token (streams), or to the whole answer otherwise.
+        ttft_ms: Time to first token (milliseconds), for ``stream`` events only; None
+            for the other kinds.
         prompt_tokens / completion_tokens: As the backend reported them (estimated
             when a stream was stopped before the backend's usage arrived).
         bytes: Size of the response payload.
@@ -161,14 +165,19 @@ class MetricsCollector:
         return journal
 
     def recover(self) -> int:
-        """Replay journals left by processes that are gone; returns events replayed."""
+        """Replay journals left by processes that are gone; returns events replayed.
+
+        A journal may predate the store's schema 4 (a process killed before an
+        upgrade), so its rows are brought to today's outcomes and TTFT rules first
+        (``store.upgrade_row``).
+        """
         replayed = 0
         for path in sorted(glob.glob(str(self._dir / "journal-*.jsonl"))):
             pid = int(Path(path).name.split("-")[1])
             if path in _LIVE_JOURNALS or (pid != os.getpid() and _alive(pid)):
                 continue  # a live collector owns it
             rows = _Journal.read(path)
-            self.store.write_many([r for r in rows if len(r) == len(ROW_COLUMNS)])
+            self.store.write_many([upgrade_row(r) for r in rows if len(r) == len(ROW_COLUMNS)])
             os.unlink(path)
             replayed += len(rows)
         if replayed:

@@ -21,8 +21,8 @@ filterable dimensions the Monitor's passes group or filter by:
   "no response" (a NULL would never match itself in a unique key, so upserts could
   not find the row); error type and status follow the outcome, so they add few rows.
 - ``rollup_latency_hour`` and ``rollup_latency_day``: ``hour|day, which, bin, model,
-  kind, backend -> count``: the latency (``which = 'latency'``) and TTFT (``'ttft'``)
-  histograms of served (``ok``) events, in the Monitor's log-spaced bins
+  kind, backend -> count``: the latency (``which = 'latency'``) and TTFT (``'ttft'``,
+  which only streams have since schema 4) histograms of served (``ok``) events, in the Monitor's log-spaced bins
   (``latency_bin``), one row per non-empty bin. They are the long tables (~40 bins per
   model and hour: half a million rows for 30 days of the benchmark's traffic), so the
   histograms of a whole range read whole days from the daily table and only the hours
@@ -49,9 +49,13 @@ UPDATE``), in the transaction that changes the events: ``write_many`` adds the r
 ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` reports as inserted, so an event
 whose ``request_id`` was already stored (a replayed journal, or another process that
 stored it first) is neither inserted nor counted; ``delete_older_than`` drops the whole
-hours and days before its cutoff and recomputes the one that contains it; the schema
-migration (and ``rebuild_rollups``) builds each table from the events in one
-``GROUP BY`` pass (about 10 s for 1M events on SQLite).
+hours and days before its cutoff and recomputes the one that contains it; the
+migration to schema 3 (and ``rebuild_rollups``) builds each table from the events in
+one ``GROUP BY`` pass (about 10 s for 1M events on SQLite). The migration to schema 4
+rewrites the history's outcomes and TTFTs in place (``upgrade_row``), drops the TTFT
+rollup rows of the kinds that do not stream, and recomputes only the hours (days) that
+hold a reclassified event (``_upgrade_rollups``): about 4 s for 1M events of which
+every hour holds one.
 Rollups need an upsert, so they are kept on SQLite and PostgreSQL only (``rollups``);
 on other databases the Monitor reads the events.
 """
@@ -96,8 +100,9 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.sql.elements import ColumnElement
 
 #: 1: first schema. 2: ``request_id`` unique (journal replays must not duplicate).
-#: 3: rollup tables and an index on ``(user, ts)``.
-SCHEMA_VERSION = 3
+#: 3: rollup tables and an index on ``(user, ts)``. 4: outcome ``rejected`` and TTFT
+#: for streams only, with the history brought to both (``upgrade_row``).
+SCHEMA_VERSION = 4
 
 #: Latency histogram resolution: bin ``k`` holds ``[e^(k/N), e^((k+1)/N))`` ms, so one
 #: bin spans a factor ``e^(1/16) ≈ 1.0645`` (6.45 %); bin ``-1`` holds ``[0, 1)`` ms.
@@ -148,6 +153,35 @@ events = Table(
     # The Monitor's user filter reads one user's range of events without a full scan.
     Index("ix_events_user_ts", "user", "ts"),
 )
+
+#: Events that schema 4 moved from ``error`` to ``rejected``: a replay-only refusal
+#: (``NotRecorded``), or the user's own invalid request, refused before it was sent
+#: (``InvalidRequest`` without an upstream status). ``error`` is left to backend and
+#: system failures.
+_LEGACY_REJECTED = (events.c.outcome == "error") & (
+    (events.c.error_type == "NotRecorded")
+    | ((events.c.error_type == "InvalidRequest") & events.c.status_code.is_(None)))
+_COL = {name: i for i, name in enumerate(ROW_COLUMNS)}
+
+
+def upgrade_row(row: Sequence[Any]) -> tuple[Any, ...]:
+    """An event row (``ROW_COLUMNS`` order) recorded before schema 4, in today's terms.
+
+    Its outcome becomes ``rejected`` where ``_LEGACY_REJECTED`` says so, and its
+    ``ttft_ms`` None unless it is a stream (earlier versions recorded the whole
+    latency as the TTFT of other kinds). A row already in today's terms is returned
+    unchanged. The migration applies the same rules in SQL; journals replayed after a
+    crash (``MetricsCollector.recover``) may predate it.
+    """
+    out = list(row)
+    outcome, error_type = out[_COL["outcome"]], out[_COL["error_type"]]
+    if outcome == "error" and (error_type == "NotRecorded"
+                               or (error_type == "InvalidRequest" and out[_COL["status_code"]] is None)):
+        out[_COL["outcome"]] = "rejected"
+    if out[_COL["kind"]] != "stream":
+        out[_COL["ttft_ms"]] = None
+    return tuple(out)
+
 
 #: SQLite: ``WITHOUT ROWID`` stores rows in key order, so a range of hours is read
 #: sequentially instead of through an index and a row lookup each.
@@ -372,16 +406,53 @@ class UsageStore:
                                   "(SELECT MIN(id) FROM events GROUP BY request_id)"))
                 conn.execute(text("DROP INDEX IF EXISTS ix_events_request_id"))
                 conn.execute(text("CREATE UNIQUE INDEX ix_events_request_id ON events (request_id)"))
+            # Before the rollups are built (< 3) or mended (3), so that they count today's events.
+            hours = self._upgrade_events(conn) if version < 4 else []
             if version < 3:
                 # create_all() does not add an index to a table that exists already.
                 next(i for i in events.indexes if i.name == "ix_events_user_ts").create(conn, checkfirst=True)
                 if self.rollups:
                     self._rebuild_rollups(conn)
+            elif version < 4 and self.rollups:
+                self._upgrade_rollups(conn, hours)
             if row is None:
                 conn.execute(insert(meta_table).values(key="schema_version", value=str(SCHEMA_VERSION)))
             elif version != SCHEMA_VERSION:
                 conn.execute(update(meta_table).where(meta_table.c.key == "schema_version")
                              .values(value=str(SCHEMA_VERSION)))
+
+    def _upgrade_events(self, conn: Connection) -> list[int]:
+        """Schema 4 on the events (``upgrade_row``'s rules, in SQL).
+
+        Returns:
+            The hours (``floor(ts / 3600)``) holding an event whose outcome changed.
+        """
+        E = events.c
+        hour = floor_int(E.ts / float(HOUR_S), self.is_sqlite)
+        hours = [int(h) for (h,) in conn.execute(select(hour).where(_LEGACY_REJECTED).distinct())]
+        conn.execute(update(events).where(_LEGACY_REJECTED).values(outcome="rejected"))
+        conn.execute(update(events).where(E.kind != "stream", E.ttft_ms.is_not(None)).values(ttft_ms=None))
+        return hours
+
+    def _upgrade_rollups(self, conn: Connection, hours: Sequence[int]) -> None:
+        """Schema 4 on schema-3 rollups, exactly, after ``_upgrade_events``.
+
+        The latency tables are keyed by kind, so their TTFT rows of other kinds than
+        ``stream`` held exactly the TTFTs just cleared: they are deleted. They hold no
+        outcome but ``ok``, so the reclassified events never were in them. In the two
+        tables keyed by outcome, the hours (days) that hold a reclassified event are
+        recomputed from the events; the others are unchanged.
+        """
+        for table in (rollup_latency_hour, rollup_latency_day):
+            conn.execute(delete(table).where(table.c.which == "ttft", table.c.kind != "stream"))
+        for table, unit in ((rollup_hour, HOUR_S), (rollup_user_day, DAY_S)):
+            units = sorted({h * HOUR_S // unit for h in hours})
+            key = table.c[unit_column(table)]
+            for start in range(0, len(units), _ID_CHUNK):
+                chunk = units[start:start + _ID_CHUNK]
+                conn.execute(delete(table).where(key.in_(chunk)))
+                _rollup_events(conn, table, floor_int(events.c.ts / float(unit), self.is_sqlite).in_(chunk),
+                               self.is_sqlite)
 
     def schema_version(self) -> int:
         """The schema version recorded in the database."""
