@@ -150,7 +150,7 @@ class TestHistogramQuantile:
         rng = np.random.default_rng(7)
         lat = rng.lognormal(6.0, 0.8, 5000)
         s = UsageStore(f"sqlite:///{tmp_path / 'p.db'}")
-        s.write_many([row(f"r{i}", 10 + i * 0.5, latency_ms=float(v), ttft_ms=float(v) / 3)
+        s.write_many([row(f"r{i}", 10 + i * 0.5, kind="stream", latency_ms=float(v), ttft_ms=float(v) / 3)
                       for i, v in enumerate(lat)])
         k = A.kpis(s, hour())
         for key, q in (("p50_latency_ms", 0.5), ("p95_latency_ms", 0.95), ("p99_latency_ms", 0.99)):
@@ -179,10 +179,13 @@ class TestKpis:
         assert k["rpm"] == pytest.approx(12 / 60)
 
     def test_percentiles_of_served_requests(self, store: UsageStore) -> None:
-        """Latency 100/200/300/1000/3000 ms: p50 ≈ 300, p95 = p99 ≈ 3000; TTFT p50 ≈ 70 ms."""
+        """Latency 100/200/300/1000/3000 ms: p50 ≈ 300, p95 = p99 ≈ 3000. TTFT p50 ≈ 400 ms,
+        from the two streams alone: the text requests' stray TTFTs (50-70 ms) are not counted."""
         k = A.kpis(store, hour())
         assert near(k["p50_latency_ms"], 300) and near(k["p95_latency_ms"], 3000) and near(k["p99_latency_ms"], 3000)
-        assert near(k["p50_ttft_ms"], 70)
+        assert near(k["p50_ttft_ms"], 400)
+        text_only = A.kpis(store, hour(kinds=["text"]))
+        assert near(text_only["p50_latency_ms"], 200) and text_only["p50_ttft_ms"] is None
 
     def test_previous_period(self, store: UsageStore) -> None:
         """The hour before holds two served requests of 100 ms."""
@@ -229,11 +232,14 @@ class TestTimeseries:
 
 class TestLatency:
     def test_percentiles_per_bucket(self, store: UsageStore) -> None:
-        """Bucket [NOW-20 min, NOW-10 min) served 300 and 1000 ms: p50 ≈ 300, p95 ≈ 1000."""
+        """Bucket [NOW-20 min, NOW-10 min) served 300 and 1000 ms: p50 ≈ 300, p95 ≈ 1000;
+        its TTFT is the stream's (400 ms). A bucket without streams has no TTFT."""
         lat = A.latency_percentiles(store, hour(), bucket_s=600).set_index("ts")
         b = lat.loc[pd.Timestamp(NOW - 1200, unit="s", tz="UTC")]
         assert b["served"] == 2 and near(b["p50_ms"], 300) and near(b["p95_ms"], 1000) and near(b["p99_ms"], 1000)
-        assert near(b["ttft_p50_ms"], 70)
+        assert near(b["ttft_p50_ms"], 400)
+        text = lat.loc[pd.Timestamp(NOW - 3000, unit="s", tz="UTC")]
+        assert text["served"] == 1 and near(text["p50_ms"], 100) and math.isnan(text["ttft_p50_ms"])
         assert lat["served"].sum() == 5
 
     def test_histogram_per_model(self, store: UsageStore) -> None:
@@ -273,14 +279,82 @@ class TestErrorsCacheUsers:
         users = A.per_user(store, hour())
         assert users.drop(columns="last_seen").to_dict("records") == [
             {"user": "bob", "requests": 6, "tokens": 110, "prompt_tokens": 10, "completion_tokens": 100,
-             "errors": 0, "rate_limited": 2, "cache_hits": 2},
+             "errors": 0, "rate_limited": 2, "rejected": 0, "cache_hits": 2},
             {"user": "alice", "requests": 5, "tokens": 90, "prompt_tokens": 30, "completion_tokens": 60,
-             "errors": 1, "rate_limited": 0, "cache_hits": 1},
+             "errors": 1, "rate_limited": 0, "rejected": 0, "cache_hits": 1},
             {"user": "carol", "requests": 1, "tokens": 0, "prompt_tokens": 0, "completion_tokens": 0,
-             "errors": 1, "rate_limited": 0, "cache_hits": 0},
+             "errors": 1, "rate_limited": 0, "rejected": 0, "cache_hits": 0},
         ]
         assert users["last_seen"].tolist() == [pd.Timestamp(NOW - s, unit="s", tz="UTC") for s in (200, 800, 100)]
         assert len(A.per_user(store, hour(), limit=1)) == 1
+
+
+#: One hour of every way a request can end: served text requests (with the stray TTFTs
+#: that history recorded for them before schema 4), served streams, a cache hit, our
+#: own rate limit, the user's invalid request and a replay refusal (rejected), and
+#: backend failures, one of them the backend's own 400 (an error, not a rejection).
+_NONE = {"latency_ms": 0.0, "ttft_ms": None, "prompt_tokens": None, "completion_tokens": None}
+OUTCOME_EVENTS = [
+    row("t1", 3000, latency_ms=100.0, ttft_ms=100.0),
+    row("t2", 2900, latency_ms=120.0, ttft_ms=150.0),
+    row("s1", 2300, kind="stream", latency_ms=900.0, ttft_ms=200.0),
+    row("s2", 2000, kind="stream", latency_ms=1100.0, ttft_ms=300.0),
+    _hit("h1", 1500, "alice", "m-fast"),
+    _limited("l1", 1200),
+    row("r1", 1000, outcome="rejected", error_type="InvalidRequest", status_code=None, **_NONE),
+    row("r2", 900, user="bob", outcome="rejected", error_type="NotRecorded", status_code=None, **_NONE),
+    row("e1", 800, outcome="error", error_type="UpstreamError", status_code=502, **_NONE),
+    row("e2", 700, outcome="error", error_type="InvalidRequest", status_code=400, **_NONE),
+]
+
+
+@pytest.fixture
+def outcomes(tmp_path: Path) -> UsageStore:
+    """A SQLite file seeded with ``OUTCOME_EVENTS``."""
+    s = UsageStore(f"sqlite:///{(tmp_path / 'usage.db').as_posix()}")
+    s.write_many(OUTCOME_EVENTS)
+    yield s
+    s.close()
+
+
+class TestOutcomes:
+    def test_rejected_is_counted_on_its_own(self, outcomes: UsageStore) -> None:
+        """Error rate = errors / requests; rejected and rate-limited requests are neither
+        errors nor requests the cache could serve."""
+        k = A.kpis(outcomes, hour())
+        assert (k["requests"], k["errors"], k["rejected"], k["rate_limited"], k["cache_hits"]) == (10, 2, 2, 1, 1)
+        assert k["error_rate"] == pytest.approx(2 / 10)
+        assert k["cache_hit_rate"] == pytest.approx(1 / 7)
+        assert A.cache_savings(outcomes, hour()).looked_up == 7
+        assert "rejected" in A.OUTCOMES
+
+    def test_ttft_comes_from_streams_only(self, outcomes: UsageStore) -> None:
+        """The p50 TTFT is the streams' (200 and 300 ms), not 150 ms as with the text
+        requests' values; a range of text requests alone has none."""
+        k = A.kpis(outcomes, hour())
+        assert near(k["p50_ttft_ms"], 200) and near(k["p50_latency_ms"], 120)
+        assert A.kpis(outcomes, hour(kinds=["text"]))["p50_ttft_ms"] is None
+        lat = A.latency_percentiles(outcomes, hour(), bucket_s=600).set_index("ts")
+        assert math.isnan(lat.loc[pd.Timestamp(NOW - 3000, unit="s", tz="UTC"), "ttft_p50_ms"])
+        assert near(lat.loc[pd.Timestamp(NOW - 2400, unit="s", tz="UTC"), "ttft_p50_ms"], 200)
+
+    def test_tables_series_and_filter(self, outcomes: UsageStore) -> None:
+        """Rejected requests have their own series, per-user column and filter value, and
+        stay out of the errors table."""
+        series = A.timeseries(outcomes, hour(), bucket_s=3600).requests
+        assert dict(zip(series["outcome"], series["requests"], strict=True)) == {
+            "ok": 4, "cache_hit": 1, "rate_limited": 1, "rejected": 2, "error": 2}
+        users = A.per_user(outcomes, hour()).set_index("user")
+        assert users[["requests", "errors", "rejected", "rate_limited"]].to_dict("index") == {
+            "alice": {"requests": 8, "errors": 2, "rejected": 1, "rate_limited": 0},
+            "bob": {"requests": 2, "errors": 0, "rejected": 1, "rate_limited": 1}}
+        errors = A.errors_by_type(outcomes, hour())
+        assert errors[["error_type", "errors"]].values.tolist() == [["InvalidRequest", 1], ["UpstreamError", 1]]
+        only = A.kpis(outcomes, hour(outcomes=["rejected"]))
+        assert (only["requests"], only["rejected"], only["error_rate"]) == (2, 2, 0.0)
+        assert "rejected" in A.filter_options(outcomes, NOW - HOUR, NOW)["outcomes"]
+        snap = A.snapshot(outcomes, hour())
+        assert snap.kpis == pytest.approx(A.kpis(outcomes, hour()))
 
 
 class TestSnapshot:
@@ -367,14 +441,15 @@ T1 = NOW - 1234.5
 
 def random_events(n: int, seed: int) -> list[tuple[Any, ...]]:
     """``n`` varied events in ``[T0, T1)``: all outcomes, kinds, two backends, six users,
-    missing values, sub-millisecond latencies, some exactly on hour boundaries."""
+    missing values, sub-millisecond latencies, some exactly on hour boundaries, and
+    TTFTs on every kind (the rollup path must drop the non-streams' as the scan does)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         ts = T0 + rng.random() * (T1 - T0)
         if i % 13 == 0:
             ts = float(math.ceil(ts / HOUR) * HOUR)
-        outcome = rng.choices(["ok", "cache_hit", "rate_limited", "error"], weights=[70, 12, 8, 10])[0]
+        outcome = rng.choices(["ok", "cache_hit", "rate_limited", "rejected", "error"], weights=[70, 12, 8, 4, 6])[0]
         fields: dict[str, Any] = {"user": f"u{rng.randrange(6)}", "model": rng.choice(["m-a", "m-b", "m-c", "m-d"]),
                                   "kind": rng.choice(["text", "stream", "image"]),
                                   "backend": rng.choice(["demo", "demo", "other"]), "outcome": outcome}
@@ -390,6 +465,9 @@ def random_events(n: int, seed: int) -> list[tuple[Any, ...]]:
         elif outcome == "rate_limited":
             fields |= {"error_type": "RateLimited", "status_code": 429, "latency_ms": 0.0, "ttft_ms": None,
                        "prompt_tokens": None, "completion_tokens": None}
+        elif outcome == "rejected":
+            fields |= {"error_type": rng.choice(["InvalidRequest", "NotRecorded"]), "status_code": None,
+                       "latency_ms": 0.0, "ttft_ms": None, "prompt_tokens": None, "completion_tokens": None}
         else:
             fields |= {"latency_ms": 0.5, "ttft_ms": 0.5}
         out.append(row(f"e{seed}-{i}", NOW - ts, **fields))
@@ -412,7 +490,7 @@ def random_queries(n: int, seed: int) -> list[MonitorQuery]:
     """Ranges longer than a day, at random or on hour and day boundaries, with random filters."""
     rng = random.Random(seed)
     values = {"models": ["m-a", "m-b", "m-c", "m-d", "m-none"], "kinds": ["text", "stream", "image"],
-              "outcomes": ["ok", "cache_hit", "rate_limited", "error"], "backends": ["demo", "other"],
+              "outcomes": ["ok", "cache_hit", "rate_limited", "rejected", "error"], "backends": ["demo", "other"],
               "users": ["u0", "u1", "u2", "u3", "u4", "u5"]}
     out = [MonitorQuery(T0 - 86_400, T1 + 86_400), MonitorQuery(NOW - 7 * 86_400, NOW),
            MonitorQuery(NOW - 30 * 86_400, NOW)]

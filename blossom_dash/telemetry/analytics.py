@@ -44,7 +44,7 @@ from .export import (
     to_csv,
     to_json,
 )
-from .passes import _marginal, _pass_cube, _pass_histogram, _pass_latency, _pass_totals, _pass_users
+from .passes import _COUNTED, _marginal, _pass_cube, _pass_histogram, _pass_latency, _pass_totals, _pass_users
 from .query import (
     BUCKET_STEPS_S,
     DIMENSIONS,
@@ -85,8 +85,9 @@ from .store import HOUR_S, LATENCY_BINS_PER_E, NO_STATUS, UsageStore, rollup_hou
 
 def _kpis_from(q: MonitorQuery, totals: Mapping[str, int], joint: pd.DataFrame) -> dict[str, Any]:
     """KPIs from ``_pass_totals`` and a ``_pass_latency`` frame (any grouping)."""
-    n, errors, limited, hits = (totals[k] for k in ("requests", "errors", "rate_limited", "cache_hits"))
-    looked_up = n - limited
+    n, errors, limited, rejected, hits = (totals[k] for k in ("requests", "errors", "rate_limited", "rejected",
+                                                                "cache_hits"))
+    looked_up = n - limited - rejected
     lat, ttft = _marginal(joint, [], "bin"), _marginal(joint, [], "ttft_bin")
 
     def pct(hist: pd.DataFrame, qv: float) -> float | None:
@@ -94,7 +95,8 @@ def _kpis_from(q: MonitorQuery, totals: Mapping[str, int], joint: pd.DataFrame) 
 
     return {
         "requests": n, "errors": errors, "error_rate": errors / n if n else 0.0,
-        "rate_limited": limited, "cache_hits": hits, "cache_hit_rate": hits / looked_up if looked_up else 0.0,
+        "rate_limited": limited, "rejected": rejected,
+        "cache_hits": hits, "cache_hit_rate": hits / looked_up if looked_up else 0.0,
         "rpm": n / (q.span_s / 60),
         "p50_latency_ms": pct(lat, 0.5), "p95_latency_ms": pct(lat, 0.95), "p99_latency_ms": pct(lat, 0.99),
         "p50_ttft_ms": pct(ttft, 0.5),
@@ -106,15 +108,21 @@ def _kpis_from(q: MonitorQuery, totals: Mapping[str, int], joint: pd.DataFrame) 
 def kpis(store: UsageStore, q: MonitorQuery) -> dict[str, Any]:
     """Headline figures of the range.
 
-    The error rate is errors over all requests; the hit rate is cache hits over requests that reached the cache (all but
-    rate-limited ones); latency and TTFT percentiles and tokens cover served (``ok``)
-    requests. Percentiles come from SQL histograms (see ``histogram_quantile``).
+    The error rate is errors (backend and system failures, outcome ``error``) over all
+    requests: rate-limited and rejected requests (our own limits; the user's invalid
+    request or a replay-only refusal) are counted on their own, not as errors. The hit
+    rate is cache hits over the requests the dashboard would serve (all but
+    rate-limited and rejected ones). Latency percentiles and tokens cover served
+    (``ok``) requests; the TTFT percentile covers served streams only (the other kinds
+    have no first token to time). Percentiles come from SQL histograms (see
+    ``histogram_quantile``).
 
     Returns:
-        ``requests, errors, error_rate, rate_limited, cache_hits, cache_hit_rate, rpm,
-        p50_latency_ms, p95_latency_ms, p99_latency_ms, p50_ttft_ms, prompt_tokens,
-        completion_tokens, tokens`` (rates are fractions in [0, 1]; ``rpm`` is requests
-        per minute over the range; percentiles are None without served requests).
+        ``requests, errors, error_rate, rate_limited, rejected, cache_hits,
+        cache_hit_rate, rpm, p50_latency_ms, p95_latency_ms, p99_latency_ms,
+        p50_ttft_ms, prompt_tokens, completion_tokens, tokens`` (rates are fractions in
+        [0, 1]; ``rpm`` is requests per minute over the range; percentiles are None
+        without served requests, ``p50_ttft_ms`` without served streams).
     """
     totals, joint = _parallel(lambda: _pass_totals(store, q), lambda: _pass_latency(store, q, None))
     return _kpis_from(q, totals, joint)
@@ -183,7 +191,8 @@ def _latency_over_time_from(bucket_s: int, joint: pd.DataFrame) -> pd.DataFrame:
 
 
 def latency_percentiles(store: UsageStore, q: MonitorQuery, bucket_s: int | None = None) -> pd.DataFrame:
-    """p50/p95/p99 latency and p50 TTFT per bucket, served requests, from SQL histograms.
+    """p50/p95/p99 latency of served requests and p50 TTFT of served streams per bucket,
+    from SQL histograms.
 
     Args:
         store: The usage store.
@@ -192,8 +201,9 @@ def latency_percentiles(store: UsageStore, q: MonitorQuery, bucket_s: int | None
 
     Returns:
         ``ts`` (bucket start, UTC), ``served``, ``p50_ms``, ``p95_ms``, ``p99_ms``,
-        ``ttft_p50_ms``; one row per bucket with served requests. Each figure is within
-        ``LATENCY_BIN_ERROR`` of the exact nearest-rank value (``histogram_quantile``).
+        ``ttft_p50_ms`` (NaN in a bucket without served streams); one row per bucket
+        with served requests. Each figure is within ``LATENCY_BIN_ERROR`` of the exact
+        nearest-rank value (``histogram_quantile``).
     """
     bucket_s = bucket_s or bucket_seconds(q.span_s)
     return _latency_over_time_from(bucket_s, _pass_latency(store, q, bucket_s))
@@ -262,13 +272,14 @@ class CacheSavings:
 
     Attributes:
         hits: Cache hits.
-        looked_up: Requests that reached the cache (all but rate-limited ones).
-        hit_rate: ``hits / looked_up`` (0 when nothing was looked up).
+        looked_up: Requests the dashboard would serve, the hit rate's denominator: all
+            but rate-limited and rejected ones.
+        hit_rate: ``hits / looked_up`` (0 when there are none).
         saved_ms: Latency saved by the priced hits, milliseconds.
         unpriced_hits: Hits without a same-model reference latency.
         by_model: ``model``, ``hits``, ``median_ok_latency_ms``, ``saved_ms``.
-        over_time: ``ts``, ``hits``, ``looked_up``, ``hit_rate`` (NaN when nothing was
-            looked up), ``saved_ms`` per bucket.
+        over_time: ``ts``, ``hits``, ``looked_up``, ``hit_rate`` (NaN when
+            ``looked_up`` is 0), ``saved_ms`` per bucket.
     """
 
     hits: int
@@ -289,7 +300,7 @@ def _cache_from(series: Timeseries, hist: pd.DataFrame) -> CacheSavings:
                 .agg(hits=("requests", "sum"), median_ok_latency_ms=("median_ok_latency_ms", "first"),
                      saved_ms=("saved_ms", "sum"))
                 .sort_values(["hits", "model"], ascending=[False, True], ignore_index=True))
-    looked = cube[cube["outcome"] != "rate_limited"].groupby("ts")["requests"].sum()
+    looked = cube[~cube["outcome"].isin(("rate_limited", "rejected"))].groupby("ts")["requests"].sum()
     over = pd.DataFrame({"looked_up": looked})
     over["hits"] = hits.groupby("ts")["requests"].sum()
     over["saved_ms"] = hits.groupby("ts")["saved_ms"].sum()
@@ -343,14 +354,14 @@ def _per_user_from(users: pd.DataFrame, limit: int) -> pd.DataFrame:
 
 
 def per_user(store: UsageStore, q: MonitorQuery, limit: int = 500) -> pd.DataFrame:
-    """One row per user: requests, tokens, errors, rate-limited, cache hits, last seen.
+    """One row per user: requests, tokens, errors, rate-limited, rejected, cache hits, last seen.
 
     Tokens count served (``ok``) requests, as in ``kpis``.
 
     Returns:
         ``user``, ``requests``, ``tokens``, ``prompt_tokens``, ``completion_tokens``,
-        ``errors``, ``rate_limited``, ``cache_hits``, ``last_seen`` (UTC); busiest
-        first, at most ``limit`` rows.
+        ``errors``, ``rate_limited``, ``rejected``, ``cache_hits``, ``last_seen`` (UTC);
+        busiest first, at most ``limit`` rows.
     """
     return _per_user_from(_pass_users(store, q), limit)
 
@@ -417,8 +428,7 @@ def snapshot(store: UsageStore, q: MonitorQuery, *, user_limit: int = 500) -> Mo
     series = _timeseries_from(q, bucket_s, cube)
     totals = {
         "requests": int(cube["requests"].sum()),
-        **{k: int(cube.loc[cube["outcome"] == o, "requests"].sum())
-           for k, o in (("errors", "error"), ("rate_limited", "rate_limited"), ("cache_hits", "cache_hit"))},
+        **{k: int(cube.loc[cube["outcome"] == o, "requests"].sum()) for k, o in _COUNTED.items()},
         "prompt_tokens": int(cube["prompt_tokens"].sum()), "completion_tokens": int(cube["completion_tokens"].sum()),
     }
     hist = _with_bounds(by_model)

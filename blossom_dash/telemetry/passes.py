@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import String, func, literal_column, select
+from sqlalchemy import String, case, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from .query import (
@@ -78,6 +78,13 @@ def _pass_cube(store: UsageStore, q: MonitorQuery, bucket_s: int) -> pd.DataFram
 _WHICH: dict[str, str] = {"latency_ms": "latency", "ttft_ms": "ttft"}
 
 
+def _measure(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """What a histogram of ``column`` counts: TTFT is a stream-only figure, so the TTFT
+    of any other kind reads as NULL (the pipeline records none since schema 4, which
+    cleared the history's; this keeps a stray value out of the percentiles too)."""
+    return case((E.kind == "stream", column)) if column.name == "ttft_ms" else column
+
+
 def _histograms(store: UsageStore, q: MonitorQuery, plan: Sequence[_Piece], columns: Sequence[str],
                 by: Sequence[str], bucket_s: int | None) -> pd.DataFrame:
     """``*by, [bucket], which, bin -> count``: histograms of ``columns`` (``latency_ms``,
@@ -90,6 +97,7 @@ def _histograms(store: UsageStore, q: MonitorQuery, plan: Sequence[_Piece], colu
             R, unit = table.c, table.c[unit_column(table)]
             dims = [R[c] for c in by]
             conds = _rollup_where(table, q, p) + ([R.which == whiches[0]] if len(whiches) == 1 else [])
+            conds.append((R.which != "ttft") | (R.kind == "stream"))  # as _measure
             if bucket_s:
                 # Group by unit, which, bin: the table's key order, so SQLite streams the
                 # rows instead of sorting them (the bucket is a function of the unit).
@@ -101,9 +109,10 @@ def _histograms(store: UsageStore, q: MonitorQuery, plan: Sequence[_Piece], colu
             continue
         for column, which in zip(columns, whiches, strict=True):
             keys = [E[c] for c in by] + ([_bucket(store, bucket_s)] if bucket_s else [])
-            binned = _bin(store, E[column], "bin")
+            value = _measure(E[column])
+            binned = _bin(store, value, "bin")
             parts.append(select(*keys, literal_column(f"'{which}'", String).label("which"), binned, func.count())
-                         .where(*_where(q, p), E.outcome == "ok", E[column].is_not(None))
+                         .where(*_where(q, p), E.outcome == "ok", value.is_not(None))
                          .group_by(*keys, binned))
     names = [*by, *(["bucket"] if bucket_s else []), "which", "bin", "count"]
     return _frame(store, _merged(parts, len(names) - 1, 1), names)
@@ -111,22 +120,25 @@ def _histograms(store: UsageStore, q: MonitorQuery, plan: Sequence[_Piece], colu
 
 def _pass_histogram(store: UsageStore, q: MonitorQuery, column: ColumnElement[Any],
                     by: Sequence[ColumnElement[Any]]) -> pd.DataFrame:
-    """``*by, bin -> count``: the histogram of ``column`` (ms) over served (ok) events."""
+    """``*by, bin -> count``: the histogram of ``column`` (ms) over served (ok) events
+    (streams alone for ``ttft_ms``, see ``_measure``)."""
     rolled = column.name in _WHICH and all(c.name in rollup_latency_hour.c for c in by)
     plan = _plan(store, q, (DAY_S, HOUR_S) if rolled else ())
     if not _is_raw(plan):
         hist = _histograms(store, q, plan, [column.name], [c.name for c in by], None)
         return hist.drop(columns="which")
-    binned = _bin(store, column, "bin")
+    value = _measure(column)
+    binned = _bin(store, value, "bin")
     stmt = (select(*by, binned, func.count())
-            .where(*_where(q), E.outcome == "ok", column.is_not(None))
+            .where(*_where(q), E.outcome == "ok", value.is_not(None))
             .group_by(*by, binned))
     return _frame(store, stmt, [c.name for c in by] + ["bin", "count"])
 
 
 def _pass_latency(store: UsageStore, q: MonitorQuery, bucket_s: int | None) -> pd.DataFrame:
     """``[bucket], bin, ttft_bin -> count``: latency and TTFT histograms of served events
-    (per time bucket when ``bucket_s`` is given); read them with ``_marginal``.
+    (per time bucket when ``bucket_s`` is given; TTFT of streams alone, see
+    ``_measure``); read them with ``_marginal``.
 
     From the events, one joint pass (one sort instead of two; a bin is NULL where its
     value is missing). From the rollups, which keep the two histograms apart, each row
@@ -141,9 +153,10 @@ def _pass_latency(store: UsageStore, q: MonitorQuery, bucket_s: int | None) -> p
         hist["bin"] = hist["bin"].where(lat)
         return hist[[*by, "bin", "ttft_bin", "count"]]
     keys = [_bucket(store, bucket_s)] if bucket_s else []
-    lat, ttft = _bin(store, E.latency_ms, "bin"), _bin(store, E.ttft_ms, "ttft_bin")
+    stream_ttft = _measure(E.ttft_ms)
+    lat, ttft = _bin(store, E.latency_ms, "bin"), _bin(store, stream_ttft, "ttft_bin")
     stmt = (select(*keys, lat, ttft, func.count())
-            .where(*_where(q), E.outcome == "ok", (E.latency_ms.is_not(None)) | (E.ttft_ms.is_not(None)))
+            .where(*_where(q), E.outcome == "ok", (E.latency_ms.is_not(None)) | (stream_ttft.is_not(None)))
             .group_by(*keys, lat, ttft))
     return _frame(store, stmt, [*by, "bin", "ttft_bin", "count"])
 
@@ -156,23 +169,27 @@ def _marginal(joint: pd.DataFrame, keys: Sequence[str], which: str = "bin") -> p
     return h
 
 
-_TOTALS = ("requests", "errors", "rate_limited", "cache_hits", "prompt_tokens", "completion_tokens")
+#: Counts by outcome the totals and per-user passes add: figure -> outcome.
+_COUNTED: dict[str, str] = {"errors": "error", "rate_limited": "rate_limited", "rejected": "rejected",
+                            "cache_hits": "cache_hit"}
+_TOTALS = ("requests", *_COUNTED, "prompt_tokens", "completion_tokens")
 
 
 def _pass_totals(store: UsageStore, q: MonitorQuery) -> dict[str, int]:
+    """``_TOTALS`` of ``q``: requests, the ``_COUNTED`` outcomes, and served tokens."""
     parts = []
     for p in _plan(store, q, (HOUR_S,)):
         if p.unit_s:
             R, n = rollup_hour.c, rollup_hour.c.requests
             ok = R.outcome == "ok"
-            parts.append(select(_total(n), _sum_if(R.outcome == "error", n), _sum_if(R.outcome == "rate_limited", n),
-                                _sum_if(R.outcome == "cache_hit", n), _sum_if(ok, R.prompt_tokens),
-                                _sum_if(ok, R.completion_tokens)).where(*_rollup_where(rollup_hour, q, p)))
+            parts.append(select(_total(n), *(_sum_if(R.outcome == o, n) for o in _COUNTED.values()),
+                                _sum_if(ok, R.prompt_tokens), _sum_if(ok, R.completion_tokens))
+                         .where(*_rollup_where(rollup_hour, q, p)))
         else:
             ok = E.outcome == "ok"
-            parts.append(select(func.count(), _count_if(E.outcome == "error"), _count_if(E.outcome == "rate_limited"),
-                                _count_if(E.outcome == "cache_hit"), _sum_if(ok, E.prompt_tokens),
-                                _sum_if(ok, E.completion_tokens)).where(*_where(q, p)))
+            parts.append(select(func.count(), *(_count_if(E.outcome == o) for o in _COUNTED.values()),
+                                _sum_if(ok, E.prompt_tokens), _sum_if(ok, E.completion_tokens))
+                         .where(*_where(q, p)))
     values = (int(v or 0) for v in _rows(store, _merged(parts, 0, len(_TOTALS)))[0])
     return dict(zip(_TOTALS, values, strict=True))
 
@@ -182,23 +199,23 @@ def _user_plan(store: UsageStore, q: MonitorQuery) -> list[_Piece]:
 
 
 def _pass_users(store: UsageStore, q: MonitorQuery) -> pd.DataFrame:
+    """One row per user: ``user, requests, tokens, prompt_tokens, completion_tokens``,
+    the ``_COUNTED`` outcomes, ``last_seen`` (UTC)."""
     parts = []
     for p in _user_plan(store, q):
         if p.unit_s:
             R = rollup_user_day.c
             ok, n = R.outcome == "ok", R.requests
             parts.append(select(R.user, _total(n), _sum_if(ok, R.prompt_tokens), _sum_if(ok, R.completion_tokens),
-                                _sum_if(R.outcome == "error", n), _sum_if(R.outcome == "rate_limited", n),
-                                _sum_if(R.outcome == "cache_hit", n), func.max(R.last_ts))
+                                *(_sum_if(R.outcome == o, n) for o in _COUNTED.values()), func.max(R.last_ts))
                          .where(*_rollup_where(rollup_user_day, q, p)).group_by(R.user))
         else:
             ok = E.outcome == "ok"
             parts.append(select(E.user, func.count(), _sum_if(ok, E.prompt_tokens), _sum_if(ok, E.completion_tokens),
-                                _count_if(E.outcome == "error"), _count_if(E.outcome == "rate_limited"),
-                                _count_if(E.outcome == "cache_hit"), func.max(E.ts))
+                                *(_count_if(E.outcome == o) for o in _COUNTED.values()), func.max(E.ts))
                          .where(*_where(q, p)).group_by(E.user))
-    df = _frame(store, _merged(parts, 1, 6, 1), ["user", "requests", "prompt_tokens", "completion_tokens", "errors",
-                                                 "rate_limited", "cache_hits", "last_seen"])
+    columns = ["user", "requests", "prompt_tokens", "completion_tokens", *_COUNTED, "last_seen"]
+    df = _frame(store, _merged(parts, 1, 3 + len(_COUNTED), 1), columns)
     df.insert(2, "tokens", df["prompt_tokens"] + df["completion_tokens"])
     df["last_seen"] = _to_time(df["last_seen"])
     return df
