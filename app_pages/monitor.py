@@ -12,7 +12,6 @@ PAGE_SIZE = 50
 
 handle = ui.session_handle()
 service = handle.service
-store = service.store
 st.title("Monitor")
 ui.backend_badge(service)
 controls = ui.monitor_controls_ui(service)
@@ -21,9 +20,9 @@ controls = ui.monitor_controls_ui(service)
 @st.fragment(run_every=controls.run_every)
 def live() -> None:
     """KPIs, charts, the per-user table and the aggregate exports; reruns on its own."""
-    service.metrics.flush()  # journaled events first: the page sees every recorded request
+    service.flush_events()  # journaled events first: the page sees every recorded request
     with ui.guard("computing the usage figures"):
-        snap = analytics.snapshot(store, controls.query())
+        snap = service.monitor("snapshot", controls.query())
         q, b = snap.query, snap.series.bucket_s
         span = (q.since_ts, q.until_ts)
         ui.kpi_row(snap.kpis, snap.previous_kpis, vs=f"vs previous {ui.format_duration(q.span_s)}",
@@ -74,8 +73,8 @@ def request_log() -> None:
                                format_func=lambda c: "time" if c == "ts" else c.replace("_", " "))
     descending = row[2].toggle("Descending", value=True, key="monitor_log_desc", on_change=_first_page)
     with ui.guard("reading the request log"):
-        frame, total = analytics.request_log(store, q, search, sort_by, descending,
-                                             st.session_state.get("monitor_log_page", 1), PAGE_SIZE)
+        frame, total = service.monitor("request_log", q, search, sort_by, descending,
+                                       st.session_state.get("monitor_log_page", 1), PAGE_SIZE)
         pages = max(1, -(-total // PAGE_SIZE))
         st.session_state["monitor_log_page"] = min(max(1, st.session_state.get("monitor_log_page", 1)), pages)
         page = row[3].number_input("Page", min_value=1, max_value=pages, step=1, key="monitor_log_page")
@@ -87,12 +86,12 @@ def request_log() -> None:
                   for r in frame.itertuples()}
         picked = st.selectbox("Show every field of one request", ids, index=None, key="monitor_log_detail",
                               format_func=lambda i: labels.get(i, i), placeholder="Pick a request on this page")
-        if picked and (detail := analytics.request_detail(store, picked)):
+        if picked and (detail := service.monitor("request_detail", picked)):
             ui.render_request_detail(detail)
         ui.download_buttons("blossom-requests", key="monitor_export_log",
                             label=f"Log ({min(total, analytics.EXPORT_MAX_ROWS):,} rows)",
-                            csv=lambda: analytics.export_log(store, q, search, "csv"),
-                            json=lambda: analytics.export_log(store, q, search, "json"))
+                            csv=lambda: service.monitor("export_log", q, search, "csv"),
+                            json=lambda: service.monitor("export_log", q, search, "json"))
 
 
 live()

@@ -12,9 +12,9 @@ size). In one run it:
    also aggregates each batch's rollup deltas, took 6.8 s per 200,000 events, so about
    35 s). A second store gets 1,000 events over the same 30 days through ``write_many``
    in flusher-sized batches of 100 (the write path, timed per batch);
-2. times every Monitor aggregation of ``blossom_dash.analytics`` over the last 24 h
-   and the last 30 d of the big store (median of ``--repeat`` runs, after one warm-up),
-   ``snapshot`` (everything the page draws) included;
+2. times every Monitor aggregation of ``blossom_dash.telemetry.analytics`` over the
+   last 24 h and the last 30 d of the big store (median of ``--repeat`` runs, after one
+   warm-up), ``snapshot`` (everything the page draws) included;
 3. times the Monitor page under ``streamlit.testing.v1.AppTest``
    (``app_pages/monitor.py`` with ``BLOSSOM_DASH_DATA_DIR`` on the seeded folder, the
    demo backend, its latency off) on the big store and on the 1,000-event one: a cold
@@ -57,14 +57,15 @@ TARGET_S = 1.0
 TARGET_RATIO = 3.0
 MODELS = ("demo-swift", "demo-balanced", "demo-deep", "demo-coder", "demo-sketch")
 USERS = tuple(f"user{i}" for i in range(40))
-#: Outcome mix: 80 % served, 12 % cache hits, 4 % rate-limited, 4 % errors.
-OUTCOMES = ("ok",) * 80 + ("cache_hit",) * 12 + ("rate_limited",) * 4 + ("error",) * 4
+#: Outcome mix: 80 % served, 12 % cache hits, 3 % rate-limited, 2 % rejected, 3 % errors.
+OUTCOMES = ("ok",) * 80 + ("cache_hit",) * 12 + ("rate_limited",) * 3 + ("rejected",) * 2 + ("error",) * 3
 
 
 def synthetic_events(n: int, start: float, end: float, seed: int = 1,
                      prefix: str = "seed") -> Iterator[tuple[Any, ...]]:
     """``n`` events (``ROW_COLUMNS`` tuples) evenly spaced in ``[start, end)``: 40
-    users, 5 models (one image model), log-normal latencies around 665 ms."""
+    users, 5 models (one image model), log-normal latencies around 665 ms, a TTFT on
+    served streams only (as the pipeline records it)."""
     rng = random.Random(seed)
     for i in range(n):
         ts = start + (end - start) * i / n
@@ -72,10 +73,11 @@ def synthetic_events(n: int, start: float, end: float, seed: int = 1,
         ok = outcome == "ok"
         latency = rng.lognormvariate(6.5, 0.6) if ok else (0.1 if outcome == "cache_hit" else 5.0)
         kind = "image" if model == "demo-sketch" else rng.choice(("text", "stream"))
-        error_type = {"error": "UpstreamError", "rate_limited": "RateLimited"}.get(outcome, "")
+        error_type = {"error": "UpstreamError", "rate_limited": "RateLimited", "rejected": "InvalidRequest"}.get(
+            outcome, "")
         status = 200 if ok else 500 if outcome == "error" else None
         yield (ts, f"{prefix}{i:08x}", rng.choice(USERS), "s", kind, model, "demo", outcome, error_type, status,
-               latency, latency * 0.3 if ok else None, rng.randint(5, 200) if ok else None,
+               latency, latency * 0.3 if ok and kind == "stream" else None, rng.randint(5, 200) if ok else None,
                rng.randint(20, 800) if ok else None, rng.randint(100, 5000), "seeded prompt")
 
 

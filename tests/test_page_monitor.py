@@ -137,6 +137,25 @@ class TestComparisonAndFilters:
         assert (_metric(at, "Requests"), _metric(at, "Error rate")) == ("1", "0.0%")
         assert any("models: demo-deep" in c for c in texts(at, "caption"))
 
+    def test_rejected_and_stream_ttft(self, tmp_path: Path) -> None:
+        """A rejected request has its own KPI, filter value and chart colour, outside the
+        error rate; the TTFT KPI is the stream's, not the text request's stray value."""
+        unserved = {"latency_ms": 0.0, "ttft_ms": None, "prompt_tokens": None, "completion_tokens": None}
+        _seed(tmp_path, [_row("text", 10, ttft_ms=40.0), _row("stream", 20, kind="stream", latency_ms=900.0,
+                                                              ttft_ms=300.0),
+                         _row("bad", 30, outcome="rejected", error_type="InvalidRequest", status_code=None, **unserved),
+                         _row("err", 40, outcome="error", error_type="UpstreamError", status_code=502, **unserved)])
+        at = app("app_pages/monitor.py").run()
+        assert not at.exception
+        assert (_metric(at, "Requests"), _metric(at, "Rejected"), _metric(at, "Error rate")) == ("4", "1", "25.0%")
+        ttft = _metric(at, "p50 TTFT (streams)")
+        assert ttft.endswith(" ms") and abs(float(ttft[:-3]) - 300) <= 300 * 0.0645
+        assert "rejected" in at.multiselect(key="monitor_filter_outcomes").options
+        rpm = _chart_specs(at)["monitor_chart_rpm"]
+        assert '"Rejected"' in rpm and "#757575" in rpm
+        at.multiselect(key="monitor_filter_kinds").set_value(["text"]).run()
+        assert (_metric(at, "Requests"), _metric(at, "p50 TTFT (streams)")) == ("3", "—")
+
     def test_custom_range(self, tmp_path: Path) -> None:
         """A custom range counts only its events; a past one does not refresh; a reversed one warns."""
         _seed(tmp_path, [_row("recent", 60), _row("two-days", 2 * 86_400)])
@@ -222,6 +241,24 @@ class TestRetention:
         store = UsageStore(f"sqlite:///{(tmp_path / 'data' / 'usage.db').as_posix()}")
         assert store.count() == 1
         store.close()
+
+    def test_a_refused_delete_is_shown_in_words(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """If the database refuses the delete, the page says so and the events stay."""
+        from blossom_dash import BlossomService
+        from blossom_dash.errors import DashError
+
+        def refuse(self: BlossomService, cutoff_ts: float) -> int:
+            raise DashError("Old history could not be deleted: the usage database refused.", "Try again.")
+
+        monkeypatch.setenv("BLOSSOM_DASH_RETENTION_DAYS", "7")
+        monkeypatch.setattr(BlossomService, "delete_events_older_than", refuse)
+        _seed(tmp_path, [_row("old", 10 * 86_400)])
+        at = app("app_pages/monitor.py").run()
+        at.checkbox(key="monitor_retention_confirm").check().run()
+        at.button(key="monitor_retention_delete").click().run()
+        assert not at.exception
+        assert any("could not be deleted" in e for e in texts(at, "error"))
+        assert any("**1 events** are older" in m for m in texts(at, "markdown"))
 
     def test_without_retention_nothing_is_offered(self) -> None:
         """Without BLOSSOM_DASH_RETENTION_DAYS there is no delete button, only a note."""

@@ -233,7 +233,7 @@ def load_filter_options(_service: BlossomService, store_url: str, since_ts: int)
     reuses one entry while it moves (a few more values than the range holds is
     harmless in a filter list; a 30-day scan per refresh is not).
     """
-    return analytics.filter_options(_service.store, float(since_ts))
+    return _service.monitor("filter_options", float(since_ts))
 
 
 def _utc(value: dt.datetime) -> float:
@@ -264,7 +264,7 @@ def monitor_controls_ui(service: BlossomService) -> MonitorControls:
     span = fixed[1] - fixed[0] if fixed else analytics.RANGES[label]
     since_ts = fixed[0] if fixed else now - span
     step = max(60, analytics.bucket_seconds(span))
-    options = load_filter_options(service, service.store.url, int(since_ts // step * step))
+    options = load_filter_options(service, service.store_url, int(since_ts // step * step))
     filters: dict[str, tuple[str, ...]] = {}
     for col, (name, title) in zip(st.columns(len(MONITOR_FILTERS)), MONITOR_FILTERS.items(), strict=True):
         chosen = st.session_state.get(f"monitor_filter_{name}", [])
@@ -318,38 +318,49 @@ def kpi_row(current: dict[str, Any], previous: dict[str, Any], *, vs: str, saved
             unpriced_hits: int = 0) -> None:
     """The Monitor's KPIs, each with its change against the previous period.
 
-    A rise in the error rate, a latency or the rate-limited count reads as bad
-    (``delta_color="inverse"``). Without requests in the previous period, no change
-    is shown rather than an infinite one.
+    Two rows of six: the counts and rates (requests, error rate, rejected,
+    rate-limited, cache hit rate, time saved by the cache), then latency, TTFT and
+    tokens. A rise in the error rate, a latency, the TTFT or the rejected or
+    rate-limited count reads as bad (``delta_color="inverse"``). Without requests in
+    the previous period, no change is shown rather than an infinite one. The figures'
+    definitions are ``analytics.kpis``'s.
     """
     has_prev = previous["requests"] > 0
-    specs: list[tuple[str, str, str, str, str | None]] = [
+    estimate = (f"Estimated from a log-spaced histogram: within {analytics.LATENCY_BIN_ERROR:.1%} of the exact "
+                "value.")
+    served = f"Served requests only. {estimate}"
+    specs: list[tuple[str, str, str, str, str]] = [
         ("Requests", f"{current['requests']:,}", "requests", "count", f"{current['rpm']:,.2f} requests per minute"),
-        ("Error rate", f"{current['error_rate']:.1%}", "error_rate", "rate", f"{current['errors']:,} errors"),
-        ("p50 latency", format_ms(current["p50_latency_ms"]), "p50_latency_ms", "ms", None),
-        ("p95 latency", format_ms(current["p95_latency_ms"]), "p95_latency_ms", "ms", None),
-        ("p99 latency", format_ms(current["p99_latency_ms"]), "p99_latency_ms", "ms", None),
-        ("p50 TTFT", format_ms(current["p50_ttft_ms"]), "p50_ttft_ms", "ms", "Time to first token, served requests"),
+        ("Error rate", f"{current['error_rate']:.1%}", "error_rate", "rate",
+         f"{current['errors']:,} errors (backend and system failures) over all requests. Rejected and "
+         "rate-limited requests are not errors."),
+        ("Rejected", f"{current['rejected']:,}", "rejected", "count",
+         "The users' own invalid requests, refused before sending, and replay-only refusals."),
+        ("Rate-limited", f"{current['rate_limited']:,}", "rate_limited", "count",
+         "Refused by the dashboard's own rate limits."),
+        ("Cache hit rate", f"{current['cache_hit_rate']:.0%}", "cache_hit_rate", "rate",
+         f"{current['cache_hits']:,} hits over the requests the dashboard would serve (all but rate-limited and "
+         "rejected ones)."),
+        ("p50 latency", format_ms(current["p50_latency_ms"]), "p50_latency_ms", "ms", served),
+        ("p95 latency", format_ms(current["p95_latency_ms"]), "p95_latency_ms", "ms", served),
+        ("p99 latency", format_ms(current["p99_latency_ms"]), "p99_latency_ms", "ms", served),
+        ("p50 TTFT (streams)", format_ms(current["p50_ttft_ms"]), "p50_ttft_ms", "ms",
+         f"Time to first token of served streamed answers; other kinds have no first token to time. {estimate}"),
         ("Tokens", f"{current['tokens']:,}", "tokens", "count",
          f"{current['prompt_tokens']:,} prompt + {current['completion_tokens']:,} completion (served requests)"),
-        ("Cache hit rate", f"{current['cache_hit_rate']:.0%}", "cache_hit_rate", "rate",
-         f"{current['cache_hits']:,} hits over requests that reached the cache"),
-        ("Rate-limited", f"{current['rate_limited']:,}", "rate_limited", "count", None),
     ]
-    bad_when_up = {"error_rate", "p50_latency_ms", "p95_latency_ms", "p99_latency_ms", "p50_ttft_ms", "rate_limited"}
-    pct_help = (f"Estimated from a log-spaced histogram: within {analytics.LATENCY_BIN_ERROR:.1%} of the exact "
-                "value. Served requests only.")
-    cols = st.columns(5) + st.columns(5)
-    for col, (label, value, key, kind, help_text) in zip(cols, specs, strict=False):
+    bad_when_up = {"error_rate", "rejected", "rate_limited", "p50_latency_ms", "p95_latency_ms", "p99_latency_ms",
+                   "p50_ttft_ms"}
+    top, bottom = st.columns(6), st.columns(6)
+    for col, (label, value, key, kind, help_text) in zip([*top[:5], *bottom[:5]], specs, strict=True):
         col.metric(label, value, _delta(current[key], previous[key], kind) if has_prev else None,
                    delta_color="inverse" if key in bad_when_up else "normal",
-                   delta_description=vs if has_prev else None,
-                   help=help_text or (pct_help if kind == "ms" else None))
+                   delta_description=vs if has_prev else None, help=help_text)
     saved = "—" if not saved_ms else format_ms(saved_ms) if saved_ms < 60_000 else format_duration(saved_ms / 1000)
-    cols[9].metric("Time saved by cache", saved,
-                   help="Each hit is priced at the median latency of served requests of the same model in this "
-                        "range (an estimate)." + (f" {unpriced_hits:,} hits had no such reference." if unpriced_hits
-                                                  else ""))
+    top[5].metric("Time saved by cache", saved,
+                  help="Each hit is priced at the median latency of served requests of the same model in this "
+                       "range (an estimate)." + (f" {unpriced_hits:,} hits had no such reference." if unpriced_hits
+                                                 else ""))
 
 
 def download_buttons(name: str, *, csv: Callable[[], bytes], json: Callable[[], bytes], key: str,
@@ -371,12 +382,19 @@ def download_buttons(name: str, *, csv: Callable[[], bytes], json: Callable[[], 
 
 
 def _delete_old_events(service: BlossomService, days: float) -> None:
-    """Callback of the retention button: delete, then reset the confirmation."""
+    """Callback of the retention button: delete, then reset the confirmation.
+
+    A refused delete is kept for ``retention_ui`` to show: a callback runs before the
+    page, outside its ``guard``.
+    """
     cutoff = analytics.retention_cutoff(days)
-    service.metrics.flush()
-    deleted = service.store.delete_older_than(cutoff)
-    log.warning("retention: deleted %d events older than %s days on request", deleted, days)
     st.session_state["monitor_retention_confirm"] = False
+    try:
+        deleted = service.delete_events_older_than(cutoff)
+    except DashError as err:
+        st.session_state["monitor_retention_error"] = err
+        return
+    log.warning("retention: deleted %d events older than %s days on request", deleted, days)
     st.session_state["monitor_retention_done"] = deleted
     load_filter_options.clear()
 
@@ -390,9 +408,11 @@ def retention_ui(service: BlossomService) -> None:
                    "old events here.")
         return
     cutoff = analytics.retention_cutoff(days)
-    old = analytics.count_older_than(service.store, cutoff)
+    old = service.monitor("count_older_than", cutoff)
     when = dt.datetime.fromtimestamp(cutoff, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     st.markdown(f"**{old:,} events** are older than the retention period of {days:g} days (before {when}).")
+    if (err := st.session_state.pop("monitor_retention_error", None)) is not None:
+        show_error(err)
     if (done := st.session_state.pop("monitor_retention_done", None)) is not None:
         st.success(f"Deleted {done:,} events older than {days:g} days.", icon="🗑️")
     confirm = st.checkbox("I understand: deleted events cannot be recovered", key="monitor_retention_confirm",
@@ -414,10 +434,13 @@ def render_users(users: Any) -> None:
     num = st.column_config.NumberColumn
     st.dataframe(users, key="monitor_users_table", hide_index=True, height=min(420, 38 + 35 * len(users)),
                  placeholder="—",
-                 column_order=("user", "requests", "tokens", "errors", "rate_limited", "cache_hits", "last_seen"),
+                 column_order=("user", "requests", "tokens", "errors", "rejected", "rate_limited", "cache_hits",
+                               "last_seen"),
                  column_config={"user": "User", "requests": num("Requests", format="localized"),
                                 "tokens": num("Tokens", format="localized", help="Served requests"),
-                                "errors": num("Errors"), "rate_limited": num("Rate-limited"),
+                                "errors": num("Errors", help="Backend and system failures"),
+                                "rejected": num("Rejected", help="Invalid requests and replay-only refusals"),
+                                "rate_limited": num("Rate-limited"),
                                 "cache_hits": num("Cache hits"),
                                 "last_seen": st.column_config.DatetimeColumn("Last seen (UTC)",
                                                                              format="YYYY-MM-DD HH:mm:ss")})

@@ -14,9 +14,13 @@ import zlib
 import pandas as pd
 import plotly.graph_objects as go
 
-#: Fixed colours per outcome, so a colour means the same thing on every chart.
-OUTCOME_COLORS = {"ok": "#2e7d32", "cache_hit": "#0288d1", "rate_limited": "#f9a825", "error": "#c62828"}
-OUTCOME_LABELS = {"ok": "OK", "cache_hit": "Cache hit", "rate_limited": "Rate-limited", "error": "Error"}
+#: Fixed colours per outcome, so a colour means the same thing on every chart (and the
+#: stacking order: served first, failures on top). Rejected is a neutral grey: the
+#: user's own invalid request or a replay-only refusal, not a failure of the service.
+OUTCOME_COLORS = {"ok": "#2e7d32", "cache_hit": "#0288d1", "rate_limited": "#f9a825", "rejected": "#757575",
+                  "error": "#c62828"}
+OUTCOME_LABELS = {"ok": "OK", "cache_hit": "Cache hit", "rate_limited": "Rate-limited", "rejected": "Rejected",
+                  "error": "Error"}
 
 
 def _layout(fig: go.Figure, title: str, y_title: str, *, revision: str) -> go.Figure:
@@ -89,15 +93,16 @@ def rpm_by_outcome(requests: pd.DataFrame, *, bucket_s: int, span: _SPAN | None 
 
 def latency_over_time(latency: pd.DataFrame, *, bucket_s: int, span: _SPAN | None = None,
                       revision: str = "monitor") -> go.Figure:
-    """p50/p95/p99 latency and p50 TTFT per bucket (ms), from ``analytics.latency_percentiles``."""
-    title = "Latency percentiles and TTFT (served requests)"
+    """p50/p95/p99 latency of served requests and p50 TTFT of served streams per bucket (ms),
+    from ``analytics.latency_percentiles``."""
+    title = "Latency percentiles (served requests) and TTFT (streams)"
     if latency.empty:
         return _empty(title, _rev("latency", revision))
     fig = go.Figure()
     for col, name, color, dash in (("p50_ms", "p50 latency", "#1e88e5", "solid"),
                                    ("p95_ms", "p95 latency", "#fb8c00", "solid"),
                                    ("p99_ms", "p99 latency", "#e53935", "solid"),
-                                   ("ttft_p50_ms", "p50 TTFT", "#43a047", "dot")):
+                                   ("ttft_p50_ms", "p50 TTFT (streams)", "#43a047", "dot")):
         fig.add_scatter(x=latency["ts"], y=latency[col], name=name, mode="lines+markers", connectgaps=False,
                         line={"color": color, "dash": dash, "width": 2}, marker={"size": 4},
                         hovertemplate="%{y:,.0f} ms")
