@@ -56,6 +56,8 @@ log = logging.getLogger("blossom_dash")
 _WORDS_RE = re.compile(r"\S+\s*|\s+")
 #: Longest wait for a default model's lookup inside a request's deadline, seconds.
 MODEL_LOOKUP_S = 5.0
+#: How long a stopped stream's reader may take to notice before it is cancelled, seconds.
+STOP_GRACE_S = 1.0
 #: Slack on the loop-thread wait, seconds: the coroutine's own deadline fires first.
 _BACKSTOP_S = 0.25
 
@@ -354,7 +356,7 @@ class Gateway:
                              usage=cached.usage, nbytes=hit.nbytes)
                 return result
 
-            return TextStream(items, replayed, reader=None, t0_ms=ticket.t0, first_timeout_s=s.request_timeout_s,
+            return TextStream(items, replayed, cancel=None, t0_ms=ticket.t0, first_timeout_s=s.request_timeout_s,
                               timeout_s=s.stream_timeout_s, where=self._backend.label)
         backend = self._backend
         breaker = self.breaker(backend)
@@ -364,7 +366,7 @@ class Gateway:
                 "stream": True, "stream_options": {"include_usage": True}, **wire["extra"]}
         out: queue.SimpleQueue[Any] = queue.SimpleQueue()
         seen = Observation()
-        started = threading.Event()
+        started, stop = threading.Event(), threading.Event()
 
         def emit(chunk: StreamChunk) -> None:
             if chunk.delta:
@@ -373,7 +375,7 @@ class Gateway:
 
         async def read() -> None:
             try:
-                await retry_stream(lambda _obs: backend.stream_chat(body, emit), where=backend.label,
+                await retry_stream(lambda _obs: backend.stream_chat(body, emit, stop.is_set), where=backend.label,
                                    model=prepared.model, api_key=caller.api_key,
                                    first_deadline=time.monotonic() + s.request_timeout_s,
                                    deadline=time.monotonic() + s.stream_timeout_s, timeout_s=s.request_timeout_s,
@@ -409,7 +411,16 @@ class Gateway:
             err = BackendUnavailable("The service is shutting down.", "Reload the page.")
             breaker.release(probe)
             raise self._failed(ticket, err) from exc
-        return TextStream(out, finished, reader=reader, t0_ms=ticket.t0, first_timeout_s=s.request_timeout_s,
+        loop = self._loop.loop
+
+        def cancel() -> None:
+            # Ask the reader to stop at its next line (it then closes the response
+            # itself); cancel it only if the backend sends nothing for STOP_GRACE_S.
+            stop.set()
+            if not reader.done() and not loop.is_closed():
+                loop.call_soon_threadsafe(loop.call_later, STOP_GRACE_S, reader.cancel)
+
+        return TextStream(out, finished, cancel=cancel, t0_ms=ticket.t0, first_timeout_s=s.request_timeout_s,
                           timeout_s=s.stream_timeout_s, where=backend.label)
 
     # ----- health --------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The reader runs on the service's loop and puts frames into a queue; the page's
 thread takes them out. However the stream ends (read to the end, stopped with
 ``close()``, dropped unread, closed from another thread, a deadline passed) it ends
-once: the reader is cancelled, so its connection is closed or handed back to the
+once: the reader is told to stop, so its connection is closed or handed back to the
 pool, and the pipeline's ``finish`` callback records the one event. The stream holds
 no reference to itself through its reader or callback, so dropping the last
 reference finalises it at once rather than at the next garbage collection.
@@ -15,7 +15,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +61,7 @@ class TextStream:
     Args:
         items: The queue the reader fills (``StreamChunk``, ``DashError``, ``DONE``).
         finish: Called once with the ``StreamEnd``; returns the result (None on error).
-        reader: The reader's future on the loop, cancelled when the stream ends early;
+        cancel: Stops the reader on the loop when the stream ends early (thread-safe);
             None for a stream replayed from the cache.
         t0_ms: ``monotonic_ms()`` when the request was made.
         first_timeout_s: Longest wait for the first delta, seconds.
@@ -71,13 +70,13 @@ class TextStream:
     """
 
     def __init__(self, items: queue.SimpleQueue[Any], finish: Callable[[StreamEnd], TextResult | None], *,
-                 reader: Future[Any] | None, t0_ms: float, first_timeout_s: float, timeout_s: float,
+                 cancel: Callable[[], None] | None, t0_ms: float, first_timeout_s: float, timeout_s: float,
                  where: str) -> None:
         self.result: TextResult | None = None
         self.error: DashError | None = None
         self._items = items
         self._finish: Callable[[StreamEnd], TextResult | None] | None = finish
-        self._reader = reader
+        self._cancel = cancel
         self._t0 = t0_ms
         self._first_by = t0_ms / 1000 + first_timeout_s
         self._last_by = t0_ms / 1000 + timeout_s
@@ -143,8 +142,8 @@ class TextStream:
             finish, self._finish = self._finish, None
             if finish is None:
                 return
-            if self._reader is not None and not self._reader.done():
-                self._reader.cancel()  # thread-safe: the loop cancels the reader's task
+            if self._cancel is not None:
+                self._cancel()
             end = StreamEnd("".join(self._parts), self._ttft, time.perf_counter() * 1000 - self._t0, self._usage,
                             self._finish_reason, done, error)
         self.error = error
