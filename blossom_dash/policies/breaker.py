@@ -111,7 +111,10 @@ class CircuitBreaker:
         return self._refusal(max(wait, 0.0), failed)
 
     def _refusal(self, wait_s: float, failed: int) -> CircuitOpen:
-        when = f"in {wait_s:.0f} s" if wait_s >= 1 else "as soon as the current test request ends"
+        if wait_s > 0:
+            when = f"in {wait_s:.0f} s" if wait_s >= 1 else "in under a second"
+        else:
+            when = "as soon as the test request in flight ends"
         err = CircuitOpen(
             f"{self.where} is failing: its last {failed} calls failed, so requests are paused "
             f"(circuit breaker open). It will be tried again {when}.",

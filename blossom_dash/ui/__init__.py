@@ -126,14 +126,55 @@ def session_handle() -> SessionHandle:
     return _handle(_user_id(), id(service), session_id[:12])
 
 
+#: The backend's health (``BlossomService.health()["status"]``) as an icon and a badge colour.
+HEALTH_ICONS = {"ok": "🟢", "degraded": "🟠", "down": "🔴", "unknown": "⚪"}
+HEALTH_COLORS = {"ok": "green", "degraded": "orange", "down": "red", "unknown": "gray"}
+HEALTH_WORDS = {"ok": "answering", "degraded": "recent calls failed", "down": "failing, requests paused",
+                "unknown": "not used yet"}
+
+
 def backend_badge(service: BlossomService) -> None:
-    """One line that says which backend answers, and that the demo is synthetic."""
-    info = service.backend_info()
-    if info["is_demo"]:
-        st.caption(f":orange-badge[DEMO BACKEND] Offline and synthetic: answers are generated locally at "
-                   f"`{info['base_url']}`, not by a real model.")
+    """One line: which backend answers, how its live traffic is going, and that the demo is synthetic.
+
+    Red while its circuit breaker is open, amber when recent calls failed, green only
+    when calls succeed (``BlossomService.health``, judged from traffic, no probe).
+    """
+    health = service.health()
+    status = health["status"]
+    name = "DEMO BACKEND" if health["is_demo"] else health["name"].upper()
+    badge = f":{HEALTH_COLORS[status]}-badge[{name} · {HEALTH_WORDS[status]}]"
+    if status == "down":
+        st.caption(f"{badge} `{health['base_url']}`: {health['detail']}.")
+    elif health["is_demo"]:
+        st.caption(f"{badge} Offline and synthetic: answers are generated locally at "
+                   f"`{health['base_url']}`, not by a real model.")
     else:
-        st.caption(f":green-badge[{info['name'].upper()}] Live backend `{info['base_url']}`.")
+        st.caption(f"{badge} Live backend `{health['base_url']}`" + (
+            f": {health['detail']}." if status == "degraded" else "."))
+
+
+def model_picker(service: BlossomService, kind: str, *, key: str, where: Any = None, label: str = "Model",
+                 help: str | None = None) -> str | None:
+    """A model ``selectbox`` over the live backend's list that also takes a typed name.
+
+    When the backend could not list its models the picker says so (the names are the
+    fallback, or none), so nobody mistakes them for the backend's own.
+
+    Returns:
+        The chosen or typed name, None when there is none.
+    """
+    where = where or st
+    try:
+        models = service.model_list(kind)
+    except DashError as err:
+        show_error(err)
+        return None
+    if models.fallback:
+        where.caption(f"⚠️ {models.detail} Type a model name the backend serves.")
+    elif models.source == "recorded":
+        where.caption("Replay only: these are the models with recorded answers.")
+    return where.selectbox(label, list(models.names), key=key, accept_new_options=True, help=help,
+                           placeholder="Type a model name")
 
 
 def show_error(err: DashError) -> None:
@@ -165,9 +206,11 @@ def guard(what: str) -> Iterator[None]:
 def sidebar(handle: SessionHandle) -> None:
     """The shared sidebar: backend, identity, and this user's remaining quota."""
     service = handle.service
-    info = service.backend_info()
+    health = service.health()
     with st.sidebar:
-        st.markdown(f"**Backend:** {'🟠 demo (synthetic)' if info['is_demo'] else '🟢 ' + info['name']}")
+        name = "demo (synthetic)" if health["is_demo"] else health["name"]
+        st.markdown(f"**Backend:** {HEALTH_ICONS[health['status']]} {name} · {HEALTH_WORDS[health['status']]}",
+                    help=f"{health['label']}: circuit breaker {health['circuit']}; {health['detail']}.")
         status = handle.rate_status()
         st.progress(status.user.remaining / status.user.limit,
                     text=f"Your quota: {status.user.remaining}/{status.user.limit} requests per minute")
