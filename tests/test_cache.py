@@ -376,3 +376,45 @@ class TestServiceCache:
             assert (a.cached, b.cached, c.cached) == (False, True, False)
             assert b.data == a.data and c.data != a.data
             assert demo_stats(svc)["image"] == before + 1
+
+
+class TestByteCap:
+    """The cache is capped in bytes as well as entries (``cache_max_bytes``)."""
+
+    def test_least_recently_used_go_first_past_the_byte_cap(self) -> None:
+        """Three 40-byte answers in a 100-byte cache: the oldest is evicted and counted."""
+        cache = ResponseCache(max_entries=10, max_bytes=100)
+        for name in ("a", "b", "c"):
+            cache.put(name, name, nbytes=40, latency_ms=1.0)
+        assert cache.get("a") is None and cache.get("b") and cache.get("c")
+        stats = cache.stats()
+        assert stats.bytes == 80 and stats.max_bytes == 100 and stats.evictions == 1
+
+    def test_an_answer_larger_than_the_cache_is_not_kept(self) -> None:
+        """A single answer over max_bytes is served but never stored."""
+        cache = ResponseCache(max_entries=10, max_bytes=100)
+        cache.put("big", "x", nbytes=101, latency_ms=1.0)
+        assert cache.get("big") is None and cache.stats().entries == 0
+
+    def test_shrinking_the_byte_cap_evicts(self) -> None:
+        """configure(max_bytes=...) keeps the most recently used answers that fit."""
+        cache = ResponseCache(max_entries=10, max_bytes=1000)
+        for name in ("a", "b", "c"):
+            cache.put(name, name, nbytes=40, latency_ms=1.0)
+        stats = cache.configure(max_bytes=90)
+        assert stats.max_bytes == 90 and stats.entries == 2 and stats.bytes == 80
+        assert cache.get("a") is None
+        with pytest.raises(ValueError):
+            cache.configure(max_bytes=0)
+
+    def test_a_response_over_max_response_bytes_is_refused_and_not_cached(self, tmp_path: Path) -> None:
+        """A 2,000-token answer against a 1 KiB cap: ResponseTooLarge in words, and asked again next time."""
+        from blossom_dash.errors import ResponseTooLarge
+
+        with make_service(tmp_path, max_response_bytes=1024) as svc:
+            for _ in range(2):
+                with pytest.raises(ResponseTooLarge) as info:
+                    svc.generate_text("Write at length", model="demo-deep", max_tokens=2000)
+                assert "larger than" in info.value.message and info.value.hint
+            assert demo_stats(svc)["chat"] == 2 and svc.cache.stats().entries == 0
+            assert svc.generate_text("Short", max_tokens=5).text  # the service still answers

@@ -63,6 +63,20 @@ class TestPersistence:
             # Read back once, the answer is on the fast path (memory) again.
             assert stats.entries == 3
 
+    def test_speech_survives_a_restart(self, tmp_path: Path) -> None:
+        """Recorded speech replays after a restart, though the demo backend's port changed:
+        speech is keyed by the backend's identity like text and images, not by its URL."""
+        with make_service(tmp_path, persistent_cache=True) as svc:
+            first = svc.generate_speech("Latency is down this quarter.", voice="onyx")
+            first_url = svc.backend.base_url
+        with make_service(tmp_path, persistent_cache=True) as svc:
+            assert svc.backend.base_url != first_url
+            before = demo_stats(svc)
+            again = svc.generate_speech("Latency is down this quarter.", voice="onyx")
+            assert again.cached and again.data == first.data and demo_stats(svc)["chat"] == before["chat"]
+        with make_service(tmp_path, replay_only=True) as svc:
+            assert svc.generate_speech("Latency is down this quarter.", voice="onyx").data == first.data
+
     def test_without_persistence_nothing_survives(self, tmp_path: Path) -> None:
         """The default (persistent cache off) records nothing and a restart asks the backend again."""
         with make_service(tmp_path) as svc:
