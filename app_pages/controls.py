@@ -38,11 +38,11 @@ with cache_col:
     m[0].metric("Entries", f"{stats.entries:,} / {stats.max_entries:,}")
     m[1].metric("Hit rate", f"{stats.hit_rate:.0%}", help=f"{stats.hits:,} hits, {stats.misses:,} misses")
     m[2].metric("Size", f"{stats.bytes / 1_048_576:,.1f} / {stats.max_bytes / 1_048_576:,.0f} MiB")
-    st.caption(f"Answers larger than {service.settings.max_response_bytes / 1_048_576:,.0f} MiB are refused "
-               "and never cached (`BLOSSOM_DASH_MAX_RESPONSE_BYTES`).")
     st.caption(f"{stats.evictions:,} evicted (full) · {stats.expirations:,} expired (TTL) · "
                f"{stats.saved_ms / 1000:,.1f} s of backend time saved · "
                + ("**on**" if stats.enabled else "**off**: every request goes to the backend"))
+    st.caption(f"Answers larger than {service.settings.max_response_bytes / 1_048_576:,.0f} MiB are refused "
+               "and never cached (`BLOSSOM_DASH_MAX_RESPONSE_BYTES`).")
 
 with limit_col:
     st.subheader("Rate limits")
@@ -77,8 +77,8 @@ with backend_col:
     st.subheader("Backend")
     health = service.health()
     probe = f" · last check {health['latency_ms']:,.0f} ms" if health["latency_ms"] is not None else ""
-    st.markdown(f"{ui.HEALTH_ICONS[health['status']]} **{health['label']}** — circuit breaker "
-                f"**{health['circuit']}** · {health['detail']}{probe}")
+    state = health["detail"] if health["status"] == "down" else f"circuit breaker **closed** · {health['detail']}"
+    st.markdown(f"{ui.HEALTH_ICONS[health['status']]} **{health['label']}** — {state}{probe}")
     if st.button("Check now", key="controls_health", icon="🔄",
                  help="Ask the backend's model list (no generation is spent); counts as traffic."):
         service.health(max_age_s=0)

@@ -34,16 +34,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app served by a real ``streamlit run`` on loopback."""
+def _need_chromium() -> None:
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing: .ci/run should have installed Debian's chromium")
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app served by a real ``streamlit run`` on loopback, on the demo backend."""
+    yield from _serve({"BLOSSOM_DASH_BACKEND": "demo", "BLOSSOM_DASH_DEMO_LATENCY": "true",
+                       "BLOSSOM_DASH_DATA_DIR": str(tmp_path_factory.mktemp("browser-data"))})
+
+
+@pytest.fixture(scope="module")
+def dead_backend_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on a custom backend nobody listens on, opening its circuit after 2 failures."""
+    yield from _serve({"BLOSSOM_DASH_BACKEND": f"http://127.0.0.1:{_free_port()}", "BLOSSOM_DASH_BREAKER_FAILURES": "2",
+                       "BLOSSOM_DASH_REQUEST_TIMEOUT_S": "2",
+                       "BLOSSOM_DASH_DATA_DIR": str(tmp_path_factory.mktemp("browser-dead"))})
+
+
+def _serve(overrides: dict[str, str]) -> Iterator[str]:
+    """Run ``streamlit run app.py`` with ``overrides`` in its environment; yield its URL."""
+    _need_chromium()
     port = _free_port()
-    env = {**os.environ, "BLOSSOM_DASH_BACKEND": "demo", "BLOSSOM_DASH_DEMO_LATENCY": "true",
-           "BLOSSOM_DASH_DATA_DIR": str(tmp_path_factory.mktemp("browser-data"))}
+    env = {**os.environ, **overrides}
     env.pop("POLLINATIONS_API_KEY", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
@@ -89,13 +106,48 @@ def test_prompt_stream_then_monitor(app_url: str, tmp_path: Path) -> None:
         expect(answer).to_be_visible(timeout=30_000)
         expect(page.get_by_text("TTFT").last).to_be_visible(timeout=30_000)
         assert "moving-window rate limit" in answer.inner_text()
-        page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+        _keep(page, tmp_path, "playground.png")
 
         page.get_by_role("link", name="Monitor").click()
         expect(page.get_by_text("Requests per minute by outcome")).to_be_visible(timeout=30_000)
         requests_metric = page.get_by_test_id("stMetric").filter(has_text="Requests").first
         expect(requests_metric).to_contain_text("1", timeout=30_000)
         assert page.locator(".js-plotly-plot").count() >= 4
-        page.screenshot(path=str(tmp_path / "monitor.png"), full_page=True)
+        _keep(page, tmp_path, "monitor.png")
+        assert page.get_by_text("Traceback").count() == 0
+        browser.close()
+
+
+def _keep(page: object, tmp_path: Path, name: str) -> None:
+    """Save a screenshot; also under $BLOSSOM_DASH_SCREENSHOTS when set, to look at."""
+    page.screenshot(path=str(tmp_path / name), full_page=True)  # type: ignore[attr-defined]
+    if folder := os.environ.get("BLOSSOM_DASH_SCREENSHOTS"):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / name, Path(folder) / name)
+
+
+def test_badge_goes_red_on_a_dead_backend(dead_backend_url: str, tmp_path: Path) -> None:
+    """On a backend that refuses connections, the Playground says so in words and after two
+    failed calls every page's badge is red: failing, requests paused, when it is tried again."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(dead_backend_url)
+        box = page.get_by_placeholder("Ask a model…")
+        expect(box).to_be_visible(timeout=30_000)
+        box.fill("anyone there?")
+        box.press("Enter")
+        expect(page.get_by_test_id("stAlert").first).to_be_visible(timeout=30_000)
+        page.reload()
+        badge = page.get_by_text("failing, requests paused").first
+        expect(badge).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("circuit breaker open").first).to_be_visible(timeout=30_000)
+        _keep(page, tmp_path, "dead-backend-playground.png")
+        page.get_by_role("link", name="Controls").click()
+        expect(page.get_by_text("failing, requests paused").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("circuit breaker").first).to_be_visible(timeout=30_000)
+        _keep(page, tmp_path, "dead-backend-controls.png")
         assert page.get_by_text("Traceback").count() == 0
         browser.close()

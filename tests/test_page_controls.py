@@ -106,8 +106,8 @@ class TestBackendControls:
         for page in ("app_pages/playground.py", "app_pages/monitor.py", "app_pages/controls.py"):
             shown = app(page).run()
             assert any(":red-badge[CUSTOM · failing" in c for c in texts(shown, "caption")), page
-        assert any("🔴" in m and "circuit breaker **open**" in m for m in texts(app("app_pages/controls.py").run(),
-                                                                                "markdown"))
+        assert any("🔴" in m and "circuit breaker open after 2 failed calls" in m
+                   for m in texts(app("app_pages/controls.py").run(), "markdown"))
 
 
 class TestSessionKey:
