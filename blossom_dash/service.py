@@ -25,8 +25,7 @@ from .policies.cache import CacheStats, ResponseCache
 from .policies.ratelimit import LimitStatus, RateLimiter
 from .results import AudioResult, ImageResult, TextResult
 from .sdk.backend import Backend
-from .sdk.loop import LoopThread, monotonic_ms
-from .sdk.mapping import to_dash_error
+from .sdk.loop import LoopThread
 from .service_features import FeatureMethods
 from .settings import POLLINATIONS_URL, Settings
 from .telemetry import analytics
@@ -298,21 +297,9 @@ class BlossomService(FeatureMethods):
         return {**self._gw.health(), **probe, **self.backend_info()}
 
     def _probe_backend(self) -> None:
-        gw = self._gw
-        backend = gw.backend
-        breaker = gw.breaker(backend)
-        t0 = monotonic_ms()
-        try:
-            self._loop.run(backend.models("text"), timeout=5)
-            breaker.success()
-        except Exception as exc:  # noqa: BLE001 - reported as words, counted as a failure
-            err = to_dash_error(exc, None, where=backend.label, model="", timeout_s=5)
-            if isinstance(err, BackendUnavailable) or (err.status_code or 0) >= 500:
-                breaker.failure()
-            else:
-                breaker.success()  # it answered, if only to say no
+        latency_ms = self._gw.probe()
         with self._lock:
-            self._probe = {"latency_ms": round(monotonic_ms() - t0, 1), "checked_at": time.time()}
+            self._probe = {"latency_ms": latency_ms, "checked_at": time.time()}
 
     # ----- cache and rate limits (Controls) ---------------------------------------------------
 

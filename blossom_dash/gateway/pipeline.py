@@ -14,6 +14,7 @@ and ``error`` (a backend or system failure).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import logging
@@ -44,6 +45,7 @@ from ..sdk.backend import Backend, StreamChunk
 from ..sdk.call import CallPolicy, call, retry_stream, timeout_error
 from ..sdk.images import verify_image
 from ..sdk.loop import LoopThread, monotonic_ms
+from ..sdk.mapping import to_dash_error
 from ..sdk.speech import speak, verify_audio
 from ..sdk.transport import Observation
 from ..settings import Settings
@@ -422,6 +424,26 @@ class Gateway:
 
         return TextStream(out, finished, cancel=cancel, t0_ms=ticket.t0, first_timeout_s=s.request_timeout_s,
                           timeout_s=s.stream_timeout_s, where=backend.label)
+
+    def probe(self, timeout_s: float = MODEL_LOOKUP_S) -> float:
+        """Ask the live backend's model endpoint once (no generation is spent), as traffic.
+
+        The answer counts for the circuit breaker like any call: an answer (any status
+        under 500) is a success, a timeout, connection error or 5xx a failure.
+
+        Returns:
+            How long it took, ms.
+        """
+        backend = self._backend
+        breaker = self.breaker(backend)
+        t0 = monotonic_ms()
+        try:
+            self._loop.run(asyncio.wait_for(backend.models("text"), timeout_s), timeout=timeout_s + _BACKSTOP_S)
+            breaker.success()
+        except Exception as exc:  # noqa: BLE001 - the verdict is all that is kept
+            self._verdict(breaker, to_dash_error(exc, None, where=backend.label, model="", timeout_s=timeout_s),
+                          probe=False)
+        return round(monotonic_ms() - t0, 1)
 
     # ----- health --------------------------------------------------------------------------
 
