@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from helpers import demo_stats, make_service
 
 from blossom_dash import InvalidRequest, TextResult
 from blossom_dash.errors import BackendUnavailable, NotRecorded
+from blossom_dash.policies import replay
 from blossom_dash.policies.cache import ResponseCache, request_key
-from blossom_dash.policies.replay import RecordingStore
+from blossom_dash.policies.replay import RecordError, RecordingStore
 
 SECRET = "sk_replay_secret_key_9876"
 
@@ -238,6 +240,98 @@ class TestExportImport:
                 svc.import_recordings(mangle(data))  # type: ignore[operator]
             assert words in info.value.message and info.value.hint
             assert svc.cache.stats().persistent_entries == 0
+
+    def test_a_zip_bomb_is_refused_fast_with_little_memory(self, tmp_path: Path) -> None:
+        """A 200 MiB entries.jsonl squeezed into ~200 KiB is refused from the zip's directory, never inflated."""
+        bomb = io.BytesIO()
+        with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("manifest.json", orjson.dumps({"format": "blossom-dash-replay", "version": 1, "count": 1}))
+            with zf.open("entries.jsonl", "w") as member:
+                chunk = b" " * (1 << 20)
+                for _ in range(200):
+                    member.write(chunk)
+        data = bomb.getvalue()
+        assert len(data) < 1 << 20
+        store = RecordingStore(tmp_path)
+        tracemalloc.start()
+        try:
+            with pytest.raises(RecordError, match="zip bomb") as info:
+                store.import_bytes(data)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert "entries.jsonl" in str(info.value)
+        assert peak < 50 << 20, f"import peaked at {peak >> 20} MiB"
+        assert store.count() == 0
+
+    def test_more_than_256_mib_in_total_is_refused(self, tmp_path: Path) -> None:
+        """Many members each under the ratio limit's 1 MiB threshold still add up to a refusal."""
+        bomb = io.BytesIO()
+        with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("manifest.json", orjson.dumps({"format": "blossom-dash-replay", "version": 1, "count": 0}))
+            zf.writestr("entries.jsonl", b"")
+            mib = b"\0" * (1 << 20)
+            for i in range(260):
+                zf.writestr(f"blobs/{i}.bin", mib)
+        store = RecordingStore(tmp_path)
+        tracemalloc.start()
+        try:
+            with pytest.raises(RecordError, match="more than 256 MiB"):
+                store.import_bytes(bomb.getvalue())
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 50 << 20 and store.count() == 0
+
+    def test_too_many_members_or_recordings_are_refused(self, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        """The member and recording caps (lowered here to keep the files small) refuse the file whole."""
+        record_demo_set(tmp_path / "office")
+        with make_service(tmp_path / "office") as svc:
+            data = svc.export_recordings()  # 3 recordings; members: manifest, entries, one image
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            assert len(zf.namelist()) == 3
+        store = RecordingStore(tmp_path / "stage")
+        monkeypatch.setattr(replay, "MAX_IMPORT_MEMBERS", 2)
+        with pytest.raises(RecordError, match="holds 3 files; an export has at most 2"):
+            store.import_bytes(data)
+        monkeypatch.setattr(replay, "MAX_IMPORT_MEMBERS", 3)
+        monkeypatch.setattr(replay, "MAX_IMPORT_ENTRIES", 2)
+        with pytest.raises(RecordError, match="more than 2 recordings"):
+            store.import_bytes(data)
+        assert store.count() == 0
+        monkeypatch.setattr(replay, "MAX_IMPORT_ENTRIES", 3)
+        assert store.import_bytes(data).added == 3
+
+    def test_imported_recordings_are_stamped_with_the_import_time(self, tmp_path: Path) -> None:
+        """A file dated year 2100 does not make its answers live forever: the TTL counts from the import."""
+        record_demo_set(tmp_path / "office")
+        with make_service(tmp_path / "office") as svc:
+            data = svc.export_recordings()
+        year_2100 = 4102444800.0
+        out = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+            for name in src.namelist():
+                body = src.read(name)
+                if name == "entries.jsonl":
+                    body = b"\n".join(orjson.dumps({**orjson.loads(line), "created": year_2100})
+                                      for line in body.splitlines())
+                dst.writestr(name, body)
+        store = RecordingStore(tmp_path / "stage")
+        before = time.time()
+        assert store.import_bytes(out.getvalue()).added == 3
+        after = time.time()
+        keys = list(store._entries.iterkeys())
+        assert len(keys) == 3
+        for key in keys:
+            rec = store.get(key)
+            assert rec is not None and before <= rec.created <= after
+            # Fresh now, so a one-hour TTL serves it; a 2100 stamp would also have survived any age check.
+            assert store.get(key, max_age_s=3600) is not None
+        store.close()
+        cache = ResponseCache(ttl_s=3600, persist_dir=tmp_path / "stage", persistent=True)
+        assert cache.stats().persistent_entries == 3
+
 
 
 def _rewrite(data: bytes, *, manifest: dict[str, object] | None = None, tamper: bool = False,

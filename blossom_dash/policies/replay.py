@@ -50,8 +50,19 @@ RECORD_VERSION = 1
 #: ``manifest.json`` ``format`` and ``version`` of an export file.
 EXPORT_FORMAT = "blossom-dash-replay"
 EXPORT_VERSION = 1
-#: Largest export accepted for import, uncompressed (a guard against zip bombs).
-MAX_IMPORT_BYTES = 1 << 30
+#: Import caps, all checked against the zip's directory before anything is expanded
+#: (a guard against zip bombs): total uncompressed bytes (256 MiB) ...
+MAX_IMPORT_BYTES = 256 << 20
+#: ... recordings in one file ...
+MAX_IMPORT_ENTRIES = 50_000
+#: ... zip members (each recording has at most a blob or two, plus the manifest and entries.jsonl) ...
+MAX_IMPORT_MEMBERS = 2 * MAX_IMPORT_ENTRIES + 2
+#: ... and the compression ratio of one member larger than ``RATIO_FREE_BYTES`` uncompressed.
+MAX_COMPRESSION_RATIO = 100
+RATIO_FREE_BYTES = 1 << 20
+#: ``manifest.json`` is a few hundred bytes; anything bigger is not ours.
+MAX_MANIFEST_BYTES = 1 << 20
+_CHUNK = 1 << 20
 #: Request parts a replay may ignore when the caller picked them at random
 #: (an image with no seed chosen: any recorded seed of the same picture will do).
 LOOSE_PARTS = ("seed",)
@@ -442,67 +453,152 @@ class RecordingStore:
     def import_bytes(self, data: bytes) -> ImportReport:
         """Merge an export into the recordings; nothing is written unless all of it reads.
 
-        Entries already recorded are kept as they are (counted as skipped).
+        The zip is checked against the import caps (``MAX_IMPORT_BYTES`` uncompressed,
+        ``MAX_IMPORT_ENTRIES`` recordings, ``MAX_IMPORT_MEMBERS`` members,
+        ``MAX_COMPRESSION_RATIO`` per member beyond ``RATIO_FREE_BYTES``) from its
+        directory before anything is expanded, then read as a stream in two passes:
+        the first checks every entry and blob (CRCs included) keeping no blob, the
+        second writes one recording at a time. Memory stays near one blob plus the
+        entries' JSON, whatever the file claims.
+
+        Imported recordings are stamped with the import time, so the cache TTL counts
+        from now: a file's own dates (which anyone can edit, e.g. to year 2100) are kept
+        only as information (``recorded`` in the record). Entries already recorded are
+        kept as they are (counted as skipped).
 
         Raises:
-            RecordError: not a zip, not a blossom-dash replay file, a newer format
-                version, a count that does not match, or a damaged entry (the message
-                says which).
+            RecordError: not a zip, over an import cap, not a blossom-dash replay file,
+                a newer format version, a count that does not match, or a damaged entry
+                (the message says which).
         """
-        entries = _read_export(data)
-        manifest, rows = entries
-        added = 0
-        for header, blobs in rows:
-            if header["key"] in self._entries:
-                continue
-            self._write(header["key"], header, blobs)
-            added += 1
+        if not isinstance(data, (bytes, bytearray)) or not data:
+            raise RecordError("The file is empty.")
+        zf = _open_export(bytes(data))
+        with zf:
+            manifest, rows = _check_export(zf)
+            now = time.time()
+            added = 0
+            try:
+                for header, names in rows:
+                    if header["key"] in self._entries:
+                        continue
+                    blobs = [zf.read(name) for name in names]
+                    self._write(header["key"], {**header, "created": now}, blobs)
+                    added += 1
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:  # checked already; the disk, then
+                raise RecordError(f"The import stopped after {added:,} recordings ({exc}).") from exc
         backend = manifest.get("backend") or {}
         return ImportReport(added, len(rows) - added, len(rows), str(backend.get("name", "?")),
                             str(manifest.get("created", "")))
 
 
-def _read_export(data: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], list[bytes]]]]:
-    """Parse and check an export completely; see ``RecordingStore.import_bytes``."""
-    if not isinstance(data, (bytes, bytearray)) or not data:
-        raise RecordError("The file is empty.")
+def _open_export(data: bytes) -> zipfile.ZipFile:
+    """The zip in ``data``, refused before its directory is parsed when it lists too many members.
+
+    Raises:
+        RecordError: not a zip, or more than ``MAX_IMPORT_MEMBERS`` members.
+    """
+    buf = io.BytesIO(data)
     try:
-        zf = zipfile.ZipFile(io.BytesIO(bytes(data)))
-    except zipfile.BadZipFile as exc:
+        # The end record states the member count; check it before ZipFile builds one
+        # object per member (a small file can list millions).
+        end = zipfile._EndRecData(buf)  # type: ignore[attr-defined]
+    except (OSError, struct.error):
+        end = None
+    if not end:
+        raise RecordError("The file is not a zip archive, so not a blossom-dash replay export.")
+    members = int(end[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
+    if members > MAX_IMPORT_MEMBERS:
+        raise RecordError(f"The zip holds {members:,} files; an export has at most "
+                          f"{MAX_IMPORT_MEMBERS:,} ({MAX_IMPORT_ENTRIES:,} recordings).")
+    try:
+        return zipfile.ZipFile(buf)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise RecordError("The file is not a zip archive, so not a blossom-dash replay export.") from exc
-    with zf:
-        if sum(info.file_size for info in zf.infolist()) > MAX_IMPORT_BYTES:
-            raise RecordError(f"The file unpacks to more than {MAX_IMPORT_BYTES >> 20:,} MiB.")
-        try:
-            names = set(zf.namelist())
-            if "manifest.json" not in names or "entries.jsonl" not in names:
-                raise RecordError("The zip has no manifest.json and entries.jsonl: it is not a blossom-dash "
-                                  "replay export.")
-            manifest = orjson.loads(zf.read("manifest.json"))
-            if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
-                raise RecordError("The zip's manifest is not a blossom-dash replay manifest.")
-            version = manifest.get("version")
-            if not isinstance(version, int) or version < 1:
-                raise RecordError(f"The manifest's format version {version!r} is not valid.")
-            if version > EXPORT_VERSION:
-                raise RecordError(f"The file was made by a newer blossom-dash (format version {version}; this one "
-                                  f"reads up to {EXPORT_VERSION}).")
-            rows = []
-            lines = [line for line in zf.read("entries.jsonl").splitlines() if line.strip()]
-            for n, line in enumerate(lines, 1):
-                rows.append(_read_entry(zf, names, line, n))
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:  # bad CRC, truncated member
-            raise RecordError(f"The zip is damaged ({exc}).") from exc
-        except orjson.JSONDecodeError as exc:
-            raise RecordError("The manifest or an entry is not valid JSON (the file is damaged).") from exc
+
+
+def _check_caps(zf: zipfile.ZipFile) -> None:
+    """Refuse a zip whose directory breaks an import cap; nothing is expanded.
+
+    ``zipfile`` never inflates a member past the size its directory states (it stops
+    and fails the CRC), so the stated sizes bound what reading can cost.
+
+    Raises:
+        RecordError: too many members, too large in total, or a member compressed
+            more than ``MAX_COMPRESSION_RATIO``:1 beyond ``RATIO_FREE_BYTES``.
+    """
+    infos = zf.infolist()
+    if len(infos) > MAX_IMPORT_MEMBERS:
+        raise RecordError(f"The zip holds {len(infos):,} files; an export has at most {MAX_IMPORT_MEMBERS:,} "
+                          f"({MAX_IMPORT_ENTRIES:,} recordings).")
+    total = 0
+    for info in infos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FREE_BYTES and ratio > MAX_COMPRESSION_RATIO:
+            raise RecordError(f"The zip member {info.filename!r} unpacks {ratio:,.0f} times larger than it is stored "
+                              f"(at most {MAX_COMPRESSION_RATIO}:1 is accepted): "
+                              "it looks like a zip bomb, not an export.")
+        total += info.file_size
+        if total > MAX_IMPORT_BYTES:
+            raise RecordError(f"The file unpacks to more than {MAX_IMPORT_BYTES >> 20:,} MiB, the import limit.")
+
+
+def _check_export(zf: zipfile.ZipFile) -> tuple[dict[str, Any], list[tuple[dict[str, Any], list[str]]]]:
+    """Check an export completely (first pass): the manifest, every entry, every blob's CRC.
+
+    Returns:
+        The manifest and, per entry, its record header and blob member names (the
+        blobs themselves are read and dropped).
+
+    Raises:
+        RecordError: see ``RecordingStore.import_bytes``.
+    """
+    _check_caps(zf)
+    try:
+        names = set(zf.namelist())
+        if "manifest.json" not in names or "entries.jsonl" not in names:
+            raise RecordError("The zip has no manifest.json and entries.jsonl: it is not a blossom-dash "
+                              "replay export.")
+        if zf.getinfo("manifest.json").file_size > MAX_MANIFEST_BYTES:
+            raise RecordError("The zip's manifest is not a blossom-dash replay manifest (far too large).")
+        manifest = orjson.loads(zf.read("manifest.json"))
+        if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
+            raise RecordError("The zip's manifest is not a blossom-dash replay manifest.")
+        version = manifest.get("version")
+        if not isinstance(version, int) or version < 1:
+            raise RecordError(f"The manifest's format version {version!r} is not valid.")
+        if version > EXPORT_VERSION:
+            raise RecordError(f"The file was made by a newer blossom-dash (format version {version}; this one "
+                              f"reads up to {EXPORT_VERSION}).")
+        rows = []
+        with zf.open("entries.jsonl") as lines:
+            for line in lines:
+                if not line.strip():
+                    continue
+                if len(rows) >= MAX_IMPORT_ENTRIES:
+                    raise RecordError(f"The file holds more than {MAX_IMPORT_ENTRIES:,} recordings, the import "
+                                      "limit.")
+                rows.append(_check_entry(zf, names, line, len(rows) + 1))
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:  # bad CRC, truncated member
+        raise RecordError(f"The zip is damaged ({exc}).") from exc
+    except orjson.JSONDecodeError as exc:
+        raise RecordError("The manifest or an entry is not valid JSON (the file is damaged).") from exc
     if manifest.get("count") != len(rows):
         raise RecordError(f"The manifest says {manifest.get('count')!r} entries but the file holds {len(rows)} "
                           "(it is truncated or was edited).")
     return manifest, rows
 
 
-def _read_entry(zf: zipfile.ZipFile, names: set[str], line: bytes, n: int
-                ) -> tuple[dict[str, Any], list[bytes]]:
+def _check_blob(zf: zipfile.ZipFile, name: str) -> int:
+    """Read member ``name`` through in chunks (its CRC is checked at the end); its size, bytes."""
+    size = 0
+    with zf.open(name) as member:
+        while chunk := member.read(_CHUNK):
+            size += len(chunk)
+    return size
+
+
+def _check_entry(zf: zipfile.ZipFile, names: set[str], line: bytes, n: int) -> tuple[dict[str, Any], list[str]]:
     entry = orjson.loads(line)
     if not isinstance(entry, dict):
         raise RecordError(f"Entry {n} is not an object.")
@@ -511,27 +607,33 @@ def _read_entry(zf: zipfile.ZipFile, names: set[str], line: bytes, n: int
         raise RecordError(f"Entry {n} has no valid key or request.")
     if canonical_key(request) != key:
         raise RecordError(f"Entry {n}'s key does not match its request (the file was edited or damaged).")
-    blobs = []
-    for name in entry.get("blobs") or []:
-        if name not in names:
+    blob_names = entry.get("blobs") or []
+    if not isinstance(blob_names, list):
+        raise RecordError(f"Entry {n} has a malformed field (blobs is not a list).")
+    for name in blob_names:
+        if not isinstance(name, str) or name not in names:
             raise RecordError(f"Entry {n} refers to {name!r}, which the zip does not hold.")
-        blobs.append(zf.read(name))
+        _check_blob(zf, name)
     try:
-        _from_doc(entry.get("result"), blobs)
-        created = float(entry.get("created") or 0.0)
-        header = {"format": RECORD_VERSION, "key": key, "created": created, "request": request,
+        # Stand-ins: the check needs the blobs' count, not their bytes.
+        _from_doc(entry.get("result"), [b""] * len(blob_names))
+        header = {"format": RECORD_VERSION, "key": key, "created": 0.0, "request": request,
+                  "recorded": float(entry.get("created") or 0.0),  # the file's date, information only
                   "nbytes": int(entry.get("nbytes") or 0), "latency_ms": float(entry.get("latency_ms") or 0.0),
                   "result": entry.get("result")}
     except RecordError as exc:
         raise RecordError(f"Entry {n} cannot be read: {exc}.") from exc
     except (TypeError, ValueError) as exc:
         raise RecordError(f"Entry {n} has a malformed field ({exc}).") from exc
-    return header, blobs
+    return header, list(blob_names)
 
 
 __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_VERSION",
+    "MAX_COMPRESSION_RATIO",
+    "MAX_IMPORT_BYTES",
+    "MAX_IMPORT_ENTRIES",
     "ImportReport",
     "RecordError",
     "Recording",
