@@ -34,7 +34,8 @@ def _label(job: batch.BatchStatus) -> str:
 # ----- a new batch ------------------------------------------------------------------------
 st.subheader("New batch")
 left, right = st.columns([4, 1], vertical_alignment="center")
-upload = left.file_uploader("CSV of prompts", type=["csv", "tsv", "txt"], key="batch_file")
+upload = left.file_uploader("CSV of prompts", type=["csv", "tsv", "txt"], key="batch_file",
+                            max_upload_size=batch.MAX_FILE_BYTES // 1_048_576)
 right.download_button("Template", batch.template_csv(), file_name="batch-template.csv", mime="text/csv",
                       key="batch_template", icon="📄", on_click="ignore")
 st.caption(f"One prompt per row in a column named **prompt**; optional columns **model**, **system**, "

@@ -136,7 +136,8 @@ with rec_col:
     figures = st.container()  # filled last, so it counts what an import or a clear below just did
 with file_col:
     export = st.container()
-    upload = st.file_uploader("Import recordings (.zip from Export)", type=["zip"], key="controls_replay_upload")
+    upload = st.file_uploader("Import recordings (.zip from Export)", type=["zip"], key="controls_replay_upload",
+                              max_upload_size=256)  # MB: replay.MAX_IMPORT_BYTES
     if st.button("Import", key="controls_replay_import", icon="⬆️", disabled=upload is None) and upload:
         with ui.guard("importing recordings"):
             report = service.import_recordings(upload.getvalue())
