@@ -7,8 +7,10 @@ read), gives its connection back."
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +27,8 @@ THREADS = 20
 #: ``sdk/transport.py``'s ``ObservingHttpClient``) sets ``max_keepalive_connections=
 #: min(20, SessionConfig.async_limit_per_host)``, and that default is 30.
 KEEPALIVE_POOL = 20
+#: Longest the 1,000 streams may take altogether, seconds (they take a few on the demo backend).
+WATCHDOG_S = 60.0
 #: Seconds the service may take to close what the streams left behind.
 CLEANUP_S = 2.0
 #: Each stream's answer has several deltas, so "read two, then stop" stops mid-answer.
@@ -108,6 +112,30 @@ def sockets_to(port: int) -> tuple[list[str], list[str]]:
     return live, close_wait
 
 
+def run_watched(worker: Callable[[int], None]) -> list[BaseException]:
+    """``run_in_threads(worker, THREADS)`` under a watchdog of ``WATCHDOG_S``.
+
+    ``run_in_threads`` joins its threads one after another, so workers that deadlock
+    would hold the test for ``THREADS`` times its timeout: here they fail it once, with
+    the stacks of the threads still running.
+
+    Raises:
+        pytest.fail.Exception: the workers were still running after ``WATCHDOG_S``.
+    """
+    found: list[list[BaseException]] = []
+    runner = threading.Thread(target=lambda: found.append(run_in_threads(worker, THREADS, timeout_s=WATCHDOG_S)),
+                              daemon=True)
+    runner.start()
+    runner.join(WATCHDOG_S + 5)
+    if not runner.is_alive() and found:
+        return found[0]
+    frames = sys._current_frames()
+    stuck = [t for t in threading.enumerate() if t.ident in frames and t is not threading.current_thread()
+             and t is not runner and t.name.startswith("Thread-")]
+    stacks = "\n".join(f"--- {t.name}\n{''.join(traceback.format_stack(frames[t.ident])[-8:])}" for t in stuck[:4])
+    pytest.fail(f"the streams did not finish within {WATCHDOG_S:.0f} s; {len(stuck)} threads still running:\n{stacks}")
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[BlossomService]:
     """A demo-backend service with no cache, so every stream reaches the backend."""
@@ -128,8 +156,11 @@ def test_abandoned_streams_give_their_connections_back(service: BlossomService) 
             n = k * per_thread + i
             WAYS[n % len(WAYS)](service, n)
 
-    errors = run_in_threads(worker, THREADS, timeout_s=120)
-    assert not errors, f"{len(errors)} workers failed; the first: {errors[0]!r}"
+    errors = run_watched(worker)
+    if errors:
+        live, _ = sockets_to(port)
+        pytest.fail(f"{len(errors)} workers failed, with {len(live)} connections open to the backend; "
+                    f"the first: {errors[0]!r}")
 
     end = time.monotonic() + CLEANUP_S
     while True:
@@ -146,4 +177,5 @@ def test_abandoned_streams_give_their_connections_back(service: BlossomService) 
 
     t0 = time.perf_counter()
     assert service.generate_text("hi").text
-    assert time.perf_counter() - t0 < 1.0
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0, f"the next call took {elapsed:.2f} s"
