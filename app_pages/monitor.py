@@ -74,7 +74,7 @@ def request_log() -> None:
     descending = row[2].toggle("Descending", value=True, key="monitor_log_desc", on_change=_first_page)
     with ui.guard("reading the request log"):
         frame, total = service.monitor("request_log", q, search, sort_by, descending,
-                                       st.session_state.get("monitor_log_page", 1), PAGE_SIZE)
+                                       st.session_state.get("monitor_log_page", 1), PAGE_SIZE, caller=handle.caller)
         pages = max(1, -(-total // PAGE_SIZE))
         st.session_state["monitor_log_page"] = min(max(1, st.session_state.get("monitor_log_page", 1)), pages)
         page = row[3].number_input("Page", min_value=1, max_value=pages, step=1, key="monitor_log_page")
@@ -86,16 +86,17 @@ def request_log() -> None:
                   for r in frame.itertuples()}
         picked = st.selectbox("Show every field of one request", ids, index=None, key="monitor_log_detail",
                               format_func=lambda i: labels.get(i, i), placeholder="Pick a request on this page")
-        if picked and (detail := service.monitor("request_detail", picked)):
+        if picked and (detail := service.monitor("request_detail", picked, caller=handle.caller)):
             ui.render_request_detail(detail)
         ui.download_buttons("blossom-requests", key="monitor_export_log",
                             label=f"Log ({min(total, analytics.EXPORT_MAX_ROWS):,} rows)",
-                            csv=lambda: service.monitor("export_log", q, search, "csv"),
-                            json=lambda: service.monitor("export_log", q, search, "json"))
+                            csv=lambda: service.monitor("export_log", q, search, "csv", caller=handle.caller),
+                            json=lambda: service.monitor("export_log", q, search, "json", caller=handle.caller))
 
 
 live()
 request_log()
 st.subheader("Retention")
-with ui.guard("checking the retention period"):
-    ui.retention_ui(service)
+if handle.caller.is_admin:  # the service refuses anyone else too
+    with ui.guard("checking the retention period"):
+        ui.retention_ui(service, handle.caller)

@@ -102,6 +102,13 @@ class AuthenticationFailed(DashError):
     """The backend refused the API key (401/403), or the key is not allowed."""
 
 
+class PermissionDenied(DashError):
+    """The caller's role may not do this (an admin action asked by a member or viewer).
+
+    Checked in the service whatever the page shows (DESIGN.md, "Identity and modes").
+    """
+
+
 class NotRecorded(DashError):
     """Replay-only mode: the request was never recorded, so it is refused unsent.
 
@@ -119,6 +126,7 @@ __all__ = [
     "DashError",
     "InvalidRequest",
     "NotRecorded",
+    "PermissionDenied",
     "RateLimited",
     "ResponseTooLarge",
     "UpstreamError",

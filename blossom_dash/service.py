@@ -9,6 +9,7 @@ escape a public method.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -137,21 +138,27 @@ class BlossomService(FeatureMethods):
         b = self._gw.backend
         return {"name": b.name, "base_url": b.base_url, "label": b.label, "is_demo": b.name == "demo"}
 
-    def switch_backend(self, spec: str, *, api_key: str | None = None) -> dict[str, Any]:
-        """Point the service at another backend; in-flight calls finish on the old one.
+    def switch_backend(self, spec: str, *, api_key: str | None = None, caller: Caller | None = None
+                       ) -> dict[str, Any]:
+        """Point the service at another backend, for everyone (an admin action, audited);
+        in-flight calls finish on the old one.
 
         Args:
             spec: ``demo``, ``pollinations``, ``auto`` or an ``http(s)://`` base URL.
             api_key: Key for this backend; defaults to the configured one.
+            caller: Who asks (None: the process's owner).
 
         Returns:
             ``backend_info()`` of the new backend, after one model-list request to it
             (counted as its first traffic: a dead backend shows as failing at once).
 
         Raises:
+            PermissionDenied: the caller is not an admin.
             InvalidRequest: ``spec`` is not one of the above.
             AuthenticationFailed: the key is malformed.
         """
+        caller = self._admin(caller, "switch the backend")
+        before = self.backend_info()["label"]
         try:
             Settings.model_validate({"backend": spec})
         except Exception as exc:
@@ -165,8 +172,9 @@ class BlossomService(FeatureMethods):
             self._probe = None
         self._loop.submit(old.close())
         self._probe_backend()  # one model-list request, so every badge knows at once whether it answers
-        return self.backend_info()
-
+        info = self.backend_info()
+        self._audit(caller, "switch_backend", before, info["label"])
+        return info
 
     # ----- requests: each is one typed request through the gateway -------------------------
 
@@ -308,38 +316,63 @@ class BlossomService(FeatureMethods):
         return self.cache.stats()
 
     def configure_cache(self, *, enabled: bool | None = None, ttl_s: float | None = None,
-                        max_entries: int | None = None, max_bytes: int | None = None) -> CacheStats:
-        """Change the live cache for everyone (``ResponseCache.configure``).
+                        max_entries: int | None = None, max_bytes: int | None = None,
+                        caller: Caller | None = None) -> CacheStats:
+        """Change the live cache for everyone (``ResponseCache.configure``; admin, audited).
 
         Raises:
+            PermissionDenied: the caller is not an admin.
             InvalidRequest: a value out of range (the message says which).
         """
+        caller = self._admin(caller, "change the cache")
+        old = self.cache.stats()
         try:
-            return self.cache.configure(enabled=enabled, ttl_s=ttl_s, max_entries=max_entries, max_bytes=max_bytes)
+            new = self.cache.configure(enabled=enabled, ttl_s=ttl_s, max_entries=max_entries, max_bytes=max_bytes)
         except ValueError as exc:
             raise InvalidRequest(f"Cache settings not applied: {exc}.", "Pick values in range.") from exc
 
-    def clear_cache(self) -> int:
-        """Drop every in-memory cache entry; returns how many (recordings are kept)."""
-        return self.cache.clear()
+        def shown(st: CacheStats) -> dict[str, Any]:
+            return {"enabled": st.enabled, "ttl_s": st.ttl_s, "max_entries": st.max_entries,
+                    "max_bytes": st.max_bytes}
+
+        self._audit(caller, "configure_cache", shown(old), shown(new))
+        return new
+
+    def clear_cache(self, *, caller: Caller | None = None) -> int:
+        """Drop every in-memory cache entry; returns how many (recordings are kept; admin, audited).
+
+        Raises:
+            PermissionDenied: the caller is not an admin.
+        """
+        caller = self._admin(caller, "clear the cache")
+        n = self.cache.clear()
+        self._audit(caller, "clear_cache", None, {"entries_cleared": n})
+        return n
 
     def rate_limits(self) -> tuple[int, int]:
         """``(per_user_rpm, global_rpm)`` in force."""
         return self.limiter.limits
 
-    def configure_limits(self, *, per_user_rpm: int | None = None, global_rpm: int | None = None) -> LimitStatus:
-        """Change the moving-window limits for everyone; requests already made still count.
+    def configure_limits(self, *, per_user_rpm: int | None = None, global_rpm: int | None = None,
+                         caller: Caller | None = None) -> LimitStatus:
+        """Change the moving-window limits for everyone (admin, audited); requests already
+        made still count.
 
         Returns:
             The global window's status after the change (as ``RateLimiter.status``).
 
         Raises:
+            PermissionDenied: the caller is not an admin.
             InvalidRequest: a limit below 1.
         """
+        caller = self._admin(caller, "change the rate limits")
+        old = self.limiter.limits
         try:
             self.limiter.configure(per_user_rpm=per_user_rpm, global_rpm=global_rpm)
         except ValueError as exc:
             raise InvalidRequest(f"Limits not applied: {exc}.", "Use whole numbers of at least 1.") from exc
+        self._audit(caller, "configure_limits", {"per_user_rpm": old[0], "global_rpm": old[1]},
+                    {"per_user_rpm": self.limiter.limits[0], "global_rpm": self.limiter.limits[1]})
         return self.limiter.status("")
 
     def limit_status(self, user: str) -> LimitStatus:
@@ -362,40 +395,59 @@ class BlossomService(FeatureMethods):
         """The usage store's URL without its password (identifies it in page caches)."""
         return self.store.url
 
-    def monitor(self, query: str, *args: Any, **kwargs: Any) -> Any:
+    def monitor(self, query: str, *args: Any, caller: Caller | None = None, **kwargs: Any) -> Any:
         """Run one read-only Monitor query of ``telemetry.analytics`` over the usage store.
+
+        Everyone reads the team's aggregates; only an admin reads other people's
+        requests: for anyone else the request log and its export hold their own
+        requests only, and another person's request detail is not found.
 
         Args:
             query: One of ``MONITOR_QUERIES`` (``snapshot``, ``request_log``,
                 ``request_detail``, ``filter_options``, ``count_older_than``,
                 ``export_log``, ``kpis``).
-            *args / **kwargs: That function's arguments after the store.
+            *args / **kwargs: That function's arguments after the store (a
+                ``MonitorQuery`` first for all but ``request_detail``).
+            caller: Who asks (None: the process's owner, an admin).
 
         Raises:
             InvalidRequest: ``query`` is not one of them.
         """
         if query not in MONITOR_QUERIES:
             raise InvalidRequest(f"{query!r} is not a Monitor query.", f"Use one of {', '.join(MONITOR_QUERIES)}.")
-        return getattr(analytics, query)(self.store, *args, **kwargs)
+        caller = caller or Caller("local")
+        if not caller.is_admin and query in ("request_log", "export_log") and args:
+            q = args[0]
+            args = (dataclasses.replace(q, users=(caller.user,)), *args[1:])  # their own requests only
+        result = getattr(analytics, query)(self.store, *args, **kwargs)
+        if query == "request_detail" and result is not None and not caller.is_admin and \
+                result.get("user") != caller.user:
+            return None  # another person's request: as if unknown
+        return result
 
-    def delete_events_older_than(self, cutoff_ts: float) -> int:
-        """Delete usage history before ``cutoff_ts`` (epoch s), rollups kept exact; returns how many.
+    def delete_events_older_than(self, cutoff_ts: float, *, caller: Caller | None = None) -> int:
+        """Delete usage history before ``cutoff_ts`` (epoch s), rollups kept exact; returns how many
+        (admin, audited).
 
         Raises:
+            PermissionDenied: the caller is not an admin.
             DashError: the database refused the delete.
         """
         from sqlalchemy.exc import SQLAlchemyError
 
+        caller = self._admin(caller, "delete usage history")
         self.metrics.flush()
         try:
-            return self.store.delete_older_than(cutoff_ts)
+            deleted = self.store.delete_older_than(cutoff_ts)
         except SQLAlchemyError as exc:
             raise DashError("Old history could not be deleted: the usage database refused.",
                             "Try again; if it repeats, check the database.") from exc
+        self._audit(caller, "delete_history", {"before_ts": cutoff_ts}, {"events_deleted": deleted})
+        return deleted
 
-    def session(self, user: str, session_id: str = "") -> SessionHandle:
-        """A cheap per-session handle bound to ``user``."""
-        return SessionHandle(self, user=user, session_id=session_id)
+    def session(self, user: str, session_id: str = "", role: str = "admin") -> SessionHandle:
+        """A cheap per-session handle bound to ``user`` with ``role`` (see ``role_for``)."""
+        return SessionHandle(self, user=user, session_id=session_id, role=role)
 
     def close(self) -> None:
         """Stop the batch runner and the demo backend, close the client, the store and the loop."""
@@ -430,12 +482,15 @@ class SessionHandle:
         service: The process-wide service.
         user: The user identity (rate limits, metrics).
         session_id: The browser session (metrics).
+        role: ``admin``, ``member`` or ``viewer`` (``BlossomService.role_for``); the
+            service checks it on every admin action.
     """
 
-    def __init__(self, service: BlossomService, *, user: str, session_id: str = "") -> None:
+    def __init__(self, service: BlossomService, *, user: str, session_id: str = "", role: str = "admin") -> None:
         self.service = service
         self.user = user
         self.session_id = session_id
+        self.role = role
         self._api_key: str | None = None
 
     def set_api_key(self, key: str | None) -> None:
@@ -450,7 +505,7 @@ class SessionHandle:
     @property
     def caller(self) -> Caller:
         """Who this session's requests are made as."""
-        return Caller(self.user, self.session_id, self._api_key)
+        return Caller(self.user, self.session_id, self._api_key, self.role)
 
     def _ids(self) -> dict[str, Any]:
         return {"user": self.user, "session": self.session_id, "api_key": self._api_key}

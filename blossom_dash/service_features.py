@@ -1,4 +1,5 @@
-"""The team-wide features of ``BlossomService``: Compare, Batch, replay recordings and shared chats.
+"""The team-wide features of ``BlossomService``: roles and the audit log, Compare, Batch, replay
+recordings and shared chats.
 
 A base class of ``service.BlossomService`` (kept apart so that the composition in
 ``service.py`` stays short): thin methods that check who asks and hand the work to
@@ -7,6 +8,7 @@ A base class of ``service.BlossomService`` (kept apart so that the composition i
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import Mapping, Sequence
@@ -14,18 +16,21 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import BackendUnavailable, DashError, InvalidRequest
+from .errors import BackendUnavailable, DashError, InvalidRequest, PermissionDenied
 from .features.batch import BatchRow, BatchRunner, BatchStatus, check_owner, check_rows, store_errors
 from .features.compare import Comparison, ComparisonStore, TextComparison, Vote, check_request, image_panel, run_all
 from .features.conversations import Conversation, ConversationError, ConversationStore
-from .gateway import Gateway, TextRequest, TextStream
+from .gateway import Caller, Gateway, TextRequest, TextStream
 from .gateway.requests import SEED_MAX
 from .policies.cache import CacheStats, ResponseCache
 from .policies.replay import ImportReport, RecordError
 from .results import ImageResult
 from .sdk.backend import Backend
 from .settings import Settings
+from .telemetry.audit import AuditLog
 from .telemetry.store import UsageStore
+
+log = logging.getLogger("blossom_dash")
 
 
 class FeatureMethods:
@@ -41,6 +46,7 @@ class FeatureMethods:
     def _gw(self) -> Gateway:  # provided by BlossomService
         raise NotImplementedError
 
+
     @property
     def backend(self) -> Backend:  # provided by BlossomService
         raise NotImplementedError
@@ -53,6 +59,63 @@ class FeatureMethods:
 
     def generate_image(self, prompt: str, **kwargs: Any) -> ImageResult:  # provided by BlossomService
         raise NotImplementedError
+
+    # ----- who may do what --------------------------------------------------------------------
+
+    def role_for(self, identity: str) -> str | None:
+        """The role of a signed-in identity, or None when it may not use the app.
+
+        ``local`` (local mode's one user) is an admin; an e-mail in ``admins`` is an
+        admin; anyone else is a member when ``allowed_emails`` and ``allowed_domains``
+        are both empty or one of them lists the e-mail or its domain; else None.
+        """
+        who = identity.strip().lower()
+        if who == "local" or who in self.settings.admins:
+            return "admin"
+        s = self.settings
+        if not s.allowed_emails and not s.allowed_domains:
+            return "member"
+        domain = who.rsplit("@", 1)[-1] if "@" in who else ""
+        return "member" if who in s.allowed_emails or (domain and domain in s.allowed_domains) else None
+
+    @staticmethod
+    def _admin(caller: Caller | None, what: str) -> Caller:
+        """``caller`` (the process's owner when None) if it is an admin.
+
+        Raises:
+            PermissionDenied: it is not.
+        """
+        caller = caller or Caller("local")
+        if not caller.is_admin:
+            raise PermissionDenied(f"Only an admin may {what}; you are signed in as a {caller.role}.",
+                                   "Ask an admin of this dashboard (BLOSSOM_DASH_ADMINS) to do it.")
+        return caller
+
+    def _audit(self, caller: Caller, action: str, old: Any = None, new: Any = None) -> None:
+        """Record an admin action; a failed write is logged, never raised (the action is done)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            self._audit_log().record(caller.user, action, old, new)
+        except SQLAlchemyError:
+            log.exception("could not write the audit entry for %s by %s", action, caller.user)
+
+    def _audit_log(self) -> AuditLog:
+        with self._lock:
+            audit = getattr(self, "_audit_store", None)
+            if audit is None:
+                audit = self._audit_store = AuditLog(self.store.engine)
+            return audit
+
+    def audit_entries(self, *, limit: int = 1000, caller: Caller | None = None) -> pd.DataFrame:
+        """The newest admin actions (``telemetry.audit.COLUMNS``), newest first.
+
+        Raises:
+            PermissionDenied: the caller is not an admin.
+        """
+        self._admin(caller, "read the audit log")
+        return self._audit_log().frame(limit)
+
 
     # ----- comparisons (the Compare page; logic in compare.py) ---------------------------
 
@@ -296,7 +359,8 @@ class FeatureMethods:
 
     # ----- replay and shared conversations (logic in replay.py, conversations.py) --------
 
-    def configure_replay(self, *, persistent: bool | None = None, replay_only: bool | None = None) -> CacheStats:
+    def configure_replay(self, *, persistent: bool | None = None, replay_only: bool | None = None,
+                         caller: Caller | None = None) -> CacheStats:
         """Turn recording (the persistent cache) and replay-only mode on or off, for everyone.
 
         Args:
@@ -309,11 +373,17 @@ class FeatureMethods:
             ``cache.stats()`` after the change.
 
         Raises:
+            PermissionDenied: the caller is not an admin.
             InvalidRequest: ``persistent=False`` together with ``replay_only=True``.
             DashError: the recordings folder cannot be opened.
         """
+        caller = self._admin(caller, "change recording and replay")
+        old = self.cache.stats()
         try:
-            return self.cache.configure(persistent=persistent, replay_only=replay_only)
+            new = self.cache.configure(persistent=persistent, replay_only=replay_only)
+            self._audit(caller, "configure_replay", {"persistent": old.persistent, "replay_only": old.replay_only},
+                        {"persistent": new.persistent, "replay_only": new.replay_only})
+            return new
         except ValueError as exc:
             raise InvalidRequest(f"Replay settings not applied: {exc}.",
                                  "Leave the persistent cache on while replay-only is on.") from exc
@@ -321,31 +391,39 @@ class FeatureMethods:
             raise DashError(f"The recordings folder {self.settings.data_dir / 'replay'} cannot be opened: {exc}.",
                             "Check that the data directory exists and is writable, then try again.") from exc
 
-    def export_recordings(self) -> bytes:
-        """Every recorded answer as one ``.zip`` to replay elsewhere (``replay.RecordingStore.export``).
+    def export_recordings(self, *, caller: Caller | None = None) -> bytes:
+        """Every recorded answer as one ``.zip`` to replay elsewhere (``replay.RecordingStore.export``;
+        admin: it holds everyone's prompts).
 
         Raises:
+            PermissionDenied: the caller is not an admin.
             DashError: the recordings cannot be read.
         """
+        self._admin(caller, "export the recordings")
         try:
             return self.cache.export_recordings(self.backend_info())
         except (OSError, ValueError) as exc:
             raise DashError(f"The recordings could not be exported: {exc}.",
                             "Check the data directory, then try again.") from exc
 
-    def import_recordings(self, data: bytes) -> ImportReport:
-        """Merge an exported ``.zip`` into the recordings; nothing changes unless all of it reads.
+    def import_recordings(self, data: bytes, *, caller: Caller | None = None) -> ImportReport:
+        """Merge an exported ``.zip`` into the recordings (admin, audited: imported answers are
+        served to everyone); nothing changes unless all of it reads.
 
         Returns:
             ``ImportReport``: added, skipped (already recorded), total.
 
         Raises:
+            PermissionDenied: the caller is not an admin.
             InvalidRequest: not a blossom-dash replay export, a newer format version,
                 or damaged (the message says which).
             DashError: the recordings folder cannot be written.
         """
+        caller = self._admin(caller, "import recordings")
         try:
-            return self.cache.import_recordings(data)
+            report = self.cache.import_recordings(data)
+            self._audit(caller, "import_recordings", None, {"added": report.added, "bytes": len(data)})
+            return report
         except RecordError as exc:
             raise InvalidRequest(f"Nothing was imported. {exc}",
                                  "Export it again from blossom-dash (Controls → Replay) and import that .zip.") from exc
@@ -353,17 +431,21 @@ class FeatureMethods:
             raise DashError(f"The recordings could not be written: {exc}.",
                             "Check that the data directory is writable, then try again.") from exc
 
-    def clear_recordings(self) -> int:
+    def clear_recordings(self, *, caller: Caller | None = None) -> int:
         """Delete every recorded answer (the in-memory cache keeps what it has not read from them).
 
         Returns:
             How many recordings were deleted.
 
         Raises:
+            PermissionDenied: the caller is not an admin.
             DashError: the recordings folder cannot be opened.
         """
+        caller = self._admin(caller, "delete the recordings")
         try:
-            return self.cache.clear_recordings()
+            n = self.cache.clear_recordings()
+            self._audit(caller, "clear_recordings", None, {"deleted": n})
+            return n
         except OSError as exc:
             raise DashError(f"The recordings could not be deleted: {exc}.", "Check the data directory.") from exc
 

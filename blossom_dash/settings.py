@@ -8,11 +8,12 @@ held as a ``SecretStr`` so that it never appears in a repr, a log line or a cach
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The real Pollinations gateway (BLOSSOM_SDK.md, "Endpoints and redirection").
 POLLINATIONS_URL = "https://gen.pollinations.ai"
@@ -60,6 +61,9 @@ class Settings(BaseSettings):
         default_text_model / default_image_model: preferred models when the page
             picks none; empty means the first model the backend lists.
         user: Fallback user identity for calls made without one.
+        admins: E-mails of the admins (comma-separated, or a JSON list).
+        allowed_emails / allowed_domains: Who may sign in at all (comma-separated or
+            JSON lists); both empty lets every signed-in user in as a member.
         log_level: Level of the one-JSON-line-per-request log on stderr.
         log_prompts: Include the (truncated) prompt in those log lines.
         metrics_port: Serve Prometheus metrics on this port (off when unset).
@@ -114,6 +118,22 @@ class Settings(BaseSettings):
     prompt_chars: int = Field(default=200, ge=0, le=5000)
     retention_days: float | None = Field(default=None, gt=0)
     user: str = "anonymous"
+    admins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("admins", "allowed_emails", "allowed_domains", mode="before")
+    @classmethod
+    def _email_list(cls, value: object) -> object:
+        """``a@x.org, b@y.org`` or ``["a@x.org"]`` -> lower-case entries, blanks dropped."""
+        if isinstance(value, str):
+            text = value.strip()
+            items = json.loads(text) if text.startswith("[") else text.split(",")
+        else:
+            items = value or []
+        if not isinstance(items, list):
+            raise ValueError("expected a comma-separated list or a JSON list")
+        return [str(i).strip().lower().lstrip("@") for i in items if str(i).strip()]
 
     @field_validator("backend")
     @classmethod

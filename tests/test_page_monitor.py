@@ -247,7 +247,7 @@ class TestRetention:
         from blossom_dash import BlossomService
         from blossom_dash.errors import DashError
 
-        def refuse(self: BlossomService, cutoff_ts: float) -> int:
+        def refuse(self: BlossomService, cutoff_ts: float, **_: object) -> int:
             raise DashError("Old history could not be deleted: the usage database refused.", "Try again.")
 
         monkeypatch.setenv("BLOSSOM_DASH_RETENTION_DAYS", "7")

@@ -36,11 +36,22 @@ class Caller:
         session: The browser session (Monitor).
         api_key: A key for this caller's requests only; never logged, stored or shown
             (excluded from ``repr``), never part of a cache key.
+        role: ``"admin"`` (team-wide controls, everyone's requests), ``"member"``
+            (prompts, compare, batch; their own requests) or ``"viewer"`` (reads the
+            team's aggregates only). A Caller made in code without a role is the
+            process's own owner, an admin; the pages make theirs from the signed-in
+            identity (``BlossomService.role_for``).
     """
 
     user: str = "anonymous"
     session: str = ""
     api_key: str | None = field(default=None, repr=False)
+    role: str = "admin"
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether this caller may change team-wide settings and read everyone's requests."""
+        return self.role == "admin"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import streamlit as st
 from pydantic import ValidationError
 
 from ..errors import DashError
+from ..gateway import Caller
 from ..service import BlossomService, SessionHandle
 from ..settings import Settings
 from ..telemetry import analytics
@@ -424,7 +425,7 @@ def download_buttons(name: str, *, csv: Callable[[], bytes], json: Callable[[], 
                       key=f"{key}_json", on_click="ignore", icon=":material/download:", width="stretch")
 
 
-def _delete_old_events(service: BlossomService, days: float) -> None:
+def _delete_old_events(service: BlossomService, days: float, caller: Caller | None = None) -> None:
     """Callback of the retention button: delete, then reset the confirmation.
 
     A refused delete is kept for ``retention_ui`` to show: a callback runs before the
@@ -433,7 +434,7 @@ def _delete_old_events(service: BlossomService, days: float) -> None:
     cutoff = analytics.retention_cutoff(days)
     st.session_state["monitor_retention_confirm"] = False
     try:
-        deleted = service.delete_events_older_than(cutoff)
+        deleted = service.delete_events_older_than(cutoff, caller=caller)
     except DashError as err:
         st.session_state["monitor_retention_error"] = err
         return
@@ -442,7 +443,7 @@ def _delete_old_events(service: BlossomService, days: float) -> None:
     load_filter_options.clear()
 
 
-def retention_ui(service: BlossomService) -> None:
+def retention_ui(service: BlossomService, caller: Caller | None = None) -> None:
     """How much history is older than ``settings.retention_days``, and an explicit,
     confirmed button to delete it. Nothing is ever deleted without that click."""
     days = service.settings.retention_days
@@ -461,7 +462,7 @@ def retention_ui(service: BlossomService) -> None:
     confirm = st.checkbox("I understand: deleted events cannot be recovered", key="monitor_retention_confirm",
                           disabled=old == 0)
     st.button(f"Delete events older than {days:g} days", key="monitor_retention_delete", type="primary",
-              disabled=old == 0 or not confirm, on_click=_delete_old_events, args=(service, days))
+              disabled=old == 0 or not confirm, on_click=_delete_old_events, args=(service, days, caller))
 
 
 def format_time(ts: float) -> str:

@@ -1,0 +1,115 @@
+"""Roles in the service: who may do what, whose requests a caller may read, and the audit log.
+
+The rule lives in the service, whatever a page shows: a member calling an admin method
+gets ``PermissionDenied`` and nothing changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import make_service
+
+from blossom_dash import BlossomService, Caller, Settings
+from blossom_dash.errors import PermissionDenied
+from blossom_dash.telemetry.analytics import MonitorQuery
+
+ADMIN = Caller("ada@team.org", "s-admin", role="admin")
+MEMBER = Caller("mo@team.org", "s-member", role="member")
+
+
+@pytest.fixture()
+def svc(tmp_path: Path) -> Iterator[BlossomService]:
+    with make_service(tmp_path, admins="ada@team.org") as service:
+        yield service
+
+
+ADMIN_ACTIONS: dict[str, Callable[[BlossomService, Caller], Any]] = {
+    "switch_backend": lambda s, c: s.switch_backend("demo", caller=c),
+    "configure_cache": lambda s, c: s.configure_cache(ttl_s=10, caller=c),
+    "clear_cache": lambda s, c: s.clear_cache(caller=c),
+    "configure_limits": lambda s, c: s.configure_limits(per_user_rpm=1, caller=c),
+    "configure_replay": lambda s, c: s.configure_replay(persistent=True, caller=c),
+    "export_recordings": lambda s, c: s.export_recordings(caller=c),
+    "import_recordings": lambda s, c: s.import_recordings(b"PK\x05\x06" + b"\0" * 18, caller=c),
+    "clear_recordings": lambda s, c: s.clear_recordings(caller=c),
+    "delete_events_older_than": lambda s, c: s.delete_events_older_than(0.0, caller=c),
+    "audit_entries": lambda s, c: s.audit_entries(caller=c),
+}
+
+
+class TestPermissions:
+    @pytest.mark.parametrize("action", list(ADMIN_ACTIONS))
+    def test_a_member_is_refused_every_admin_action(self, svc: BlossomService, action: str) -> None:
+        """PermissionDenied in words, and the team-wide state is unchanged."""
+        before = (svc.cache_stats(), svc.rate_limits(), svc.backend_info())
+        with pytest.raises(PermissionDenied) as info:
+            ADMIN_ACTIONS[action](svc, MEMBER)
+        assert "Only an admin" in info.value.message and "member" in info.value.message and info.value.hint
+        assert (svc.cache_stats(), svc.rate_limits(), svc.backend_info()) == before
+
+    def test_a_viewer_is_refused_too(self, svc: BlossomService) -> None:
+        """A viewer is no admin either."""
+        with pytest.raises(PermissionDenied):
+            svc.configure_limits(global_rpm=5, caller=Caller("v@team.org", role="viewer"))
+
+    def test_an_admin_may_and_it_is_audited(self, svc: BlossomService) -> None:
+        """An admin's change applies, and the audit log says who, what, old and new."""
+        svc.configure_limits(per_user_rpm=7, caller=ADMIN)
+        svc.configure_cache(ttl_s=60, caller=ADMIN)
+        assert svc.rate_limits()[0] == 7
+        log = svc.audit_entries(caller=ADMIN)
+        assert list(log["action"]) == ["configure_cache", "configure_limits"]
+        limits = log[log.action == "configure_limits"].iloc[0]
+        assert limits["user"] == "ada@team.org"
+        assert '"per_user_rpm":100000' in limits["old"] and '"per_user_rpm":7' in limits["new"]
+
+    def test_the_process_owner_is_an_admin(self, svc: BlossomService) -> None:
+        """Code that passes no caller (scripts, the library) acts as the local owner."""
+        svc.configure_limits(global_rpm=500)
+        assert svc.audit_entries()["user"].tolist() == ["local"]
+
+
+class TestWhoseRequests:
+    def test_a_member_reads_only_their_own_requests(self, svc: BlossomService) -> None:
+        """The log, its export and a request's detail hold the member's own requests only;
+        the admin sees everyone's."""
+        mine = svc.generate_text("member prompt", caller=MEMBER)
+        theirs = svc.generate_text("admin secret prompt", caller=ADMIN)
+        svc.flush_events()
+        q = MonitorQuery.last(3600)
+        frame, total = svc.monitor("request_log", q, caller=MEMBER)
+        assert total == 1 and set(frame["user"]) == {MEMBER.user}
+        exported = svc.monitor("export_log", q, "", "csv", caller=MEMBER).decode()
+        assert "member prompt" in exported and "admin secret prompt" not in exported
+        assert svc.monitor("request_detail", theirs.request_id, caller=MEMBER) is None
+        assert svc.monitor("request_detail", mine.request_id, caller=MEMBER)["user"] == MEMBER.user
+        _, everyone = svc.monitor("request_log", q, caller=ADMIN)
+        assert everyone == 2
+
+    def test_aggregates_are_the_teams(self, svc: BlossomService) -> None:
+        """A member's KPIs count the whole team's requests (no prompts in them)."""
+        svc.generate_text("one", caller=MEMBER)
+        svc.generate_text("two", caller=ADMIN)
+        svc.flush_events()
+        assert svc.monitor("kpis", MonitorQuery.last(3600), caller=MEMBER)["requests"] == 2
+
+
+class TestRoleFor:
+    @pytest.mark.parametrize(("settings", "who", "role"), [
+        ({}, "local", "admin"),
+        ({"admins": "Ada@Team.org"}, "ada@team.org", "admin"),
+        ({}, "anyone@example.com", "member"),
+        ({"allowed_domains": "team.org"}, "mo@team.org", "member"),
+        ({"allowed_domains": "team.org"}, "eve@evil.org", None),
+        ({"allowed_emails": '["guest@x.org"]'}, "guest@x.org", "member"),
+        ({"allowed_emails": "guest@x.org"}, "mo@team.org", None),
+        ({"admins": "ada@team.org", "allowed_domains": "other.org"}, "ada@team.org", "admin"),
+    ])
+    def test_roles_from_settings(self, tmp_path: Path, settings: dict[str, str], who: str, role: str | None) -> None:
+        """Admins by e-mail; members by the allowed e-mails or domains (everyone when none are set)."""
+        with BlossomService(Settings(backend="demo", demo_latency=False, data_dir=tmp_path, **settings)) as svc:
+            assert svc.role_for(who) == role
