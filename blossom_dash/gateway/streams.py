@@ -11,6 +11,7 @@ reference finalises it at once rather than at the next garbage collection.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ from ..errors import BackendUnavailable, DashError
 from ..results import TextResult
 from ..sdk.backend import StreamChunk
 
+log = logging.getLogger("blossom_dash")
 #: Queue items besides ``StreamChunk`` and ``DashError``.
 DONE = object()
 _CLOSED = object()
@@ -160,10 +162,25 @@ class TextStream:
             self._items.put(_CLOSED)
 
     def __del__(self) -> None:
+        # A finaliser may run in any thread, even one holding a lock that recording the
+        # event takes (the journal's, a sink's queue): hand the ending to the finaliser
+        # thread through a SimpleQueue, whose put is safe from __del__ (its docs).
+        if self._finish is not None:
+            _FINALISE.put(self.close)  # resurrects self until the finaliser thread ran it
+
+
+def _finaliser() -> None:
+    while True:
+        close = _FINALISE.get()
         try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finaliser
-            pass
+            close()
+        except Exception:
+            log.exception("could not end a dropped stream")
+        del close
+
+
+_FINALISE: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+threading.Thread(target=_finaliser, name="blossom-dash-stream-finaliser", daemon=True).start()
 
 
 __all__ = ["DONE", "StreamEnd", "TextStream"]

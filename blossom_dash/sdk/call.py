@@ -152,7 +152,9 @@ async def retry_stream(open_stream: Callable[[Observation], Awaitable[None]], *,
     attempt_no = 0
     while True:
         attempt_no += 1
-        obs = Observation(api_key=api_key, timeout_s=max(0.001, first_deadline - time.monotonic()),
+        # The HTTP read timeout is the whole stream's: between deltas a slow model may
+        # pause, and the first delta's deadline is the reader's (TextStream) to keep.
+        obs = Observation(api_key=api_key, timeout_s=max(0.001, deadline - time.monotonic()),
                           max_bytes=policy.max_bytes, where=where)
         token = current_observation.set(obs)
         try:
