@@ -14,6 +14,8 @@ pages = [
     st.Page("app_pages/monitor.py", title="Monitor", icon="📈"),
     st.Page("app_pages/controls.py", title="Controls", icon="🎛️"),
 ]
-pg = st.navigation(pages)
+# Not signed in (or not allowed): the pages stay routed, so a deep link keeps its URL, but
+# hidden; session_handle() shows the sign-in or "not allowed" page and stops there.
+pg = st.navigation(pages, position="sidebar" if ui.can_enter() else "hidden")
 ui.sidebar(ui.session_handle())
 pg.run()

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         admins: E-mails of the admins (comma-separated, or a JSON list).
         allowed_emails / allowed_domains: Who may sign in at all (comma-separated or
             JSON lists); both empty lets every signed-in user in as a member.
+        allow_anonymous: Kiosk mode: without sign-in, every browser session is an
+            anonymous member with a signed random id (never an admin).
+        kiosk_secret: HMAC-SHA256 key that signs kiosk ids; unset, a random one per process.
         log_level: Level of the one-JSON-line-per-request log on stderr.
         log_prompts: Include the (truncated) prompt in those log lines.
         metrics_port: Serve Prometheus metrics on this port (off when unset).
@@ -121,6 +124,8 @@ class Settings(BaseSettings):
     admins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allow_anonymous: bool = False
+    kiosk_secret: SecretStr | None = None
 
     @field_validator("admins", "allowed_emails", "allowed_domains", mode="before")
     @classmethod

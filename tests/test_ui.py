@@ -1,33 +1,26 @@
-"""ui helpers that do not need a page: the browser identity from the XSRF cookie."""
+"""ui helpers that do not need a page: a member's own key is kept per identity, in server memory."""
 
 from __future__ import annotations
 
-import os
-
-from blossom_dash.ui import xsrf_token
-
-
-def _masked_cookie(token: bytes) -> str:
-    """A cookie as Tornado writes it: version 2, a fresh random mask each time."""
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(token))
-    return f"2|{mask.hex()}|{masked.hex()}|1795000000"
+from blossom_dash import BlossomService
+from blossom_dash.ui import _KeyedHandle, auth
 
 
-class TestXsrfToken:
-    def test_same_browser_same_token_across_reloads(self) -> None:
-        """Two re-masked cookies of one token give the same identity token."""
-        token = os.urandom(16)
-        first, second = _masked_cookie(token), _masked_cookie(token)
-        assert first != second
-        assert xsrf_token(first) == xsrf_token(second) == token
+class TestKeyedHandle:
+    def test_key_follows_the_identity_not_the_session(self, demo_service: BlossomService) -> None:
+        """A key set in one session is used by the same user's next session, and by no one else."""
+        ring = auth.KeyRing()
+        tab1 = _KeyedHandle(demo_service, ring, user="mia@team.test", session_id="s1", role="member")
+        tab1.set_api_key("  sk_mine ")
+        tab2 = _KeyedHandle(demo_service, ring, user="mia@team.test", session_id="s2", role="member")
+        other = _KeyedHandle(demo_service, ring, user="max@team.test", session_id="s3", role="member")
+        assert tab2.has_session_key and tab2.caller.api_key == "sk_mine"
+        assert not other.has_session_key and other.caller.api_key is None
+        assert "sk_mine" not in repr(tab2.caller)
 
-    def test_other_browser_other_token(self) -> None:
-        """Different tokens stay different."""
-        assert xsrf_token(_masked_cookie(b"a" * 16)) != xsrf_token(_masked_cookie(b"b" * 16))
-
-    def test_unknown_format_is_none(self) -> None:
-        """A cookie in another format is not trusted as an identity."""
-        assert xsrf_token("plain-token") is None
-        assert xsrf_token("2|zz|00|1") is None
-        assert xsrf_token("1|abcd|0011|1") is None
+    def test_forgetting_the_key_forgets_it_everywhere(self, demo_service: BlossomService) -> None:
+        ring = auth.KeyRing()
+        tab1 = _KeyedHandle(demo_service, ring, user="mia@team.test", session_id="s1", role="member")
+        tab1.set_api_key("sk_mine")
+        _KeyedHandle(demo_service, ring, user="mia@team.test", session_id="s2", role="member").set_api_key(None)
+        assert not tab1.has_session_key

@@ -7,7 +7,6 @@ package imports streamlit.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from ..gateway import Caller
 from ..service import BlossomService, SessionHandle
 from ..settings import Settings
 from ..telemetry import analytics
+from . import auth
 
 log = logging.getLogger("blossom_dash.ui")
 
@@ -58,49 +58,143 @@ def get_service() -> BlossomService:
     return BlossomService(load_settings())
 
 
-def _user_id() -> str:
-    """A stable per-browser identity until there is login.
-
-    The logged-in e-mail when ``st.user`` has one; else a short hash of Streamlit's
-    XSRF cookie, which a browser keeps across reloads and tabs; else "anonymous".
-    """
+def _auth_section() -> dict[str, Any] | None:
+    """The ``[auth]`` secrets section (team mode), or None when there is none."""
     try:
-        if st.user.is_logged_in and st.user.get("email"):
-            return str(st.user.get("email"))
-    except Exception:  # noqa: BLE001 - auth not configured
-        pass
-    cookie = st.context.cookies.get("_streamlit_xsrf") if st.context.cookies else None
-    token = xsrf_token(cookie) if cookie else None
-    if token:
-        return "browser-" + hashlib.sha256(token).hexdigest()[:8]
-    return "anonymous"
+        auth = st.secrets.get("auth")
+    except Exception:  # noqa: BLE001 - no secrets file is the normal case
+        return None
+    return auth.to_dict() if hasattr(auth, "to_dict") else (dict(auth) if auth else None)
 
 
-def xsrf_token(cookie: str) -> bytes | None:
-    """The stable token inside Streamlit's (Tornado's) ``_streamlit_xsrf`` cookie.
+@st.cache_resource(show_spinner=False)
+def _kiosk_ids() -> auth.KioskIds:
+    """The process's kiosk id signer: ``BLOSSOM_DASH_KIOSK_SECRET``, else a random key."""
+    secret = load_settings().kiosk_secret
+    return auth.KioskIds(secret.get_secret_value().encode() if secret else None)
 
-    Tornado re-masks the token on every page load (version 2 format
-    ``2|<mask hex>|<masked token hex>|<timestamp>``, the token XORed with a 4-byte
-    mask), so the raw cookie changes while the token stays the same for the browser.
 
-    Returns:
-        The unmasked token bytes, or None when the cookie has another format.
+@st.cache_resource(show_spinner=False)
+def _key_ring(service_id: int) -> auth.KeyRing:
+    """Members' own keys per identity, for one service (one per server process)."""
+    return auth.KeyRing()
+
+
+def _kiosk_identity() -> str:
+    """This browser session's kiosk identity, issuing a new signed id when it has none valid.
+
+    The signed token lives in the session only, so a new tab is a new visitor; a
+    token that fails its HMAC check is replaced, never trusted.
     """
-    parts = cookie.split("|")
-    if len(parts) != 4 or parts[0] != "2":
-        return None
+    ids = _kiosk_ids()
+    if (who := ids.verify(st.session_state.get("_kiosk_token"))) is not None:
+        return who
+    if "_kiosk_token" in st.session_state:
+        log.warning("kiosk: a session's id failed its signature check; a new one is issued")
+    st.session_state["_kiosk_token"] = ids.issue()
+    return ids.verify(st.session_state["_kiosk_token"]) or "anonymous"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who this run is, or why the page shows nothing of the app.
+
+    Attributes:
+        mode: ``"team"``, ``"local"`` or ``"kiosk"``.
+        identity: The user identity, None when not signed in.
+        role: ``"admin"``, ``"member"`` (or ``"viewer"``), None when not allowed.
+        problem: ``"sign_in"``, ``"not_allowed"``, ``"not_loopback"``, or None when the app may run.
+        providers: Team mode's sign-in providers (None is Streamlit's default one).
+    """
+
+    mode: str
+    identity: str | None
+    role: str | None
+    problem: str | None = None
+    providers: tuple[str | None, ...] = ()
+
+
+def access(service: BlossomService) -> Access:
+    """Decide this run's mode, identity and role (team, else kiosk, else local)."""
+    section = _auth_section()
+    if section is not None:
+        names = tuple(auth.providers(section))
+        who = auth.identity_of(st.user.to_dict())
+        if who is None:
+            return Access("team", None, None, "sign_in", names)
+        role = service.role_for(who)
+        return Access("team", who, role, None if role else "not_allowed", names)
+    if service.settings.allow_anonymous:
+        return Access("kiosk", _kiosk_identity(), "member")  # never an admin, whatever the lists say
+    if not auth.is_loopback(st.get_option("server.address")):
+        # Defence in depth behind the launcher: a plain `streamlit run --server.address 0.0.0.0`.
+        return Access("local", auth.LOCAL_USER, None, "not_loopback")
+    return Access("local", auth.LOCAL_USER, service.role_for(auth.LOCAL_USER))
+
+
+def can_enter() -> bool:
+    """Whether this run may see the app's pages (for ``app.py``'s navigation)."""
     try:
-        mask, masked = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
-    except ValueError:
-        return None
-    if len(mask) != 4 or not masked:
-        return None
-    return bytes(b ^ mask[i % 4] for i, b in enumerate(masked))
+        return access(get_service()).problem is None
+    except Exception:  # noqa: BLE001 - a service that cannot start: session_handle() says why
+        return True
+
+
+def _provider_label(name: str | None) -> str:
+    return "Sign in" if name is None else f"Sign in with {name.replace('-', ' ').title()}"
+
+
+def _stop_page(acc: Access) -> None:
+    """The sign-in, "not allowed" or "loopback only" page instead of the app; then ``st.stop()``."""
+    if acc.problem == "sign_in":
+        st.title("Sign in")
+        st.markdown("This blossom-dash belongs to a team: sign in to use it.")
+        for name in acc.providers:
+            if st.button(_provider_label(name), key=f"signin_{name or 'default'}", type="primary",
+                         icon=":material/login:"):
+                st.login() if name is None else st.login(name)
+        if not acc.providers:
+            st.error("Sign-in is on (`[auth]` in secrets) but names no provider with a `client_id`.")
+    elif acc.problem == "not_allowed":
+        st.title("Not allowed")
+        st.error(f"You are signed in as `{acc.identity}`, who may not use this dashboard.", icon="🚫")
+        st.caption("Ask an admin to add your e-mail or domain (BLOSSOM_DASH_ALLOWED_EMAILS / _ALLOWED_DOMAINS), "
+                   "or sign in with another account.")
+        if st.button("Sign out", key="signout_not_allowed", icon=":material/logout:"):
+            st.logout()
+    elif acc.problem == "not_loopback":
+        st.error(auth.LOOPBACK_ONLY.format(address=st.get_option("server.address") or "every interface"),
+                 icon="🔒")
+    st.stop()
+
+
+class _KeyedHandle(SessionHandle):
+    """A ``SessionHandle`` whose own API key lives in the identity's ``KeyRing`` entry.
+
+    ``SessionHandle`` reads and writes ``self._api_key``; here that is the ring, so a
+    reload or a new tab of the same identity keeps the key.
+    """
+
+    def __init__(self, service: BlossomService, ring: auth.KeyRing, *, user: str, session_id: str,
+                 role: str) -> None:
+        self._ring = ring
+        super().__init__(service, user=user, session_id=session_id, role=role)
+        self._live = True
+
+    @property  # type: ignore[override]
+    def _api_key(self) -> str | None:
+        return self._ring.get(self.user)
+
+    @_api_key.setter
+    def _api_key(self, value: str | None) -> None:
+        if getattr(self, "_live", False):  # SessionHandle.__init__'s reset must not forget the identity's key
+            self._ring.set(self.user, value)
 
 
 @st.cache_resource(scope="session", show_spinner=False)
-def _handle(user: str, service_id: int, session_id: str) -> SessionHandle:
-    return get_service().session(user, session_id)
+def _handle(user: str, role: str, service_id: int, session_id: str) -> SessionHandle:
+    service = get_service()
+    return _KeyedHandle(service, _key_ring(service_id), user=user, session_id=session_id, role=role)
 
 
 def service_or_stop() -> BlossomService:
@@ -120,11 +214,19 @@ def service_or_stop() -> BlossomService:
 
 
 def session_handle() -> SessionHandle:
-    """This browser session's handle (user identity + optional session API key)."""
+    """This browser session's handle: the signed-in identity, its role and its own key.
+
+    Not signed in, not allowed, or local mode off loopback: shows that page instead
+    and stops the script (``st.stop()``).
+    """
     service = service_or_stop()
+    acc = access(service)
+    if acc.problem is not None or acc.identity is None or acc.role is None:
+        _stop_page(acc)
     ctx = st.runtime.scriptrunner.get_script_run_ctx()
     session_id = ctx.session_id if ctx else "script"
-    return _handle(_user_id(), id(service), session_id[:12])
+    st.session_state["_access_mode"] = acc.mode
+    return _handle(str(acc.identity), str(acc.role), id(service), session_id[:12])
 
 
 #: The backend's health (``BlossomService.health()["status"]``) as an icon and a badge colour.
@@ -205,7 +307,7 @@ def guard(what: str) -> Iterator[None]:
 
 
 def sidebar(handle: SessionHandle) -> None:
-    """The shared sidebar: backend, identity, and this user's remaining quota."""
+    """The shared sidebar: backend, who is signed in with which role and key, the quota, sign-out."""
     service = handle.service
     health = service.health()
     with st.sidebar:
@@ -215,7 +317,14 @@ def sidebar(handle: SessionHandle) -> None:
         status = handle.rate_status()
         st.progress(status.user.remaining / status.user.limit,
                     text=f"Your quota: {status.user.remaining}/{status.user.limit} requests per minute")
-        st.caption(f"Signed in as `{handle.user}`" + (" · session API key set" if handle.has_session_key else ""))
+        mode = st.session_state.get("_access_mode", "local")
+        who = "a kiosk visitor" if mode == "kiosk" else f"`{handle.user}`"
+        st.caption(f"Signed in as {who} · **{handle.role}**"
+                   + (" (local mode)" if mode == "local" else ""))
+        st.caption("🔑 Your requests use **your own key**." if handle.has_session_key
+                   else "Your requests use **the server's key**.")
+        if mode == "team" and st.button("Sign out", key="sidebar_signout", icon=":material/logout:"):
+            st.logout()
 
 
 def result_caption(result: object) -> str:
