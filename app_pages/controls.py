@@ -91,10 +91,14 @@ with backend_col:
         service.health(max_age_s=0)
         st.rerun()
     with st.form("controls_backend_form"):
-        choice = st.radio("Switch to", ["demo", "pollinations", "custom URL"], horizontal=True,
-                          key="controls_backend_choice")
-        url = st.text_input("Custom base URL", key="controls_backend_url",
-                            placeholder="http://127.0.0.1:11434 (OpenAI-compatible)")
+        custom = service.settings.allow_custom_backend
+        choice = st.radio("Switch to", service.backend_choices() + (["custom URL"] if custom else []),
+                          horizontal=True, key="controls_backend_choice",
+                          help="The allow-listed backends (BLOSSOM_DASH_BACKENDS). The server's Pollinations key "
+                               "goes to Pollinations only.")
+        url = st.text_input("Custom base URL", key="controls_backend_url", disabled=not custom,
+                            placeholder="http://127.0.0.1:11434 (gets no key)" if custom else
+                            "off: set BLOSSOM_DASH_ALLOW_CUSTOM_BACKEND=true to allow one")
         if st.form_submit_button("Switch backend", disabled=not admin):
             with ui.guard("switching backend"):
                 spec = url.strip() if choice == "custom URL" else choice

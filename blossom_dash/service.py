@@ -9,15 +9,15 @@ escape a public method.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import Any
 
 import pandas as pd
 
-from .errors import BackendUnavailable, DashError, InvalidRequest
+from .errors import BackendUnavailable, InvalidRequest, PermissionDenied
 from .features.batch import BatchStatus
 from .features.compare import Comparison, TextComparison, Vote
 from .features.conversations import Conversation
@@ -29,16 +29,11 @@ from .sdk.backend import Backend
 from .sdk.loop import LoopThread
 from .service_features import FeatureMethods
 from .settings import POLLINATIONS_URL, Settings
-from .telemetry import analytics
 from .telemetry.collector import MetricsCollector
 from .telemetry.sinks import attach, attach_logging
 from .telemetry.store import UsageStore
 
 log = logging.getLogger("blossom_dash")
-#: The read-only ``telemetry.analytics`` functions pages may run (``BlossomService.monitor``).
-MONITOR_QUERIES = ("snapshot", "request_log", "request_detail", "filter_options", "count_older_than", "export_log",
-                   "kpis")
-
 
 def _caller(caller: Caller | None, user: str, session: str, api_key: str | None) -> Caller:
     return caller if caller is not None else Caller(user, session, api_key)
@@ -78,7 +73,7 @@ class BlossomService(FeatureMethods):
         self.gateway: Gateway | None = None
         key = s.api_key.get_secret_value() if s.api_key else None
         try:
-            backend = self._make_backend(s.backend, key)
+            backend = self._make_backend(s.backend, key, startup=True)
             self.gateway = Gateway(s, self._loop, backend, cache=self.cache, limiter=self.limiter,
                                    collector=self.metrics, models=ModelCatalog(self._loop))
             attach(self, s.metrics_port)  # Prometheus sink + exporter (once per process)
@@ -108,19 +103,41 @@ class BlossomService(FeatureMethods):
         finally:
             self._loop.run(probe.close(), timeout=5)
 
-    def _make_backend(self, spec: str, key: str | None) -> Backend:
-        spec = Settings.model_validate({"backend": spec}).backend if spec else "auto"
+    def _make_backend(self, spec: str, key: str | None, *, startup: bool = False) -> Backend:
+        """The backend ``spec`` names, with the key it may receive.
+
+        The server's Pollinations key goes to Pollinations only; a named backend of
+        ``settings.backends`` gets its own key (``BLOSSOM_DASH_BACKEND_<NAME>_KEY``);
+        the demo and any other URL get none. A URL is trusted (its error bodies
+        quoted) when the operator configured it: at start-up or in the allow-list.
+
+        Raises:
+            InvalidRequest: ``spec`` names no backend.
+        """
+        spec = (Settings.model_validate({"backend": spec, "backends": self.settings.backends}).backend
+                if spec else "auto")
+        timeout = self.settings.request_timeout_s
         if spec == "auto":
             # Without a key we never probe the network: anonymous Pollinations access
             # has varied over time, and an offline machine should start at once.
             spec = "pollinations" if key and self._pollinations_answers(key) else "demo"
         if spec == "demo":
-            return Backend(name="demo", base_url=self._demo_url(), api_key=None,
-                           timeout_s=self.settings.request_timeout_s)
+            return Backend(name="demo", base_url=self._demo_url(), api_key=None, timeout_s=timeout)
         if spec == "pollinations":
-            return Backend(name="pollinations", base_url=POLLINATIONS_URL, api_key=key,
-                           timeout_s=self.settings.request_timeout_s)
-        return Backend(name="custom", base_url=spec, api_key=key, timeout_s=self.settings.request_timeout_s)
+            return Backend(name="pollinations", base_url=POLLINATIONS_URL, api_key=key, timeout_s=timeout)
+        if spec in self.settings.backends:
+            env = "BLOSSOM_DASH_BACKEND_" + "".join(c if c.isalnum() else "_" for c in spec.upper()) + "_KEY"
+            return Backend(name=spec, base_url=self.settings.backends[spec], api_key=os.environ.get(env) or None,
+                           timeout_s=timeout)
+        if not spec.startswith(("http://", "https://")):
+            names = ", ".join(["demo", "pollinations", *self.settings.backends])
+            raise InvalidRequest(f"{spec!r} is not a backend.", f"Use one of: {names}.")
+        listed = spec in self.settings.backends.values()
+        return Backend(name="custom", base_url=spec, api_key=None, timeout_s=timeout, trusted=startup or listed)
+
+    def backend_choices(self) -> list[str]:
+        """The backends an admin may switch to: ``demo``, ``pollinations`` and the allow-list."""
+        return ["demo", "pollinations", *self.settings.backends]
 
     @property
     def _gw(self) -> Gateway:
@@ -134,9 +151,9 @@ class BlossomService(FeatureMethods):
         return self._gw.backend
 
     def backend_info(self) -> dict[str, Any]:
-        """``{"name", "base_url", "label", "is_demo"}`` of the live backend."""
+        """``{"name", "base_url", "label", "is_demo"}`` of the live backend (no URL credentials)."""
         b = self._gw.backend
-        return {"name": b.name, "base_url": b.base_url, "label": b.label, "is_demo": b.name == "demo"}
+        return {"name": b.name, "base_url": b.shown_url, "label": b.label, "is_demo": b.name == "demo"}
 
     def switch_backend(self, spec: str, *, api_key: str | None = None, caller: Caller | None = None
                        ) -> dict[str, Any]:
@@ -144,8 +161,10 @@ class BlossomService(FeatureMethods):
         in-flight calls finish on the old one.
 
         Args:
-            spec: ``demo``, ``pollinations``, ``auto`` or an ``http(s)://`` base URL.
-            api_key: Key for this backend; defaults to the configured one.
+            spec: ``demo``, ``pollinations``, ``auto``, a name from ``settings.backends``,
+                or (with ``allow_custom_backend``) an ``http(s)://`` base URL.
+            api_key: A key for this backend, given by the admin; otherwise it gets only
+                the key ``_make_backend`` allows (the server's key goes to Pollinations only).
             caller: Who asks (None: the process's owner).
 
         Returns:
@@ -153,20 +172,28 @@ class BlossomService(FeatureMethods):
             (counted as its first traffic: a dead backend shows as failing at once).
 
         Raises:
-            PermissionDenied: the caller is not an admin.
+            PermissionDenied: the caller is not an admin, or ``spec`` is a URL off the
+                allow-list while custom backends are off.
             InvalidRequest: ``spec`` is not one of the above.
             AuthenticationFailed: the key is malformed.
         """
         caller = self._admin(caller, "switch the backend")
         before = self.backend_info()["label"]
         try:
-            Settings.model_validate({"backend": spec})
+            spec = Settings.model_validate({"backend": spec, "backends": self.settings.backends}).backend
         except Exception as exc:
             raise InvalidRequest(
-                f"{spec!r} is not a backend.", "Use demo, pollinations, auto, or a URL such as http://127.0.0.1:11434."
+                f"{spec!r} is not a backend.", f"Use one of: {', '.join(self.backend_choices())}."
             ) from exc
-        key = api_key or (self.settings.api_key.get_secret_value() if self.settings.api_key else None)
+        if spec.startswith("http") and spec not in self.settings.backends.values() \
+                and not self.settings.allow_custom_backend:
+            raise PermissionDenied("Backend URLs typed in the app are off: only the allow-listed backends can be used.",
+                                   "Add it to BLOSSOM_DASH_BACKENDS, or set BLOSSOM_DASH_ALLOW_CUSTOM_BACKEND=true.")
+        key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
         new = self._make_backend(spec, key)
+        if api_key and new.name != "demo":  # an admin's explicit key for this backend, used as given
+            new = Backend(name=new.name, base_url=new.base_url, api_key=api_key, timeout_s=new.config.timeout,
+                          trusted=new.trusted)
         old = self._gw.switch(new)
         with self._lock:
             self._probe = None
@@ -383,67 +410,6 @@ class BlossomService(FeatureMethods):
     def replay_only(self) -> bool:
         """Whether only recorded answers are served (nothing reaches a backend)."""
         return self.cache.replay_only
-
-    # ----- usage history (the Monitor page; SQL in telemetry.analytics) ----------------------
-
-    def flush_events(self) -> int:
-        """Move journaled events into the usage store now; returns how many."""
-        return self.metrics.flush()
-
-    @property
-    def store_url(self) -> str:
-        """The usage store's URL without its password (identifies it in page caches)."""
-        return self.store.url
-
-    def monitor(self, query: str, *args: Any, caller: Caller | None = None, **kwargs: Any) -> Any:
-        """Run one read-only Monitor query of ``telemetry.analytics`` over the usage store.
-
-        Everyone reads the team's aggregates; only an admin reads other people's
-        requests: for anyone else the request log and its export hold their own
-        requests only, and another person's request detail is not found.
-
-        Args:
-            query: One of ``MONITOR_QUERIES`` (``snapshot``, ``request_log``,
-                ``request_detail``, ``filter_options``, ``count_older_than``,
-                ``export_log``, ``kpis``).
-            *args / **kwargs: That function's arguments after the store (a
-                ``MonitorQuery`` first for all but ``request_detail``).
-            caller: Who asks (None: the process's owner, an admin).
-
-        Raises:
-            InvalidRequest: ``query`` is not one of them.
-        """
-        if query not in MONITOR_QUERIES:
-            raise InvalidRequest(f"{query!r} is not a Monitor query.", f"Use one of {', '.join(MONITOR_QUERIES)}.")
-        caller = caller or Caller("local")
-        if not caller.is_admin and query in ("request_log", "export_log") and args:
-            q = args[0]
-            args = (dataclasses.replace(q, users=(caller.user,)), *args[1:])  # their own requests only
-        result = getattr(analytics, query)(self.store, *args, **kwargs)
-        if query == "request_detail" and result is not None and not caller.is_admin and \
-                result.get("user") != caller.user:
-            return None  # another person's request: as if unknown
-        return result
-
-    def delete_events_older_than(self, cutoff_ts: float, *, caller: Caller | None = None) -> int:
-        """Delete usage history before ``cutoff_ts`` (epoch s), rollups kept exact; returns how many
-        (admin, audited).
-
-        Raises:
-            PermissionDenied: the caller is not an admin.
-            DashError: the database refused the delete.
-        """
-        from sqlalchemy.exc import SQLAlchemyError
-
-        caller = self._admin(caller, "delete usage history")
-        self.metrics.flush()
-        try:
-            deleted = self.store.delete_older_than(cutoff_ts)
-        except SQLAlchemyError as exc:
-            raise DashError("Old history could not be deleted: the usage database refused.",
-                            "Try again; if it repeats, check the database.") from exc
-        self._audit(caller, "delete_history", {"before_ts": cutoff_ts}, {"events_deleted": deleted})
-        return deleted
 
     def session(self, user: str, session_id: str = "", role: str = "admin") -> SessionHandle:
         """A cheap per-session handle bound to ``user`` with ``role`` (see ``role_for``)."""

@@ -8,6 +8,7 @@ A base class of ``service.BlossomService`` (kept apart so that the composition i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -27,10 +28,15 @@ from .policies.replay import ImportReport, RecordError
 from .results import ImageResult
 from .sdk.backend import Backend
 from .settings import Settings
+from .telemetry import analytics
 from .telemetry.audit import AuditLog
+from .telemetry.collector import MetricsCollector
 from .telemetry.store import UsageStore
 
 log = logging.getLogger("blossom_dash")
+#: The read-only ``telemetry.analytics`` functions pages may run (``BlossomService.monitor``).
+MONITOR_QUERIES = ("snapshot", "request_log", "request_detail", "filter_options", "count_older_than", "export_log",
+                   "kpis")
 
 
 class FeatureMethods:
@@ -38,6 +44,7 @@ class FeatureMethods:
 
     settings: Settings
     cache: ResponseCache
+    metrics: MetricsCollector
     store: UsageStore
     _lock: threading.RLock
     _closed: bool
@@ -116,6 +123,67 @@ class FeatureMethods:
         self._admin(caller, "read the audit log")
         return self._audit_log().frame(limit)
 
+
+    # ----- usage history (the Monitor page; SQL in telemetry.analytics) ----------------------
+
+    def flush_events(self) -> int:
+        """Move journaled events into the usage store now; returns how many."""
+        return self.metrics.flush()
+
+    @property
+    def store_url(self) -> str:
+        """The usage store's URL without its password (identifies it in page caches)."""
+        return self.store.url
+
+    def monitor(self, query: str, *args: Any, caller: Caller | None = None, **kwargs: Any) -> Any:
+        """Run one read-only Monitor query of ``telemetry.analytics`` over the usage store.
+
+        Everyone reads the team's aggregates; only an admin reads other people's
+        requests: for anyone else the request log and its export hold their own
+        requests only, and another person's request detail is not found.
+
+        Args:
+            query: One of ``MONITOR_QUERIES`` (``snapshot``, ``request_log``,
+                ``request_detail``, ``filter_options``, ``count_older_than``,
+                ``export_log``, ``kpis``).
+            *args / **kwargs: That function's arguments after the store (a
+                ``MonitorQuery`` first for all but ``request_detail``).
+            caller: Who asks (None: the process's owner, an admin).
+
+        Raises:
+            InvalidRequest: ``query`` is not one of them.
+        """
+        if query not in MONITOR_QUERIES:
+            raise InvalidRequest(f"{query!r} is not a Monitor query.", f"Use one of {', '.join(MONITOR_QUERIES)}.")
+        caller = caller or Caller("local")
+        if not caller.is_admin and query in ("request_log", "export_log") and args:
+            q = args[0]
+            args = (dataclasses.replace(q, users=(caller.user,)), *args[1:])  # their own requests only
+        result = getattr(analytics, query)(self.store, *args, **kwargs)
+        if query == "request_detail" and result is not None and not caller.is_admin and \
+                result.get("user") != caller.user:
+            return None  # another person's request: as if unknown
+        return result
+
+    def delete_events_older_than(self, cutoff_ts: float, *, caller: Caller | None = None) -> int:
+        """Delete usage history before ``cutoff_ts`` (epoch s), rollups kept exact; returns how many
+        (admin, audited).
+
+        Raises:
+            PermissionDenied: the caller is not an admin.
+            DashError: the database refused the delete.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        caller = self._admin(caller, "delete usage history")
+        self.metrics.flush()
+        try:
+            deleted = self.store.delete_older_than(cutoff_ts)
+        except SQLAlchemyError as exc:
+            raise DashError("Old history could not be deleted: the usage database refused.",
+                            "Try again; if it repeats, check the database.") from exc
+        self._audit(caller, "delete_history", {"before_ts": cutoff_ts}, {"events_deleted": deleted})
+        return deleted
 
     # ----- comparisons (the Compare page; logic in compare.py) ---------------------------
 

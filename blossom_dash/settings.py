@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The real Pollinations gateway (BLOSSOM_SDK.md, "Endpoints and redirection").
@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         default_text_model / default_image_model: preferred models when the page
             picks none; empty means the first model the backend lists.
         user: Fallback user identity for calls made without one.
+        backends: The allow-list of named backends an admin may switch to, beside
+            ``demo`` and ``pollinations``: ``name=url`` pairs, comma-separated, or a JSON
+            object ``{"name": "url"}``. Each gets its own key from
+            ``BLOSSOM_DASH_BACKEND_<NAME>_KEY`` (upper-case, non-alphanumerics as ``_``),
+            never the server's Pollinations key.
+        allow_custom_backend: Let an admin type any ``http(s)://`` URL on Controls; such
+            a backend gets no key and its error bodies are never quoted.
         admins: E-mails of the admins (comma-separated, or a JSON list).
         allowed_emails / allowed_domains: Who may sign in at all (comma-separated or
             JSON lists); both empty lets every signed-in user in as a member.
@@ -121,11 +128,38 @@ class Settings(BaseSettings):
     prompt_chars: int = Field(default=200, ge=0, le=5000)
     retention_days: float | None = Field(default=None, gt=0)
     user: str = "anonymous"
+    backends: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    allow_custom_backend: bool = False
     admins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allow_anonymous: bool = False
     kiosk_secret: SecretStr | None = None
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _backend_list(cls, value: object) -> object:
+        """``team=http://h:8000, ollama=http://127.0.0.1:11434`` or JSON -> {name: url}."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                value = json.loads(text)
+            else:
+                pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+                if any(len(p) != 2 for p in pairs):
+                    raise ValueError("expected name=url pairs separated by commas, or a JSON object")
+                value = {k.strip(): v.strip() for k, v in pairs}
+        if not isinstance(value, dict):
+            raise ValueError("expected name=url pairs or a JSON object")
+        out = {}
+        for name, url in value.items():
+            name, url = str(name).strip().lower(), str(url).strip().rstrip("/")
+            if name in {"auto", "demo", "pollinations"} or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"{name!r} cannot name a backend (letters, digits, - and _; not a built-in)")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"backend {name!r} needs an http(s):// URL, not {url!r}")
+            out[name] = url
+        return out
 
     @field_validator("admins", "allowed_emails", "allowed_domains", mode="before")
     @classmethod
@@ -148,6 +182,8 @@ class Settings(BaseSettings):
             return value.lower()
         if value.startswith(("http://", "https://")) and len(value) > len("http://"):
             return value.rstrip("/")
+        if value.replace("-", "").replace("_", "").isalnum():
+            return value.lower()  # a named backend of ``backends`` (checked when it is built)
         raise ValueError(
             f"backend must be auto, demo, pollinations or an http(s):// URL, not {value!r}"
         )
@@ -158,6 +194,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value.strip() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _backend_is_known(self) -> Settings:
+        builtin = {"auto", "demo", "pollinations"}
+        if not self.backend.startswith(("http://", "https://")) and self.backend not in builtin | set(self.backends):
+            names = ", ".join(sorted(builtin | set(self.backends)))
+            raise ValueError(f"backend must be one of {names} or an http(s):// URL, not {self.backend!r}")
+        return self
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL of the usage store.

@@ -63,6 +63,8 @@ def _no_outbound_traffic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     """Every test: its own data dir, the demo backend, and no traffic off loopback."""
     monkeypatch.setenv("BLOSSOM_DASH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("BLOSSOM_DASH_BACKEND", "demo")
+    # Tests switch to loopback servers of their own; the product default (off) has its own tests.
+    monkeypatch.setenv("BLOSSOM_DASH_ALLOW_CUSTOM_BACKEND", "true")
     monkeypatch.delenv("POLLINATIONS_API_KEY", raising=False)
     before = len(_outbound)
     yield

@@ -306,7 +306,8 @@ class Gateway:
         timeout = self._timeout_s(request.kind)
         try:
             coro = call(lambda: send(backend, prepared), where=backend.label, model=prepared.model,
-                        api_key=caller.api_key, deadline=deadline, timeout_s=timeout, policy=self._policy)
+                        api_key=caller.api_key, deadline=deadline, timeout_s=timeout, policy=self._policy,
+                        quote=backend.trusted)
             try:
                 value, obs = self._loop.run(coro, timeout=max(0.0, deadline - time.monotonic()) + _BACKSTOP_S)
             except concurrent.futures.TimeoutError:
@@ -382,7 +383,7 @@ class Gateway:
                                    first_deadline=time.monotonic() + s.request_timeout_s,
                                    deadline=time.monotonic() + s.stream_timeout_s, timeout_s=s.request_timeout_s,
                                    stream_timeout_s=s.stream_timeout_s, policy=self._policy,
-                                   started=started.is_set, observation=seen)
+                                   started=started.is_set, observation=seen, quote=backend.trusted)
                 out.put(DONE)
             except DashError as err:
                 out.put(err)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from blossom_ai import BlossomClient
 from blossom_ai.core.config import ENDPOINTS, SessionConfig
 from blossom_ai.core.models import DEFAULT_IMAGE_MODELS, DEFAULT_TEXT_MODELS
@@ -55,9 +56,12 @@ class Backend:
         AuthenticationFailed: the key is malformed (the SDK refuses keys under 8 chars).
     """
 
-    def __init__(self, *, name: str, base_url: str, api_key: str | None, timeout_s: float) -> None:
+    def __init__(self, *, name: str, base_url: str, api_key: str | None, timeout_s: float,
+                 trusted: bool = True) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
+        #: Whether its error bodies may be quoted in messages (an allow-listed backend).
+        self.trusted = trusted
         try:
             self.config = SessionConfig(
                 api_key=api_key,
@@ -76,9 +80,14 @@ class Backend:
         )
 
     @property
+    def shown_url(self) -> str:
+        """``base_url`` without any ``user:password@``: what pages, logs and exports show."""
+        return redact_url(self.base_url)
+
+    @property
     def label(self) -> str:
-        """How pages name the backend, e.g. ``demo (http://127.0.0.1:40123)``."""
-        return f"{self.name} ({self.base_url})"
+        """How pages name the backend, e.g. ``demo (http://127.0.0.1:40123)`` (no credentials)."""
+        return f"{self.name} ({self.shown_url})"
 
     async def chat(self, messages: list[dict[str, Any]], *, model: str, max_tokens: int,
                    extra: dict[str, Any]) -> str:
@@ -170,4 +179,13 @@ class Backend:
         await self.client.close()
 
 
-__all__ = ["STATIC_MODELS", "TRANSIENT_STATUS", "Backend", "StreamChunk"]
+def redact_url(url: str) -> str:
+    """``url`` with its userinfo (``user:password@``) removed; unparsable URLs become ``"(hidden)"``."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "(hidden)"
+    return str(parsed.copy_with(username=None, password=None)) if parsed.userinfo else url
+
+
+__all__ = ["STATIC_MODELS", "TRANSIENT_STATUS", "Backend", "StreamChunk", "redact_url"]

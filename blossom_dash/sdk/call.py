@@ -59,7 +59,7 @@ def timeout_error(where: str, timeout_s: float) -> BackendUnavailable:
 
 
 async def call(fn: Callable[[], Awaitable[T]], *, where: str, model: str, api_key: str | None, deadline: float,
-               timeout_s: float, policy: CallPolicy) -> tuple[T, Observation]:
+               timeout_s: float, policy: CallPolicy, quote: bool = True) -> tuple[T, Observation]:
     """Await ``fn()`` (one SDK request) with retries, all before ``deadline``.
 
     Args:
@@ -70,6 +70,7 @@ async def call(fn: Callable[[], Awaitable[T]], *, where: str, model: str, api_ke
         deadline: ``time.monotonic()`` by which the call ends, whatever the backend does.
         timeout_s: The deadline's length as the user set it, for messages.
         policy: Retries, their waits and the body size cap.
+        quote: Whether error bodies may be quoted (an allow-listed backend).
 
     Returns:
         ``(what fn returned, the last attempt's Observation)``.
@@ -85,7 +86,7 @@ async def call(fn: Callable[[], Awaitable[T]], *, where: str, model: str, api_ke
         remaining = at - loop.time()
         if remaining <= 0:
             raise timeout_error(where, timeout_s)
-        obs = Observation(api_key=api_key, timeout_s=remaining, max_bytes=policy.max_bytes, where=where)
+        obs = Observation(api_key=api_key, timeout_s=remaining, max_bytes=policy.max_bytes, where=where, quote=quote)
         token = current_observation.set(obs)
         try:
             async with asyncio.timeout_at(at):
@@ -131,7 +132,7 @@ async def call(fn: Callable[[], Awaitable[T]], *, where: str, model: str, api_ke
 async def retry_stream(open_stream: Callable[[Observation], Awaitable[None]], *, where: str, model: str,
                        api_key: str | None, first_deadline: float, deadline: float, timeout_s: float,
                        stream_timeout_s: float, policy: CallPolicy, started: Callable[[], bool],
-                       observation: Observation) -> None:
+                       observation: Observation, quote: bool = True) -> None:
     """Run one stream, retried like ``call`` until its first delta and never after.
 
     Args:
@@ -142,6 +143,7 @@ async def retry_stream(open_stream: Callable[[Observation], Awaitable[None]], *,
         timeout_s / stream_timeout_s: Their lengths, for messages.
         started: Whether a delta has been emitted (then no retry is made).
         observation: Filled with what the last attempt saw (status, usage).
+        quote: Whether error bodies may be quoted (an allow-listed backend).
 
     Raises:
         DashError: the mapped failure of the last attempt; ``BackendUnavailable``
@@ -155,7 +157,7 @@ async def retry_stream(open_stream: Callable[[Observation], Awaitable[None]], *,
         # The HTTP read timeout is the whole stream's: between deltas a slow model may
         # pause, and the first delta's deadline is the reader's (TextStream) to keep.
         obs = Observation(api_key=api_key, timeout_s=max(0.001, deadline - time.monotonic()),
-                          max_bytes=policy.max_bytes, where=where)
+                          max_bytes=policy.max_bytes, where=where, quote=quote)
         token = current_observation.set(obs)
         try:
             async with asyncio.timeout_at(deadline + offset):

@@ -104,7 +104,8 @@ def to_dash_error(exc: BaseException, obs: Observation | None, *, where: str, mo
     status = obs.status_code if obs is not None else None
     if status is None and isinstance(exc, httpx.HTTPStatusError):
         status = exc.response.status_code
-    detail = upstream_summary(obs.error_body) if obs is not None and obs.error_body else ""
+    # A backend off the allow-list is never quoted: its body could be anything it read.
+    detail = upstream_summary(obs.error_body) if obs is not None and obs.error_body and obs.quote else ""
     said = f" It said: “{detail}”" if detail else ""
     if status is not None and status >= 400:
         if status == 429:

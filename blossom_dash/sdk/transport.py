@@ -120,6 +120,8 @@ class Observation:
         attempts: HTTP requests made during the call.
         max_bytes: Largest body accepted (``ResponseTooLarge`` beyond it); None = no cap.
         where: The backend's label, for messages.
+        quote: Whether a line of the backend's error body may be quoted in messages
+            (only for allow-listed backends).
     """
 
     api_key: str | None = None
@@ -133,6 +135,7 @@ class Observation:
     attempts: int = 0
     max_bytes: int | None = None
     where: str = "The backend"
+    quote: bool = True
 
 
 current_observation: contextvars.ContextVar[Observation | None] = contextvars.ContextVar(
