@@ -5,6 +5,7 @@ import time
 import streamlit as st
 
 from blossom_dash import ui
+from blossom_dash.ui import admin as admin_ui
 
 handle = ui.session_handle()
 service = handle.service
@@ -171,3 +172,7 @@ export.download_button("Export recordings (.zip)", data=lambda: service.export_r
                        file_name=f"blossom-replay-{time.strftime('%Y%m%d-%H%M')}.zip", mime="application/zip",
                        key="controls_replay_export", disabled=not (admin and rstats.persistent_entries),
                        on_click="ignore")
+
+st.divider()
+with ui.guard("reading the audit log"):
+    admin_ui.audit_ui(service, caller)

@@ -188,3 +188,17 @@ class TestReplayControls:
         at.button(key="controls_replay_clear").click().run()
         assert not at.exception
         assert _metric(at, "Recorded answers") == "0"
+
+
+class TestAuditLog:
+    def test_a_change_appears_in_the_audit_log(self) -> None:
+        """Applying limits as the local admin adds a row: who, what, before and after."""
+        at = app("app_pages/controls.py").run()
+        assert any("No admin action yet" in i for i in texts(at, "info"))
+        at.number_input(key="controls_user_rpm").set_value(9)
+        _submit(at, "Apply limits")
+        at.run()
+        assert not at.exception
+        frame = next(d.value for d in at.dataframe if "action" in d.value.columns)
+        assert list(frame["action"]) == ["configure_limits"] and list(frame["user"]) == ["local"]
+        assert '"per_user_rpm":9' in frame["new"].iloc[0]
