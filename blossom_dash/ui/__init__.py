@@ -168,33 +168,10 @@ def _stop_page(acc: Access) -> None:
     st.stop()
 
 
-class _KeyedHandle(SessionHandle):
-    """A ``SessionHandle`` whose own API key lives in the identity's ``KeyRing`` entry.
-
-    ``SessionHandle`` reads and writes ``self._api_key``; here that is the ring, so a
-    reload or a new tab of the same identity keeps the key.
-    """
-
-    def __init__(self, service: BlossomService, ring: auth.KeyRing, *, user: str, session_id: str,
-                 role: str) -> None:
-        self._ring = ring
-        super().__init__(service, user=user, session_id=session_id, role=role)
-        self._live = True
-
-    @property  # type: ignore[override]
-    def _api_key(self) -> str | None:
-        return self._ring.get(self.user)
-
-    @_api_key.setter
-    def _api_key(self, value: str | None) -> None:
-        if getattr(self, "_live", False):  # SessionHandle.__init__'s reset must not forget the identity's key
-            self._ring.set(self.user, value)
-
-
 @st.cache_resource(scope="session", show_spinner=False)
 def _handle(user: str, role: str, service_id: int, session_id: str) -> SessionHandle:
     service = get_service()
-    return _KeyedHandle(service, _key_ring(service_id), user=user, session_id=session_id, role=role)
+    return auth.KeyedHandle(service, _key_ring(service_id), user=user, session_id=session_id, role=role)
 
 
 def service_or_stop() -> BlossomService:

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..service import BlossomService, SessionHandle
+
 LOCAL_USER = "local"
 #: Prefix of kiosk identities; ``role_for`` never lists one as an admin.
 KIOSK_PREFIX = "kiosk-"
@@ -132,3 +134,26 @@ class KeyRing:
                 self._keys[identity] = key
             else:
                 self._keys.pop(identity, None)
+
+
+class KeyedHandle(SessionHandle):
+    """A ``SessionHandle`` whose own API key lives in the identity's ``KeyRing`` entry.
+
+    ``SessionHandle`` reads and writes ``self._api_key``; here that is the ring, so a
+    reload or a new tab of the same identity keeps the key.
+    """
+
+    def __init__(self, service: BlossomService, ring: KeyRing, *, user: str, session_id: str,
+                 role: str) -> None:
+        self._ring = ring
+        super().__init__(service, user=user, session_id=session_id, role=role)
+        self._live = True
+
+    @property  # type: ignore[override]
+    def _api_key(self) -> str | None:
+        return self._ring.get(self.user)
+
+    @_api_key.setter
+    def _api_key(self, value: str | None) -> None:
+        if getattr(self, "_live", False):  # SessionHandle.__init__'s reset must not forget the identity's key
+            self._ring.set(self.user, value)
