@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -29,6 +31,7 @@ from blossom_dash.features.batch import (
     results_jsonl,
     template_csv,
 )
+from blossom_dash.features.batch_files import MAX_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,6 +148,35 @@ class TestParseCsv:
         with pytest.raises(InvalidRequest, match="more than once"):
             parse_csv(b"prompt,PROMPT\na,b\n")
 
+    def test_duplicate_column_written_twice_the_same_way(self) -> None:
+        """pandas renames a second "prompt" to "prompt.1"; the check still sees the name as written."""
+        with pytest.raises(InvalidRequest) as err:
+            parse_csv(b"prompt,model,prompt\na,demo-swift,b\n")
+        assert err.value.message == "The column “prompt” appears more than once."
+
+    def test_duplicates_among_a_thousand_columns(self) -> None:
+        """At the column cap, repeated ignored columns pass and a repeated used one is named."""
+        cells = ",".join(["q"] * MAX_COLUMNS)
+        fine = parse_csv(("prompt," + ",".join(["notes"] * (MAX_COLUMNS - 1)) + "\n" + cells + "\n").encode())
+        assert [r.prompt for r in fine.rows] == ["q"] and any("Ignored columns: notes" in n for n in fine.notes)
+        twice = "prompt," + ",".join(["notes"] * (MAX_COLUMNS - 3)) + ",seed,Seed\n" + cells + "\n"
+        with pytest.raises(InvalidRequest) as err:
+            parse_csv(twice.encode())
+        assert err.value.message == "The column “seed” appears more than once."
+
+    def test_too_many_columns_is_refused_before_reading(self) -> None:
+        """A 400 KiB header of 200,000 columns is refused by its width, in words."""
+        data = b"prompt," + b"x," * 200_000 + b"x\nhello\n"
+        with pytest.raises(InvalidRequest) as err:
+            parse_csv(data)
+        assert err.value.message == f"The file has 200,002 columns; a batch file has at most {MAX_COLUMNS:,}."
+
+    def test_first_row_with_a_cell_too_many(self) -> None:
+        """An unquoted comma in the first prompt is named (pandas would make it an index and crash the parse)."""
+        with pytest.raises(InvalidRequest) as err:
+            parse_csv(b"prompt,model\nHello, world,demo-swift\nsecond,demo-swift\n")
+        assert err.value.message == "Row 2 has 3 cells but the header has 2." and "double quotes" in err.value.hint
+
     def test_semicolons_and_decimal_commas(self) -> None:
         """A European Excel file (semicolons, 0,7) reads, with a note."""
         parsed = parse_csv("prompt;temperature\nBonjour, ça va ?;0,7\n".encode())
@@ -246,6 +278,14 @@ class TestExport:
         assert "'=HYPERLINK" in text and "Café" in text
         lines = [json.loads(line) for line in results_jsonl(df).decode().splitlines()]
         assert lines == [{"prompt": "=HYPERLINK(\"x\")", "latency_ms": 1.5}, {"prompt": "Café", "latency_ms": None}]
+
+    def test_csv_keeps_a_bare_cr_inside_its_cell(self) -> None:
+        """A model answer with a lone CR (and one with CRLF) reads back whole with Python's csv module."""
+        answers = ["first line\rsecond line", "a\r\nb", "plain"]
+        df = pd.DataFrame({"answer": answers, "row": [2, 3, 4]})
+        text = results_csv(df).decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+        assert rows == [["answer", "row"], *[[a, str(n)] for a, n in zip(answers, [2, 3, 4], strict=True)]]
 
 
 class TestSubmit:

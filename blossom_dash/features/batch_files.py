@@ -10,16 +10,20 @@ None of this imports streamlit or touches the database:
 - **The template** (``template_csv``): an example file to fill in.
 - **Export** (``results_csv``, ``results_jsonl``): a job's results as downloads.
 
-Limits: ``MAX_FILE_BYTES`` (5 MB) and ``MAX_ROWS`` (10,000) per file.
+Limits: ``MAX_FILE_BYTES`` (5 MB), ``MAX_ROWS`` (10,000) and ``MAX_COLUMNS`` (1,000)
+per file; any 5 MB file parses in well under 2 s (pandas' cost grows with the columns,
+hence their cap, checked on the header before pandas reads the file).
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
 import io
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -29,11 +33,15 @@ import pandas as pd
 from ..errors import InvalidRequest
 from ..gateway.requests import TextRequest
 from ..telemetry.analytics import neutralise_formulas
+from ..telemetry.export import CSV_LINE_TERMINATOR
 
 #: Largest CSV accepted, bytes (5 MB holds 10,000 prompts of ~500 characters).
 MAX_FILE_BYTES = 5 * 1024 * 1024
 #: Most rows in one batch.
 MAX_ROWS = 10_000
+#: Most columns in a batch file (six are used; the rest are ignored). pandas takes ~20 s
+#: on a 5 MB header of 650,000 columns, so a wider file is refused before it is read.
+MAX_COLUMNS = 1_000
 #: The columns a batch file may have; only ``prompt`` is required.
 COLUMNS: tuple[str, ...] = ("prompt", "model", "system", "temperature", "max_tokens", "seed")
 
@@ -147,8 +155,33 @@ def decode_csv(data: bytes) -> str:
             RESAVE_HINT) from None
 
 
+def _header_cells(text: str, sep: str) -> list[str]:
+    """The cells of the first record of ``text`` (Python's C csv reader: fast on any width).
+
+    Raises:
+        InvalidRequest: the header cannot be read (a cell longer than the csv module's
+            field limit, 128 KiB).
+    """
+    try:
+        return next(csv.reader(io.StringIO(text), delimiter=sep), [])
+    except csv.Error as exc:
+        raise InvalidRequest(f"The header row is not readable: {exc}.", FORMAT_HINT) from None
+
+
 def _read_frame(text: str, sep: str) -> pd.DataFrame:
-    """pandas' reader with every cell as text and blank lines kept (row numbers stay true)."""
+    """pandas' reader with every cell as text and blank lines kept (row numbers stay true).
+
+    pandas makes the first column the index, rather than raising, when the first row has
+    one cell more than the header; ``parse_csv`` refuses that once the delimiter is settled.
+
+    Raises:
+        InvalidRequest: more than ``MAX_COLUMNS`` columns, no header, a later row with
+            more cells than the header, or a file pandas cannot read.
+    """
+    header = _header_cells(text, sep)
+    if len(header) > MAX_COLUMNS:
+        raise InvalidRequest(f"The file has {len(header):,} columns; a batch file has at most {MAX_COLUMNS:,}.",
+                             FORMAT_HINT)
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
@@ -163,6 +196,10 @@ def _read_frame(text: str, sep: str) -> pd.DataFrame:
                 "doubled (\"\"); spreadsheet programs do this when they save as CSV.") from None
         raise InvalidRequest(f"The file is not a readable CSV: {msg.splitlines()[-1][:200]}",
                              "Open it in a spreadsheet program and save it again as CSV UTF-8.") from None
+    if len(header) == len(df.columns):
+        # The names as written: pandas renames a repeated "prompt" to "prompt.1", which
+        # would hide the duplicate from the check in parse_csv.
+        df.columns = header
     return df.fillna("")
 
 
@@ -199,8 +236,14 @@ def parse_csv(data: bytes, *, known_models: Collection[str] | None = None, max_p
                 df = _read_frame(text, sep)
                 notes.append(f"The columns are separated by {label}; read that way.")
                 break
+    if not isinstance(df.index, pd.RangeIndex):  # see _read_frame: an unquoted comma in the first prompt
+        raise InvalidRequest(
+            f"Row 2 has {len(df.columns) + 1} cells but the header has {len(df.columns)}.",
+            "A prompt that contains the delimiter (a comma) must be in double quotes, and a quote inside it "
+            "doubled (\"\"); spreadsheet programs do this when they save as CSV.")
     names = [_norm_column(c) for c in df.columns]
-    duplicated = sorted({n for n in names if names.count(n) > 1 and n in COLUMNS})
+    counts = Counter(names)  # linear: names.count() per column was quadratic in the width
+    duplicated = sorted(n for n in COLUMNS if counts[n] > 1)
     if duplicated:
         raise InvalidRequest(f"The column “{duplicated[0]}” appears more than once.", "Keep one of them.")
     if "prompt" not in names:
@@ -355,8 +398,12 @@ def check_rows(rows: Sequence[BatchRow | Mapping[str, Any]], *, max_prompt_chars
 
 
 def results_csv(df: pd.DataFrame) -> bytes:
-    """Batch results as UTF-8 CSV (with a BOM, so that Excel reads it as UTF-8), formulas neutralised."""
-    return neutralise_formulas(df).to_csv(index=False).encode("utf-8-sig")
+    """Batch results as UTF-8 CSV (with a BOM, so that Excel reads it as UTF-8), formulas neutralised.
+
+    Rows end in CRLF, so a cell holding a bare CR or LF (a model's answer) is quoted and
+    reads back whole.
+    """
+    return neutralise_formulas(df).to_csv(index=False, lineterminator=CSV_LINE_TERMINATOR).encode("utf-8-sig")
 
 
 def results_jsonl(df: pd.DataFrame) -> bytes:

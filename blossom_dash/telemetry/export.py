@@ -23,6 +23,10 @@ from .store import ROW_COLUMNS, UsageStore
 #: Cells beginning with one of these are read as formulas by spreadsheets (OWASP,
 #: https://owasp.org/www-community/attacks/CSV_Injection): prefixed with ``'`` on export.
 FORMULA_PREFIXES: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+#: Rows end in CRLF (RFC 4180). Python's csv writer quotes a cell only for the delimiter,
+#: the quote or a character of the line terminator: with "\n" alone, a bare CR in a cell
+#: went out unquoted and readers split the row there.
+CSV_LINE_TERMINATOR = "\r\n"
 
 
 def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
@@ -61,9 +65,9 @@ def _for_export(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_csv(df: pd.DataFrame) -> bytes:
-    """``df`` as UTF-8 CSV with formulas neutralised (``neutralise_formulas``)."""
+    """``df`` as UTF-8 CSV with formulas neutralised (``neutralise_formulas``); CRLF rows, CR and LF in cells quoted."""
     buf = io.StringIO()
-    neutralise_formulas(_for_export(df)).to_csv(buf, index=False)
+    neutralise_formulas(_for_export(df)).to_csv(buf, index=False, lineterminator=CSV_LINE_TERMINATOR)
     return buf.getvalue().encode("utf-8")
 
 
