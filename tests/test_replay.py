@@ -15,7 +15,7 @@ from helpers import demo_stats, make_service
 
 from blossom_dash import InvalidRequest, TextResult
 from blossom_dash.errors import BackendUnavailable, NotRecorded
-from blossom_dash.policies import replay
+from blossom_dash.policies import replay, replay_zip
 from blossom_dash.policies.cache import ResponseCache, request_key
 from blossom_dash.policies.replay import RecordError, RecordingStore
 
@@ -292,10 +292,10 @@ class TestExportImport:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             assert len(zf.namelist()) == 3
         store = RecordingStore(tmp_path / "stage")
-        monkeypatch.setattr(replay, "MAX_IMPORT_MEMBERS", 2)
+        monkeypatch.setattr(replay_zip, "MAX_IMPORT_MEMBERS", 2)
         with pytest.raises(RecordError, match="holds 3 files; an export has at most 2"):
             store.import_bytes(data)
-        monkeypatch.setattr(replay, "MAX_IMPORT_MEMBERS", 3)
+        monkeypatch.setattr(replay_zip, "MAX_IMPORT_MEMBERS", 3)
         monkeypatch.setattr(replay, "MAX_IMPORT_ENTRIES", 2)
         with pytest.raises(RecordError, match="more than 2 recordings"):
             store.import_bytes(data)
