@@ -7,6 +7,7 @@ import streamlit as st
 
 from blossom_dash import DashError, ui
 from blossom_dash.features import compare as cmp
+from blossom_dash.ui.safe import code_span, safe_markdown
 
 handle = ui.session_handle()
 service = handle.service
@@ -36,16 +37,16 @@ def render_comparison(comp: cmp.Comparison, *, editable: bool) -> None:
         if hide:
             panel = replace(panel, model=cmp.panel_label(panel.position))
         with col:
-            st.markdown(f"**{panel.model}**")
+            st.markdown(f"**{safe_markdown(panel.model)}**")
             if not panel.ok:
                 ui.show_error(panel.error())
                 if panel.latency_ms is not None:
-                    st.caption(f"`{panel.model}` · failed after {panel.latency_ms:,.0f} ms")
+                    st.caption(f"{code_span(panel.model)} · failed after {panel.latency_ms:,.0f} ms")
             elif comp.kind == "image":
                 st.image(panel.image, width="stretch")
                 st.caption(f"{ui.result_caption(panel)} · seed {panel.seed} · {panel.width}×{panel.height}")
             else:
-                st.container(height=ANSWER_HEIGHT).markdown(panel.text)
+                st.container(height=ANSWER_HEIGHT).markdown(safe_markdown(panel.text))
                 st.caption(ui.result_caption(panel))
             if editable:
                 st.button("👍 Best", key=f"compare_{comp.kind}_vote_{panel.position}", disabled=not panel.ok,
@@ -59,7 +60,7 @@ def render_comparison(comp: cmp.Comparison, *, editable: bool) -> None:
         note.caption("Vote for the best answer, a tie, or all bad; voting again replaces your vote.")
     if err := st.session_state.pop(f"compare_{comp.kind}_vote_error", None):
         ui.show_error(err)
-    st.markdown(f"**Vote:** {comp.vote.describe()}" if comp.vote else "**Vote:** none yet")
+    st.markdown(f"**Vote:** {safe_markdown(comp.vote.describe())}" if comp.vote else "**Vote:** none yet")
     link = cmp.permalink(st.context.url, comp.id)
     st.markdown(f"🔗 Permalink (opens read-only): [{link}]({link})")
 
@@ -68,7 +69,7 @@ def stream_comparison(run: cmp.TextComparison) -> None:
     """Stream every model's answer into its own column, then store the comparison."""
     boxes, captions = [], []
     for i, col in enumerate(st.columns(len(run.models))):
-        col.markdown(f"**{cmp.panel_label(i) if blind else run.models[i]}**")
+        col.markdown(f"**{safe_markdown(cmp.panel_label(i) if blind else run.models[i])}**")
         boxes.append(col.container(height=ANSWER_HEIGHT).empty())
         captions.append(col.empty())
         boxes[-1].caption("Waiting for the first token…")
@@ -77,7 +78,7 @@ def stream_comparison(run: cmp.TextComparison) -> None:
             with boxes[update.index].container():
                 ui.show_error(update.error)
         else:
-            boxes[update.index].markdown(update.text + ("" if update.done else " ▌"))
+            boxes[update.index].markdown(safe_markdown(update.text) + ("" if update.done else " ▌"))
     for panel, caption in zip(run.panels(), captions, strict=True):
         if panel.ok:
             shown_as = replace(panel, model=cmp.panel_label(panel.position)) if blind else panel
@@ -101,7 +102,7 @@ def show_last(kind: str) -> None:
 if opened := st.query_params.get("comparison"):
     with ui.guard("opening the comparison"):
         shown = handle.load_comparison(opened)
-        st.caption(f"Read-only · {shown.summary()}")
+        st.caption(f"Read-only · {safe_markdown(shown.summary())}")
         st.code(shown.prompt, language=None, wrap_lines=True)
         render_comparison(shown, editable=False)
     if st.button("Start a new comparison", key="compare_new", icon="➕"):
@@ -118,7 +119,7 @@ with ui.guard("listing models"):
     text_models, image_models = (list(m.names) for m in listed)
     for m in listed:
         if m.fallback:
-            st.caption(f"⚠️ {m.detail} Type model names the backend serves.")
+            st.caption(f"⚠️ {safe_markdown(m.detail)} Type model names the backend serves.")
 text_tab, image_tab, board_tab = st.tabs(["💬 Text", "🖼️ Images", "🏆 Leaderboard"])
 
 with text_tab:

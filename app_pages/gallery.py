@@ -9,10 +9,10 @@ from blossom_dash.features.gallery import (
     GALLERY_MAX_IMAGES,
     GalleryItem,
     add_image,
-    markdown_text,
     new_seed,
     total_bytes,
 )
+from blossom_dash.ui.safe import code_span, safe_markdown
 
 COLUMNS = 3
 handle = ui.session_handle()
@@ -32,7 +32,7 @@ def regenerate(item_id: str) -> None:
     if item is None:
         return
     img = item.image
-    with ui.guard("regenerating the image"), st.spinner(f"Regenerating with `{img.model}` and a new seed…"):
+    with ui.guard("regenerating the image"), st.spinner(f"Regenerating with {code_span(img.model)} and a new seed…"):
         result = handle.generate_image(item.prompt, model=img.model, width=img.width, height=img.height,
                                        seed=new_seed(item))
         st.session_state[GALLERY_KEY] = add_image(st.session_state[GALLERY_KEY], result, item.prompt)
@@ -43,8 +43,8 @@ def render_item(item: GalleryItem) -> None:
     """One card: the image, its prompt and figures, download and regenerate buttons."""
     img = item.image
     st.image(img.data, width="stretch")
-    st.markdown(markdown_text(item.prompt, limit=160))
-    st.caption(f"`{img.model}` · seed {img.seed} · {item.size} · {img.latency_ms:,.0f} ms"
+    st.markdown(safe_markdown(item.prompt, limit=160, as_typed=True))
+    st.caption(f"{code_span(img.model)} · seed {img.seed} · {item.size} · {img.latency_ms:,.0f} ms"
                + (" · ⚡ from cache" if img.cached else ""))
     left, right = st.columns(2)
     left.download_button("Download", img.data, file_name=item.file_name, mime=img.content_type,

@@ -9,6 +9,7 @@ from blossom_dash import DashError, ui
 from blossom_dash.features import conversations, snippets
 from blossom_dash.features.gallery import GALLERY_KEY, GALLERY_MAX_IMAGES, add_image
 from blossom_dash.sdk.speech import FORMATS, MAX_SPEECH_CHARS, VOICES
+from blossom_dash.ui.safe import safe_markdown
 
 handle = ui.session_handle()
 service = handle.service
@@ -24,8 +25,8 @@ st.session_state.setdefault("playground_image_seed", random.randint(0, 2**31 - 1
 
 
 def render_turn(msg: dict) -> None:
-    """One chat message: its text, the figures under an answer, and its code behind "Show code"."""
-    st.markdown(msg["content"])
+    """One chat message: its text (made inert: no images load, no links), the figures, its code."""
+    st.markdown(safe_markdown(msg["content"]))
     if msg.get("caption"):
         st.caption(msg["caption"])
     if msg.get("code"):
@@ -35,7 +36,7 @@ def render_turn(msg: dict) -> None:
 if shared_id := st.query_params.get("conversation"):  # a permalink: the shared chat, read-only
     with ui.guard("opening the shared conversation"):
         shared = service.load_conversation(shared_id)
-        st.subheader(shared.title)
+        st.subheader(safe_markdown(shared.title))
         st.caption(conversations.describe(shared))
         for turn in shared.turns:
             with st.chat_message(turn.role):
@@ -79,7 +80,7 @@ with chat_tab:
             render_turn(msg)
     if prompt is not None:
         with conversation.chat_message("user"):
-            st.markdown(prompt)
+            st.markdown(safe_markdown(prompt))
         params = {"model": model, "system": system or None, "max_tokens": int(max_tokens),
                   "temperature": None if temperature == 1.0 else float(temperature),
                   "seed": None if seed is None else int(seed),
@@ -88,12 +89,16 @@ with chat_tab:
             try:
                 if stream_on:
                     stream = handle.stream_text(prompt, **params)
-                    st.write_stream(stream)
+                    box, shown = st.empty(), ""
+                    for chunk in stream:  # as st.write_stream does, but each redraw made inert
+                        shown += chunk
+                        box.markdown(safe_markdown(shown) + " ▌")
+                    box.markdown(safe_markdown(shown))
                     result = stream.result
                 else:
                     with st.spinner("Waiting for the answer…"):
                         result = handle.generate_text(prompt, **params)
-                    st.markdown(result.text)
+                    st.markdown(safe_markdown(result.text))
             except DashError as err:
                 ui.show_error(err)
             else:

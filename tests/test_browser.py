@@ -8,11 +8,13 @@ installs it); Playwright cannot download browsers here.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,3 +153,60 @@ def test_badge_goes_red_on_a_dead_backend(dead_backend_url: str, tmp_path: Path)
         _keep(page, tmp_path, "dead-backend-controls.png")
         assert page.get_by_text("Traceback").count() == 0
         browser.close()
+
+
+class _CountingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a 1×1 PNG and counts it (the test's tripwire)."""
+
+    hits: list[str] = []
+    PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
+
+    def do_GET(self) -> None:
+        type(self).hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(self.PNG)))
+        self.end_headers()
+        self.wfile.write(self.PNG)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_answer_cannot_load_an_image(app_url: str, tmp_path: Path) -> None:
+    """A model answer holding image markdown (the demo echoes the prompt) loads nothing: no request
+    reaches a loopback image server, and the answer shows "[image: x]" and the URL as plain text."""
+    from playwright.sync_api import expect, sync_playwright
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CountingHandler)
+    _CountingHandler.hits = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    img = f"http://127.0.0.1:{server.server_address[1]}/x.png"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            box = page.get_by_placeholder("Ask a model…")
+            expect(box).to_be_visible(timeout=30_000)
+            # The demo echoes the first 80 characters of the prompt: the image and the link fit.
+            box.fill(f"![x]({img}) [l]({img}?link) <img src=\"{img}?html\">")
+            box.press("Enter")
+            answer = page.get_by_test_id("stChatMessage").filter(has_text="You asked").last
+            expect(answer).to_contain_text("[image: x]", timeout=30_000)
+            expect(page.get_by_text("TTFT").last).to_be_visible(timeout=30_000)
+            expect(answer).to_contain_text(f"{img}?link")
+            page.wait_for_timeout(1000)  # a grace period for any image fetch to arrive; not a timing claim
+            _keep(page, tmp_path, "inert-answer.png")
+            assert _CountingHandler.hits == [], "the page fetched from the image server"
+            assert page.locator(f"img[src^='{img}']").count() == 0
+            assert page.locator(f"a[href^='{img}']").count() == 0
+            # The tripwire works: the same browser does reach the server when an image is made.
+            page.evaluate("url => new Promise(done => { const i = new Image(); i.onload = i.onerror = done;"
+                          " i.src = url; })", img + "?control")
+            assert _CountingHandler.hits == ["/x.png?control"]
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
