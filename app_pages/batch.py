@@ -28,7 +28,8 @@ def _duration(seconds: float | None) -> str:
 
 def _label(job: batch.BatchStatus) -> str:
     when = time.strftime("%d %b %H:%M", time.localtime(job.created_ts))
-    return f"{job.name or 'batch'} · {when} · {job.total:,} rows"  # its state is in the panel, kept live
+    owner = f" · {job.user}" if st.session_state.get("batch_all_jobs") else ""
+    return f"{job.name or 'batch'} · {when} · {job.total:,} rows{owner}"  # its state is in the panel, kept live
 
 
 # ----- a new batch ------------------------------------------------------------------------
@@ -82,9 +83,11 @@ if upload is not None:
 
 # ----- your jobs --------------------------------------------------------------------------
 st.subheader("Your jobs")
+everyone = handle.role == "admin" and st.toggle("All jobs (every user's)", key="batch_all_jobs",
+                                                help="Admins see and can cancel every user's jobs.")
 jobs: list[batch.BatchStatus] = []
 with ui.guard("listing your jobs"):
-    jobs = handle.list_batches()
+    jobs = handle.list_batches(everyone=everyone)
 if not jobs:
     st.info("No batch jobs yet. Upload a CSV above: the job runs on the server, so it keeps going when you "
             "switch pages or reload, and you come back to it here.")

@@ -476,6 +476,10 @@ class SessionHandle:
     def _ids(self) -> dict[str, Any]:
         return {"user": self.user, "session": self.session_id, "api_key": self._api_key}
 
+    def _job_ids(self) -> dict[str, Any]:
+        """As ``_ids``, but an admin may act on every user's job (``user=None``: any owner)."""
+        return {**self._ids(), "user": None if self.role == "admin" else self.user}
+
     def generate_text(self, prompt: str, **kwargs: Any) -> TextResult:
         """``BlossomService.generate_text`` as this session's user."""
         return self.service.generate_text(prompt, **kwargs, caller=self.caller)
@@ -525,16 +529,16 @@ class SessionHandle:
         return self.service.submit_batch(rows, **kwargs, **self._ids())
 
     def batch_status(self, job_id: str) -> BatchStatus:
-        """``BlossomService.batch_status`` of this user's job."""
-        return self.service.batch_status(job_id, **self._ids())
+        """``BlossomService.batch_status`` of this user's job (an admin's: of any job)."""
+        return self.service.batch_status(job_id, **self._job_ids())
 
     def batch_results(self, job_id: str, **kwargs: Any) -> pd.DataFrame:
         """``BlossomService.batch_results`` of this user's job."""
-        return self.service.batch_results(job_id, **kwargs, **self._ids())
+        return self.service.batch_results(job_id, **kwargs, **self._job_ids())
 
     def cancel_batch(self, job_id: str) -> BatchStatus:
-        """``BlossomService.cancel_batch`` of this user's job."""
-        return self.service.cancel_batch(job_id, **self._ids())
+        """``BlossomService.cancel_batch`` of this user's job (an admin may cancel any)."""
+        return self.service.cancel_batch(job_id, **self._job_ids())
 
     def resume_batch(self, job_id: str, **kwargs: Any) -> BatchStatus:
         """``BlossomService.resume_batch`` of this user's job, with this session's key."""
@@ -542,10 +546,18 @@ class SessionHandle:
 
     def delete_batch(self, job_id: str) -> None:
         """``BlossomService.delete_batch`` of this user's job."""
-        return self.service.delete_batch(job_id, **self._ids())
+        return self.service.delete_batch(job_id, **self._job_ids())
 
-    def list_batches(self) -> list[BatchStatus]:
-        """``BlossomService.list_batches`` of this user."""
+    def list_batches(self, *, everyone: bool = False) -> list[BatchStatus]:
+        """``BlossomService.list_batches`` of this user, or of every user (admins only).
+
+        Raises:
+            PermissionDenied: ``everyone`` asked by someone who is not an admin.
+        """
+        if everyone:
+            if self.role != "admin":
+                raise PermissionDenied("Only an admin sees every user's batch jobs.", "Your own jobs are listed.")
+            return self.service.list_batches(None, session=self.session_id)
         return self.service.list_batches(**self._ids())
 
     def save_conversation(self, messages: list[dict[str, Any]]) -> Conversation:

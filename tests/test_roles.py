@@ -113,3 +113,21 @@ class TestRoleFor:
         """Admins by e-mail; members by the allowed e-mails or domains (everyone when none are set)."""
         with BlossomService(Settings(backend="demo", demo_latency=False, data_dir=tmp_path, **settings)) as svc:
             assert svc.role_for(who) == role
+
+
+class TestBatchJobs:
+    def test_members_see_their_jobs_and_admins_see_every_job(self, svc: BlossomService) -> None:
+        """A member lists and cancels only their own jobs; an admin lists all and cancels any."""
+        member = svc.session(MEMBER.user, "s-m", role="member")
+        admin = svc.session(ADMIN.user, "s-a", role="admin")
+        other = svc.session("zoe@team.org", "s-z", role="member")
+        job = member.submit_batch([{"prompt": f"row {i}"} for i in range(3)], name="mine")
+        assert [j.job_id for j in member.list_batches()] == [job]
+        assert other.list_batches() == []
+        with pytest.raises(PermissionDenied):
+            other.list_batches(everyone=True)
+        with pytest.raises(Exception) as info:  # noqa: PT011 - the owner check's own error
+            other.cancel_batch(job)
+        assert "job" in str(info.value).lower()
+        assert [j.job_id for j in admin.list_batches(everyone=True)] == [job]
+        assert admin.cancel_batch(job).job_id == job
