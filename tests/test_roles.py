@@ -126,7 +126,7 @@ class TestBatchJobs:
         assert other.list_batches() == []
         with pytest.raises(PermissionDenied):
             other.list_batches(everyone=True)
-        with pytest.raises(Exception) as info:  # noqa: PT011 - the owner check's own error
+        with pytest.raises(Exception) as info:
             other.cancel_batch(job)
         assert "job" in str(info.value).lower()
         assert [j.job_id for j in admin.list_batches(everyone=True)] == [job]
