@@ -525,6 +525,45 @@ class FeatureMethods:
                 store = self._conversation_store = ConversationStore(self.store.engine)
             return store
 
+    def delete_conversation(self, conversation_id: str, *, caller: Caller | None = None) -> bool:
+        """Delete a shared conversation: its owner or an admin may (admins' deletes are audited).
+
+        Returns:
+            Whether it existed.
+
+        Raises:
+            InvalidRequest: the id is malformed or unknown.
+            PermissionDenied: the caller neither shared it nor is an admin.
+            DashError: the database refused.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        caller = caller or Caller("local")
+        conv = self.load_conversation(conversation_id)
+        if conv.user != caller.user:
+            self._admin(caller, "delete someone else's shared conversation")
+            self._audit(caller, "delete_conversation", {"id": conv.id, "owner": conv.user}, None)
+        try:
+            return self._conversations().delete(conv.id)
+        except SQLAlchemyError as exc:
+            raise DashError("The conversation could not be deleted: the usage database refused.",
+                            "Try again; if it repeats, check the database.") from exc
+
+    def delete_comparison(self, comparison_id: str, *, caller: Caller | None = None) -> bool:
+        """Delete a stored comparison and its vote: its owner or an admin may (admins' audited).
+
+        Raises:
+            InvalidRequest: the id is malformed or unknown.
+            PermissionDenied: the caller neither made it nor is an admin.
+            StorageFailed: the database refused.
+        """
+        caller = caller or Caller("local")
+        comp = self.load_comparison(comparison_id)
+        if comp.user != caller.user:
+            self._admin(caller, "delete someone else's comparison")
+            self._audit(caller, "delete_comparison", {"id": comp.id, "owner": comp.user}, None)
+        return self._comparisons().delete(comp.id)
+
     def save_conversation(self, messages: list[dict[str, Any]], *, user: str = "anonymous", session: str = "",
                           api_key: str | None = None) -> Conversation:
         """Save a snapshot of a Playground chat for its permalink (``?conversation=<id>``).

@@ -131,3 +131,32 @@ class TestBatchJobs:
         assert "job" in str(info.value).lower()
         assert [j.job_id for j in admin.list_batches(everyone=True)] == [job]
         assert admin.cancel_batch(job).job_id == job
+
+
+class TestPermalinks:
+    def test_owner_or_admin_deletes_a_shared_chat(self, svc: BlossomService) -> None:
+        """Another member cannot delete a shared conversation; its owner can; an admin can, audited."""
+        from blossom_dash import InvalidRequest
+
+        chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+        member = svc.session(MEMBER.user, role="member")
+        first, second = member.save_conversation(chat), member.save_conversation(chat)
+        with pytest.raises(PermissionDenied):
+            svc.session("zoe@team.org", role="member").delete_conversation(first.id)
+        assert member.delete_conversation(first.id) is True
+        with pytest.raises(InvalidRequest):
+            svc.load_conversation(first.id)
+        assert svc.session(ADMIN.user, role="admin").delete_conversation(second.id) is True
+        assert svc.audit_entries()["action"].tolist() == ["delete_conversation"]
+
+    def test_owner_or_admin_deletes_a_comparison(self, svc: BlossomService) -> None:
+        """The same rule for a stored comparison and its vote."""
+        from blossom_dash.features.compare import Panel
+
+        panels = [Panel(position=i, model=m, text="x") for i, m in enumerate(("demo-swift", "demo-deep"))]
+        member = svc.session(MEMBER.user, role="member")
+        comp = member.compare_record("text", "p", panels)
+        member.vote(comp.id, "tie")
+        with pytest.raises(PermissionDenied):
+            svc.session("zoe@team.org", role="member").delete_comparison(comp.id)
+        assert member.delete_comparison(comp.id) is True

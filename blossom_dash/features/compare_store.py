@@ -39,6 +39,7 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy import delete as sa_delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -243,6 +244,23 @@ class ComparisonStore:
         return Comparison(head["id"], head["ts"], head["kind"], head["prompt"], json.loads(head["params"]),
                           head["user"], head["backend"], panels,
                           Vote(vote["choice"], vote["model"], vote["user"], vote["ts"]) if vote else None)
+
+    def delete(self, comparison_id: Any) -> bool:
+        """Delete a stored comparison with its answers and vote; whether there was one.
+
+        Raises:
+            InvalidRequest: the id is malformed.
+            StorageFailed: the write failed.
+        """
+        cid = _check_id(comparison_id)
+        try:
+            with self.engine.begin() as conn:
+                for table in (comparison_votes, comparison_answers):
+                    conn.execute(sa_delete(table).where(table.c.comparison_id == cid))
+                return conn.execute(sa_delete(comparisons).where(comparisons.c.id == cid)).rowcount > 0
+        except SQLAlchemyError as exc:
+            raise StorageFailed("The comparison could not be deleted: the usage database refused.",
+                                "Try again in a moment.") from exc
 
     def vote(self, comparison_id: Any, choice: Any, *, user: str, session: str) -> Vote:
         """Record the vote on a comparison, replacing any earlier one.

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from sqlalchemy import Column, Float, String, Table, Text, insert, select
+from sqlalchemy import Column, Float, String, Table, Text, delete, insert, select
 from sqlalchemy.engine import Engine
 
 from ..telemetry.store import metadata
@@ -192,6 +192,18 @@ class ConversationStore:
         except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
             raise ConversationError(f"The conversation {conversation_id!r} is damaged and cannot be shown.") from exc
         return Conversation(row.id, row.user, float(row.created), row.title, turns)
+
+    def delete(self, conversation_id: str) -> bool:
+        """Delete one saved conversation; whether there was one.
+
+        Raises:
+            ConversationError: the id is malformed.
+            sqlalchemy.exc.SQLAlchemyError: the write failed.
+        """
+        if not is_conversation_id(conversation_id):
+            raise ConversationError(f"{str(conversation_id)[:40]!r} is not a conversation link id.")
+        with self.engine.begin() as conn:
+            return conn.execute(delete(conversations).where(conversations.c.id == conversation_id)).rowcount > 0
 
 
 __all__ = [
