@@ -88,7 +88,7 @@ class BlossomService(FeatureMethods):
         if self._demo is None:
             from .demo_backend import DemoServer
 
-            demo = DemoServer(latency=self.settings.demo_latency)
+            demo = DemoServer(latency=self.settings.demo_latency, faults=self.settings.demo_faults)
             self._loop.run(demo.start("127.0.0.1", 0), timeout=30)
             self._demo = demo
         return str(self._demo.base_url)
@@ -559,14 +559,6 @@ class SessionHandle:
                 raise PermissionDenied("Only an admin sees every user's batch jobs.", "Your own jobs are listed.")
             return self.service.list_batches(None, session=self.session_id)
         return self.service.list_batches(**self._ids())
-
-    def delete_conversation(self, conversation_id: str) -> bool:
-        """``BlossomService.delete_conversation`` as this session's caller (owner or admin)."""
-        return self.service.delete_conversation(conversation_id, caller=self.caller)
-
-    def delete_comparison(self, comparison_id: str) -> bool:
-        """``BlossomService.delete_comparison`` as this session's caller (owner or admin)."""
-        return self.service.delete_comparison(comparison_id, caller=self.caller)
 
     def save_conversation(self, messages: list[dict[str, Any]]) -> Conversation:
         """``BlossomService.save_conversation`` as this session's user."""

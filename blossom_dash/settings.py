@@ -30,6 +30,9 @@ class Settings(BaseSettings):
             ``POLLINATIONS_API_KEY`` or ``BLOSSOM_DASH_API_KEY``.
         demo_latency: Simulate per-model TTFT and tokens/s on the demo backend; off for
             benchmarks.
+        demo_faults: Enable the embedded demo backend's fault injection (``/_demo/faults``,
+            ``X-Demo-Fault``, ``fault-*`` models), ``BLOSSOM_DASH_DEMO_FAULTS``; off, so
+            that nobody reaching the app can make its demo fail; the tests turn it on.
         request_timeout_s: Deadline of one text or speech call, seconds, retries and
             the default-model lookup included; for a stream, the deadline of its
             first delta.
@@ -95,6 +98,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("POLLINATIONS_API_KEY", "BLOSSOM_DASH_API_KEY"),
     )
     demo_latency: bool = True
+    demo_faults: bool = False
     request_timeout_s: float = Field(default=60.0, gt=0, le=600)
     image_timeout_s: float = Field(default=120.0, gt=0, le=600)
     retries: int = Field(default=1, ge=0, le=5)

@@ -65,6 +65,8 @@ def _no_outbound_traffic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     monkeypatch.setenv("BLOSSOM_DASH_BACKEND", "demo")
     # Tests switch to loopback servers of their own; the product default (off) has its own tests.
     monkeypatch.setenv("BLOSSOM_DASH_ALLOW_CUSTOM_BACKEND", "true")
+    # The tests inject faults on the demo backend; the product default (off) has its own test.
+    monkeypatch.setenv("BLOSSOM_DASH_DEMO_FAULTS", "true")
     monkeypatch.delenv("POLLINATIONS_API_KEY", raising=False)
     before = len(_outbound)
     yield
@@ -76,7 +78,7 @@ def _no_outbound_traffic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
 def demo_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlossomService]:
     """A service on the embedded demo backend, latency off, its own SQLite file."""
     data = tmp_path_factory.mktemp("svc")
-    svc = BlossomService(Settings(backend="demo", demo_latency=False, data_dir=data, retries=0,
+    svc = BlossomService(Settings(backend="demo", demo_latency=False, demo_faults=True, data_dir=data, retries=0,
                                   per_user_rpm=100_000, global_rpm=100_000))
     yield svc
     svc.close()

@@ -13,8 +13,9 @@ from blossom_dash import BlossomService, Settings
 
 
 def make_service(tmp_path: Path, **overrides: Any) -> BlossomService:
-    """A fresh service on its own demo backend and SQLite file (latency off, no retries)."""
-    opts: dict[str, Any] = {"backend": "demo", "demo_latency": False, "retries": 0, "data_dir": tmp_path,
+    """A fresh service on its own demo backend and SQLite file (latency off, faults on, no retries)."""
+    opts: dict[str, Any] = {"backend": "demo", "demo_latency": False, "demo_faults": True, "retries": 0,
+                            "data_dir": tmp_path,
                             "per_user_rpm": 100_000, "global_rpm": 100_000}
     opts.update(overrides)
     return BlossomService(Settings(**opts))

@@ -8,12 +8,15 @@ import json
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from helpers import make_service
 from PIL import Image
 
+from blossom_dash import Settings
 from blossom_dash.demo_backend import (
     FAULTS,
     IMAGE_MODELS,
@@ -43,7 +46,7 @@ def run(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def _serve(loop: asyncio.AbstractEventLoop, latency: bool) -> Iterator[str]:
-    server = DemoServer(latency=latency)
+    server = DemoServer(latency=latency, faults=True)
     base_url = run(loop, server.start())
     assert base_url == server.base_url
     yield base_url
@@ -475,6 +478,43 @@ class TestFaultControls:
             assert client.post("/_demo/faults", json={"fault": fault}).status_code == 200
         assert len(client.get("/_demo/faults").json()["queue"]) == len(FAULTS)
 
+
+def test_faults_off_by_default(loop: asyncio.AbstractEventLoop) -> None:
+    """Without faults=True there is no fault injection at all: no queue route, the header is
+    ignored and fault-500 is just a model the demo does not serve (404)."""
+    server = DemoServer(latency=False)
+    url = run(loop, server.start())
+    try:
+        with httpx.Client(base_url=url, timeout=5) as c:
+            assert c.get("/_demo/faults").status_code == 404
+            assert c.post("/_demo/faults", json={"fault": "500", "count": 1}).status_code == 404
+            refused = c.post(CHAT, json={"model": "fault-500", "messages": USER})
+            assert refused.status_code == 404 and refused.json()["error"]["code"] == "MODEL_NOT_FOUND"
+            plain = c.post(CHAT, json={"model": "demo-swift", "messages": USER}, headers={"X-Demo-Fault": "500"})
+            assert plain.status_code == 200 and plain.json()["choices"][0]["message"]["content"]
+            image = c.get("/image/a%20cat", params={"model": "fault-500", "width": 64, "height": 64})
+            assert image.status_code == 404
+            assert c.get("/_demo/stats").json()["faults"] == 0
+    finally:
+        run(loop, server.stop())
+
+
+def test_faults_on_when_asked(base_url: str) -> None:
+    """The same requests on a server started with faults=True do fail (the check above can fail)."""
+    with httpx.Client(base_url=base_url, timeout=5) as c:
+        assert c.post(CHAT, json={"model": "fault-500", "messages": USER}).status_code == 500
+        assert c.get("/_demo/faults").status_code == 200
+
+
+def test_the_embedded_demo_has_no_faults_unless_set(tmp_path: Path) -> None:
+    """Settings.demo_faults (BLOSSOM_DASH_DEMO_FAULTS) defaults to off and reaches the embedded demo."""
+    assert Settings.model_fields["demo_faults"].default is False
+    with make_service(tmp_path, demo_faults=False) as svc:
+        url = svc.backend.base_url
+        assert httpx.get(f"{url}/_demo/faults", timeout=5).status_code == 404
+        assert httpx.post(f"{url}{CHAT}", json={"model": "fault-500", "messages": USER}, timeout=5).status_code == 404
+    with make_service(tmp_path / "on") as svc:
+        assert httpx.get(f"{svc.backend.base_url}/_demo/faults", timeout=5).status_code == 200
 
 def test_stats(client: httpx.Client) -> None:
     """/_demo/stats counts requests per route kind until reset."""

@@ -2,7 +2,9 @@
 
 It speaks the same HTTP as the real API, so the blossom-ai SDK cannot tell the
 difference, but it is honest: every model is named ``demo-*``, every answer says it
-comes from the demo backend, and faults happen only when asked for (see ``FAULTS``).
+comes from the demo backend, and faults happen only when asked for (see ``FAULTS``)
+and only on a server started with them enabled (``create_app(faults=True)``,
+``DemoServer(faults=True)``, ``--faults``).
 """
 
 from __future__ import annotations

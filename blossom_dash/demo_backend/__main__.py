@@ -24,11 +24,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-latency", action="store_true", help="answer at once (for benchmarks)"
     )
+    parser.add_argument(
+        "--faults", action="store_true",
+        help="enable fault injection (/_demo/faults, X-Demo-Fault, fault-* models); for tests only",
+    )
     args = parser.parse_args(argv)
     latency = "off" if args.no_latency else "on"
-    print(f"blossom-dash demo backend (synthetic answers), latency simulation {latency}")
+    faults = ", fault injection ON" if args.faults else ""
+    print(f"blossom-dash demo backend (synthetic answers), latency simulation {latency}{faults}")
     web.run_app(
-        create_app(latency=not args.no_latency),
+        create_app(latency=not args.no_latency, faults=args.faults),
         host=args.host,
         port=args.port,
         access_log=None,

@@ -58,11 +58,13 @@ class DemoState:
 
     Attributes:
         latency: Whether to simulate model latency (``False`` for benchmarks).
+        faults_enabled: Whether fault injection exists at all (``create_app(faults=...)``).
         faults: Queued fault plans.
         stats: Requests seen per kind (``STAT_KINDS``) since start or last reset.
     """
 
     latency: bool
+    faults_enabled: bool = False
     faults: FaultQueue = field(default_factory=FaultQueue)
     stats: Counter[str] = field(default_factory=Counter)
 
@@ -84,10 +86,13 @@ def _drop_connection(request: web.Request) -> web.Response:
 def _gate(
     request: web.Request, model: str, route: str, known: dict[str, Any]
 ) -> tuple[Fault | None, web.Response | None]:
-    """Resolve the request's fault; return an early response for errors and status faults."""
+    """Resolve the request's fault; return an early response for errors and status faults.
+
+    With faults off, ``X-Demo-Fault`` is ignored and ``fault-*`` is just an unknown model.
+    """
     state = request.app[STATE]
     try:
-        fault = resolve_fault(request.headers, model, route, state.faults)
+        fault = resolve_fault(request.headers, model, route, state.faults) if state.faults_enabled else None
     except ValueError as exc:
         return None, _error(400, "BAD_REQUEST", str(exc))
     if fault is not None:
@@ -328,18 +333,21 @@ async def _stats(request: web.Request) -> web.Response:
     return web.json_response({kind: stats[kind] for kind in STAT_KINDS})
 
 
-def create_app(*, latency: bool = True) -> web.Application:
+def create_app(*, latency: bool = True, faults: bool = False) -> web.Application:
     """Build the demo backend app, speaking gen.pollinations.ai's HTTP.
 
     Args:
         latency: Simulate each model's time to first token and tokens per second
             (and image render time). ``False`` answers as fast as possible.
+        faults: Enable fault injection: the ``/_demo/faults`` queue, the
+            ``X-Demo-Fault`` header and the ``fault-*`` models (``FAULTS``). Off by
+            default, so that a demo reachable by others cannot be made to fail.
 
     Returns:
         A fresh ``aiohttp.web.Application`` with its own stats and fault queue.
     """
     app = web.Application(client_max_size=8 * 1024 * 1024)
-    app[STATE] = DemoState(latency=latency)
+    app[STATE] = DemoState(latency=latency, faults_enabled=faults)
     add = app.router.add_route
     add("POST", "/v1/chat/completions", _chat)
     add("GET", "/v1/models", _static_json(_TEXT_MODELS_BODY))
@@ -347,8 +355,9 @@ def create_app(*, latency: bool = True) -> web.Application:
     add("GET", "/image/models", _static_json(_IMAGE_MODELS_BODY))
     add("GET", "/image/{prompt:.+}", _image)
     add("GET", "/health", _health)
-    for method in ("GET", "POST", "DELETE"):
-        add(method, "/_demo/faults", _faults)
+    if faults:
+        for method in ("GET", "POST", "DELETE"):
+            add(method, "/_demo/faults", _faults)
     add("GET", "/_demo/stats", _stats)
     add("POST", "/_demo/stats/reset", _stats)
     return app
@@ -361,13 +370,15 @@ class DemoServer:
     be submitted with ``asyncio.run_coroutine_threadsafe`` from another thread.
     """
 
-    def __init__(self, latency: bool = True) -> None:
+    def __init__(self, latency: bool = True, faults: bool = False) -> None:
         """Create a stopped server.
 
         Args:
             latency: Passed to ``create_app``.
+            faults: Passed to ``create_app`` (fault injection; off by default).
         """
         self._latency = latency
+        self._faults = faults
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
 
@@ -400,7 +411,7 @@ class DemoServer:
             raise RuntimeError("DemoServer is already running")
         # handler_cancellation: a client that hangs up (e.g. after its read timeout)
         # cancels its handler instead of leaving a `timeout` fault asleep for minutes.
-        runner = web.AppRunner(create_app(latency=self._latency), access_log=None,
+        runner = web.AppRunner(create_app(latency=self._latency, faults=self._faults), access_log=None,
                                handler_cancellation=True, shutdown_timeout=1.0)
         await runner.setup()
         try:
