@@ -560,6 +560,14 @@ class SessionHandle:
             return self.service.list_batches(None, session=self.session_id)
         return self.service.list_batches(**self._ids())
 
+    def delete_conversation(self, conversation_id: str) -> bool:
+        """``BlossomService.delete_conversation`` as this session's caller (owner or admin)."""
+        return self.service.delete_conversation(conversation_id, caller=self.caller)
+
+    def delete_comparison(self, comparison_id: str) -> bool:
+        """``BlossomService.delete_comparison`` as this session's caller (owner or admin)."""
+        return self.service.delete_comparison(comparison_id, caller=self.caller)
+
     def save_conversation(self, messages: list[dict[str, Any]]) -> Conversation:
         """``BlossomService.save_conversation`` as this session's user."""
         return self.service.save_conversation(messages, **self._ids())
