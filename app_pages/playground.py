@@ -34,6 +34,7 @@ def render_turn(msg: dict) -> None:
 
 
 if shared_id := st.query_params.get("conversation"):  # a permalink: the shared chat, read-only
+    shared = None
     with ui.guard("opening the shared conversation"):
         shared = service.load_conversation(shared_id)
         st.subheader(safe_markdown(shared.title))
@@ -41,9 +42,18 @@ if shared_id := st.query_params.get("conversation"):  # a permalink: the shared 
         for turn in shared.turns:
             with st.chat_message(turn.role):
                 render_turn(dataclasses.asdict(turn))
-    if st.button("Start a new chat", key="playground_new_chat", icon="💬", type="primary"):
+    bar = st.container(horizontal=True)
+    if bar.button("Start a new chat", key="playground_new_chat", icon="💬", type="primary"):
         del st.query_params["conversation"]
         st.rerun()
+    if shared is not None and (shared.user == handle.user or handle.caller.is_admin) and bar.button(
+            "Delete this shared chat", key="playground_delete_shared", icon="🗑️",
+            help="Removes the permalink for everyone (the owner or an admin may)."):
+        with ui.guard("deleting the shared conversation"):
+            handle.delete_conversation(shared_id)
+            del st.query_params["conversation"]
+            st.toast("Shared chat deleted.", icon="🗑️")
+            st.rerun()
     st.stop()
 
 chat_tab, image_tab, speech_tab = st.tabs(["💬 Chat", "🖼️ Image", "🔊 Speech"])

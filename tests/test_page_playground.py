@@ -205,3 +205,22 @@ class TestShareAndCode:
         next(b for b in at.button if "Generate image" in str(b.label)).click().run()
         code = next(c.value for c in at.code if "client.image.generate" in c.value)
         assert "PROMPT = 'a lighthouse at dawn'" in code and "SEED = 7" in code
+
+
+class TestDeleteSharedChat:
+    def test_the_owner_deletes_the_permalink(self) -> None:
+        """On a shared chat its owner (here the local admin) gets Delete; afterwards the link opens nothing."""
+        at = app("app_pages/playground.py").run()
+        at.chat_input(key="playground_prompt").set_value("Share me").run()
+        next(b for b in at.button if b.key == "playground_share").click().run()
+        link = next(c.value for c in at.code if "?conversation=" in c.value)
+        conv_id = link.split("?conversation=", 1)[1]
+        shared = app("app_pages/playground.py")
+        shared.query_params["conversation"] = conv_id
+        shared.run()
+        next(b for b in shared.button if b.key == "playground_delete_shared").click().run()
+        assert not shared.exception
+        again = app("app_pages/playground.py")
+        again.query_params["conversation"] = conv_id
+        again.run()
+        assert any("does not open anything" in e for e in texts(again, "error"))
