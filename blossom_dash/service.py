@@ -411,7 +411,7 @@ class BlossomService(FeatureMethods):
         """Whether only recorded answers are served (nothing reaches a backend)."""
         return self.cache.replay_only
 
-    def session(self, user: str, session_id: str = "", role: str = "admin") -> SessionHandle:
+    def session(self, user: str, session_id: str = "", role: str = "member") -> SessionHandle:
         """A cheap per-session handle bound to ``user`` with ``role`` (see ``role_for``)."""
         return SessionHandle(self, user=user, session_id=session_id, role=role)
 
@@ -452,7 +452,7 @@ class SessionHandle:
             service checks it on every admin action.
     """
 
-    def __init__(self, service: BlossomService, *, user: str, session_id: str = "", role: str = "admin") -> None:
+    def __init__(self, service: BlossomService, *, user: str, session_id: str = "", role: str = "member") -> None:
         self.service = service
         self.user = user
         self.session_id = session_id

@@ -77,6 +77,7 @@ class Settings(BaseSettings):
         allow_anonymous: Kiosk mode: without sign-in, every browser session is an
             anonymous member with a signed random id (never an admin).
         kiosk_secret: HMAC-SHA256 key that signs kiosk ids; unset, a random one per process.
+        kiosk_rpm: Requests per minute of each kiosk visitor (capped by ``per_user_rpm``).
         log_level: Level of the one-JSON-line-per-request log on stderr.
         log_prompts: Include the (truncated) prompt in those log lines.
         metrics_port: Serve Prometheus metrics on this port (off when unset).
@@ -139,6 +140,7 @@ class Settings(BaseSettings):
     allowed_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allow_anonymous: bool = False
     kiosk_secret: SecretStr | None = None
+    kiosk_rpm: int = Field(default=10, ge=1, le=100_000)
 
     @field_validator("backends", mode="before")
     @classmethod

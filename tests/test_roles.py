@@ -160,3 +160,22 @@ class TestPermalinks:
         with pytest.raises(PermissionDenied):
             svc.session("zoe@team.org", role="member").delete_comparison(comp.id)
         assert member.delete_comparison(comp.id) is True
+
+
+class TestKiosk:
+    def test_kiosk_visitors_have_their_own_lower_limit_and_are_never_admins(self, tmp_path: Path) -> None:
+        """kiosk_rpm caps each kiosk visitor below the per-user limit; a kiosk id is no admin."""
+        from blossom_dash import RateLimited
+
+        with make_service(tmp_path, kiosk_rpm=2, per_user_rpm=30) as svc:
+            visitor = Caller("kiosk-0123abcd", role="admin")  # even if a role were forged
+            assert not visitor.is_admin
+            with pytest.raises(PermissionDenied):
+                svc.configure_limits(per_user_rpm=99, caller=visitor)
+            for i in range(2):
+                svc.generate_text(f"kiosk {i}", caller=visitor)
+            with pytest.raises(RateLimited) as info:
+                svc.generate_text("kiosk 3", caller=visitor)
+            assert "limit of 2 requests per minute" in info.value.message
+            for i in range(3):  # a signed-in member keeps the team's limit
+                svc.generate_text(f"member {i}", caller=MEMBER)

@@ -265,7 +265,8 @@ class Gateway:
         try:
             if self._cache.replay_only:  # every cache miss passes here before the network: refuse it unsent
                 raise not_recorded(ticket.kind, ticket.prompt, prepared.model)
-            self._limiter.acquire(ticket.caller.user)
+            caller = ticket.caller
+            self._limiter.acquire(caller.user, rpm=self.settings.kiosk_rpm if caller.is_kiosk else None)
             return breaker.admit()
         except DashError as err:
             raise self._failed(ticket, err) from None

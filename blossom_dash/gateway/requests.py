@@ -25,6 +25,9 @@ SEED_MAX = 2**31 - 1
 #: blossom_ai.generators.image_generator).
 IMAGE_PROMPT_URL_CHARS = 1848
 MODEL_NAME_CHARS = 128
+#: Identities of kiosk visitors (anonymous, signed random ids) start with this; they
+#: are members with their own lower rate limit (``Settings.kiosk_rpm``).
+KIOSK_PREFIX = "kiosk-"
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,12 @@ class Caller:
     @property
     def is_admin(self) -> bool:
         """Whether this caller may change team-wide settings and read everyone's requests."""
-        return self.role == "admin"
+        return self.role == "admin" and not self.is_kiosk
+
+    @property
+    def is_kiosk(self) -> bool:
+        """Whether this is an anonymous kiosk visitor (never an admin)."""
+        return self.user.startswith(KIOSK_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -321,5 +329,7 @@ class SpeechRequest:
 
 Request = TextRequest | ImageRequest | SpeechRequest
 
-__all__ = ["DEFAULT_MAX_TOKENS", "IMAGE_MAX_PX", "IMAGE_MIN_PX", "IMAGE_PROMPT_URL_CHARS", "MAX_TOKENS_LIMIT",
-           "SEED_MAX", "Caller", "ImageRequest", "Prepared", "Request", "SpeechRequest", "TextRequest", "check_model"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS", "IMAGE_MAX_PX", "IMAGE_MIN_PX", "IMAGE_PROMPT_URL_CHARS", "KIOSK_PREFIX", "MAX_TOKENS_LIMIT",
+    "SEED_MAX", "Caller", "ImageRequest", "Prepared", "Request", "SpeechRequest", "TextRequest", "check_model",
+]

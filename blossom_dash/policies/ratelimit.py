@@ -251,8 +251,13 @@ class RateLimiter:
         return WindowStatus(limit=item.amount, remaining=max(0, item.amount - used),
                             reset_in_s=round(rises_in, 3), used=used)
 
-    def acquire(self, user: str) -> None:
+    def acquire(self, user: str, *, rpm: int | None = None) -> None:
         """Take one slot for ``user`` and one global slot, or neither.
+
+        Args:
+            user: Whose window.
+            rpm: A lower per-user limit for this user (kiosk visitors); the per-user
+                limit in force still caps it.
 
         Raises:
             RateLimited: a window is full; ``retry_after_s`` is when its next slot
@@ -264,8 +269,11 @@ class RateLimiter:
             # back (a window only loses entries as time passes): both slots or neither.
             if not self._strategy.test(self._global_item, _GLOBAL_ID):
                 raise self._refusal(self._global_item, _GLOBAL_ID, "global")
-            if not self._strategy.hit(self._user_item, user):
-                raise self._refusal(self._user_item, user, "user")
+            item = self._user_item
+            if rpm is not None and rpm < item.amount:
+                item = _Limit(max(1, rpm), namespace="user")  # the same window: keys leave the amount out
+            if not self._strategy.hit(item, user):
+                raise self._refusal(item, user, "user")
             self._strategy.hit(self._global_item, _GLOBAL_ID)
 
     def _refusal(self, item: _Limit, ident: str, scope: str) -> RateLimited:

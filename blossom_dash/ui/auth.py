@@ -20,11 +20,11 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from ..gateway.requests import KIOSK_PREFIX  # kiosk identities: never an admin
 from ..service import BlossomService, SessionHandle
 
 LOCAL_USER = "local"
-#: Prefix of kiosk identities; ``role_for`` never lists one as an admin.
-KIOSK_PREFIX = "kiosk-"
+
 #: Random bytes in a kiosk id (128 bits).
 KIOSK_ID_BYTES = 16
 
