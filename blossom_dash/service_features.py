@@ -538,11 +538,8 @@ class FeatureMethods:
         """
         from sqlalchemy.exc import SQLAlchemyError
 
-        caller = caller or Caller("local")
         conv = self.load_conversation(conversation_id)
-        if conv.user != caller.user:
-            self._admin(caller, "delete someone else's shared conversation")
-            self._audit(caller, "delete_conversation", {"id": conv.id, "owner": conv.user}, None)
+        self._owner_or_admin(caller, "shared conversation", conv.id, conv.user)
         try:
             return self._conversations().delete(conv.id)
         except SQLAlchemyError as exc:
@@ -557,12 +554,16 @@ class FeatureMethods:
             PermissionDenied: the caller neither made it nor is an admin.
             StorageFailed: the database refused.
         """
-        caller = caller or Caller("local")
         comp = self.load_comparison(comparison_id)
-        if comp.user != caller.user:
-            self._admin(caller, "delete someone else's comparison")
-            self._audit(caller, "delete_comparison", {"id": comp.id, "owner": comp.user}, None)
+        self._owner_or_admin(caller, "comparison", comp.id, comp.user)
         return self._comparisons().delete(comp.id)
+
+    def _owner_or_admin(self, caller: Caller | None, what: str, item_id: str, owner: str) -> None:
+        """Let the owner through; an admin too, audited; raise ``PermissionDenied`` for anyone else."""
+        caller = caller or Caller("local")
+        if owner != caller.user:
+            self._admin(caller, f"delete someone else's {what}")
+            self._audit(caller, f"delete_{what.split()[-1]}", {"id": item_id, "owner": owner}, None)
 
     def save_conversation(self, messages: list[dict[str, Any]], *, user: str = "anonymous", session: str = "",
                           api_key: str | None = None) -> Conversation:
