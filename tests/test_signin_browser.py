@@ -167,3 +167,28 @@ def test_admin_member_outsider_and_sign_out(app_url: str, tmp_path: Path) -> Non
             raise
         finally:
             browser.close()
+
+
+def test_a_forged_cookie_is_no_one(app_url: str, tmp_path: Path) -> None:
+    """A hand-made ``_streamlit_user`` cookie naming the admin signs nobody in: Streamlit's
+    identity cookie is signed with ``cookie_secret``, so the app shows only the sign-in page."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context()
+            forged = '{"email": "admin@team.test", "is_logged_in": true, "sub": "admin@team.test"}'
+            context.add_cookies([{"name": "_streamlit_user", "value": forged, "url": app_url}])
+            page = context.new_page()
+            page.goto(f"{app_url}/controls")
+            expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("Signed in as")).to_have_count(0)
+            expect(page.get_by_role("button", name="Apply cache settings")).to_have_count(0)
+        except Exception:
+            for i, ctx in enumerate(browser.contexts):
+                for j, pg in enumerate(ctx.pages):
+                    pg.screenshot(path=str(tmp_path / f"forged-{i}-{j}.png"), full_page=True)
+            raise
+        finally:
+            browser.close()

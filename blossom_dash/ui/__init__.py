@@ -23,6 +23,7 @@ from ..service import BlossomService, SessionHandle
 from ..settings import Settings
 from ..telemetry import analytics
 from . import auth
+from .safe import code_span
 
 log = logging.getLogger("blossom_dash.ui")
 
@@ -306,7 +307,7 @@ def sidebar(handle: SessionHandle) -> None:
 
 def result_caption(result: object) -> str:
     """One line under an answer: model, latency, TTFT, tokens, cache, request id."""
-    parts = [f"`{getattr(result, 'model', '?')}`", f"{getattr(result, 'latency_ms', 0):,.0f} ms"]
+    parts = [code_span(str(getattr(result, "model", "?"))), f"{getattr(result, 'latency_ms', 0):,.0f} ms"]
     ttft = getattr(result, "ttft_ms", None)
     if ttft is not None and getattr(result, "usage", None) is not None:
         parts.append(f"TTFT {ttft:,.0f} ms")
