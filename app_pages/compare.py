@@ -100,14 +100,23 @@ def show_last(kind: str) -> None:
 
 
 if opened := st.query_params.get("comparison"):
+    shown = None
     with ui.guard("opening the comparison"):
         shown = handle.load_comparison(opened)
         st.caption(f"Read-only · {safe_markdown(shown.summary())}")
         st.code(shown.prompt, language=None, wrap_lines=True)
         render_comparison(shown, editable=False)
-    if st.button("Start a new comparison", key="compare_new", icon="➕"):
+    bar = st.container(horizontal=True)
+    if bar.button("Start a new comparison", key="compare_new", icon="➕"):
         st.query_params.clear()
         st.rerun()
+    if shown is not None and (shown.user == handle.user or handle.caller.is_admin) and bar.button(
+            "Delete this comparison", key="compare_delete", icon="🗑️",
+            help="Removes the permalink and its vote for everyone (its owner or an admin may)."):
+        with ui.guard("deleting the comparison"):
+            handle.delete_comparison(opened)
+            st.query_params.clear()
+            st.rerun()
     st.stop()
 
 text_models: list[str] = []
