@@ -17,30 +17,34 @@ admin = handle.caller.is_admin
 caller = handle.caller
 if not admin:
     st.info(f"You are signed in as a **{handle.role}**: only an admin changes the cache, the limits, the backend "
-            "and replay. You can see them here, and set a key for your own requests.", icon="🔒")
+            "and replay. Their settings are shown here; you can set a key for your own requests.", icon="🔒")
 
 cache_col, limit_col = st.columns(2)
 
 with cache_col:
     st.subheader("Response cache")
     stats = service.cache_stats()
-    with st.form("controls_cache_form"):
-        enabled = st.toggle("Cache enabled", value=stats.enabled, key="controls_cache_enabled")
-        ttl = st.number_input("TTL (seconds)", 1, 7 * 86400, int(stats.ttl_s), key="controls_cache_ttl")
-        c = st.columns(2)
-        max_entries = c[0].number_input("Max entries", 1, 100_000, stats.max_entries, key="controls_cache_max")
-        max_mib = c[1].number_input("Max size (MiB)", 1, 65_536, max(1, stats.max_bytes // 1_048_576),
-                                    key="controls_cache_max_mib")
-        if st.form_submit_button("Apply cache settings", type="primary", disabled=not admin):
-            with ui.guard("applying the cache settings"):
-                stats = service.configure_cache(enabled=enabled, ttl_s=float(ttl), max_entries=int(max_entries),
-                                                max_bytes=int(max_mib) * 1_048_576, caller=caller)
-                st.toast("Cache settings applied.", icon="✅")
-    if st.button("Clear cache", key="controls_cache_clear", icon="🗑️", disabled=not admin):
-        kept = " (recordings kept)." if stats.persistent else "."
-        with ui.guard("clearing the cache"):
-            st.toast(f"Cleared {service.clear_cache(caller=caller)} entries{kept}", icon="🗑️")
-        stats = service.cache_stats()
+    if admin:  # members see the figures only
+        with st.form("controls_cache_form"):
+            enabled = st.toggle("Cache enabled", value=stats.enabled, key="controls_cache_enabled")
+            ttl = st.number_input("TTL (seconds)", 1, 7 * 86400, int(stats.ttl_s), key="controls_cache_ttl")
+            c = st.columns(2)
+            max_entries = c[0].number_input("Max entries", 1, 100_000, stats.max_entries, key="controls_cache_max")
+            max_mib = c[1].number_input("Max size (MiB)", 1, 65_536, max(1, stats.max_bytes // 1_048_576),
+                                        key="controls_cache_max_mib")
+            if st.form_submit_button("Apply cache settings", type="primary"):
+                with ui.guard("applying the cache settings"):
+                    stats = service.configure_cache(enabled=enabled, ttl_s=float(ttl), max_entries=int(max_entries),
+                                                    max_bytes=int(max_mib) * 1_048_576, caller=caller)
+                    st.toast("Cache settings applied.", icon="✅")
+        if st.button("Clear cache", key="controls_cache_clear", icon="🗑️"):
+            kept = " (recordings kept)." if stats.persistent else "."
+            with ui.guard("clearing the cache"):
+                st.toast(f"Cleared {service.clear_cache(caller=caller)} entries{kept}", icon="🗑️")
+            stats = service.cache_stats()
+    else:
+        st.caption(f"TTL {stats.ttl_s:,.0f} s · at most {stats.max_entries:,} entries and "
+                   f"{stats.max_bytes / 1_048_576:,.0f} MiB (an admin changes these).")
     m = st.columns(3)
     m[0].metric("Entries", f"{stats.entries:,} / {stats.max_entries:,}")
     m[1].metric("Hit rate", f"{stats.hit_rate:.0%}", help=f"{stats.hits:,} hits, {stats.misses:,} misses")
@@ -54,14 +58,18 @@ with cache_col:
 with limit_col:
     st.subheader("Rate limits")
     user_rpm, global_rpm = service.rate_limits()
-    with st.form("controls_limits_form"):
-        new_user = st.number_input("Per-user limit (RPM)", 1, 100_000, user_rpm, key="controls_user_rpm")
-        new_global = st.number_input("Global limit (RPM)", 1, 1_000_000, global_rpm, key="controls_global_rpm")
-        if st.form_submit_button("Apply limits", type="primary", disabled=not admin):
-            with ui.guard("applying the limits"):
-                service.configure_limits(per_user_rpm=int(new_user), global_rpm=int(new_global), caller=caller)
-                st.toast("Limits applied. Requests already made in the last minute still count against a new "
-                         "limit.", icon="✅")
+    if admin:
+        with st.form("controls_limits_form"):
+            new_user = st.number_input("Per-user limit (RPM)", 1, 100_000, user_rpm, key="controls_user_rpm")
+            new_global = st.number_input("Global limit (RPM)", 1, 1_000_000, global_rpm, key="controls_global_rpm")
+            if st.form_submit_button("Apply limits", type="primary"):
+                with ui.guard("applying the limits"):
+                    service.configure_limits(per_user_rpm=int(new_user), global_rpm=int(new_global), caller=caller)
+                    st.toast("Limits applied. Requests already made in the last minute still count against a new "
+                             "limit.", icon="✅")
+    else:
+        st.caption(f"{user_rpm:,} requests per minute per user, {global_rpm:,} for everyone together "
+                   "(an admin changes these).")
 
     @st.fragment(run_every=1)
     def quota() -> None:
@@ -91,21 +99,24 @@ with backend_col:
                  help="Ask the backend's model list (no generation is spent); counts as traffic."):
         service.health(max_age_s=0)
         st.rerun()
-    with st.form("controls_backend_form"):
-        custom = service.settings.allow_custom_backend
-        choice = st.radio("Switch to", service.backend_choices() + (["custom URL"] if custom else []),
-                          horizontal=True, key="controls_backend_choice",
-                          help="The allow-listed backends (BLOSSOM_DASH_BACKENDS). The server's Pollinations key "
-                               "goes to Pollinations only.")
-        url = st.text_input("Custom base URL", key="controls_backend_url", disabled=not custom,
-                            placeholder="http://127.0.0.1:11434 (gets no key)" if custom else
-                            "off: set BLOSSOM_DASH_ALLOW_CUSTOM_BACKEND=true to allow one")
-        if st.form_submit_button("Switch backend", disabled=not admin):
-            with ui.guard("switching backend"):
-                spec = url.strip() if choice == "custom URL" else choice
-                info = service.switch_backend(spec, caller=caller)
-                st.success(f"Now using {info['label']}.")
-                st.rerun()
+    if admin:
+        with st.form("controls_backend_form"):
+            custom = service.settings.allow_custom_backend
+            choice = st.radio("Switch to", service.backend_choices() + (["custom URL"] if custom else []),
+                              horizontal=True, key="controls_backend_choice",
+                              help="The allow-listed backends (BLOSSOM_DASH_BACKENDS). The server's Pollinations key "
+                                   "goes to Pollinations only.")
+            url = st.text_input("Custom base URL", key="controls_backend_url", disabled=not custom,
+                                placeholder="http://127.0.0.1:11434 (gets no key)" if custom else
+                                "off: set BLOSSOM_DASH_ALLOW_CUSTOM_BACKEND=true to allow one")
+            if st.form_submit_button("Switch backend"):
+                with ui.guard("switching backend"):
+                    spec = url.strip() if choice == "custom URL" else choice
+                    info = service.switch_backend(spec, caller=caller)
+                    st.success(f"Now using {info['label']}.")
+                    st.rerun()
+    else:
+        st.caption(f"Backends an admin can switch to: {', '.join(service.backend_choices())}.")
 
 with key_col:
     st.subheader("API key")
@@ -134,31 +145,34 @@ st.caption("Record answers on disk so they survive restarts, then replay them wi
 rec_col, file_col = st.columns(2)
 with rec_col:
     rstats = service.cache_stats()
-    with st.form("controls_replay_form"):
-        persistent = st.toggle("Record answers (persistent cache)", value=rstats.persistent,
-                               key="controls_replay_persistent",
-                               help="Each answer is also written under the data directory and served after a restart.")
-        replay_only = st.toggle("Replay only: never call a backend", value=rstats.replay_only,
-                                key="controls_replay_only", help="Recorded prompts answer at once and spend no "
-                                "rate limit; anything else is refused with a message.")
-        if st.form_submit_button("Apply replay settings", type="primary", disabled=not admin):
-            with ui.guard("changing the replay settings"):
-                service.configure_replay(persistent=persistent, replay_only=replay_only, caller=caller)
-                st.toast("Replay settings applied.", icon="✅")
+    if admin:
+        with st.form("controls_replay_form"):
+            persistent = st.toggle("Record answers (persistent cache)", value=rstats.persistent,
+                                   key="controls_replay_persistent",
+                                   help="Each answer is also written under the data directory and served after "
+                                        "a restart.")
+            replay_only = st.toggle("Replay only: never call a backend", value=rstats.replay_only,
+                                    key="controls_replay_only", help="Recorded prompts answer at once and spend no "
+                                    "rate limit; anything else is refused with a message.")
+            if st.form_submit_button("Apply replay settings", type="primary"):
+                with ui.guard("changing the replay settings"):
+                    service.configure_replay(persistent=persistent, replay_only=replay_only, caller=caller)
+                    st.toast("Replay settings applied.", icon="✅")
     figures = st.container()  # filled last, so it counts what an import or a clear below just did
 with file_col:
     export = st.container()
-    upload = st.file_uploader("Import recordings (.zip from Export)", type=["zip"], key="controls_replay_upload",
-                              max_upload_size=256)  # MB: replay.MAX_IMPORT_BYTES
-    if st.button("Import", key="controls_replay_import", icon="⬆️", disabled=upload is None or not admin) and upload:
-        with ui.guard("importing recordings"):
-            report = service.import_recordings(upload.getvalue(), caller=caller)
-            st.success(report.describe(), icon="📼")
-    with st.popover("Clear recordings…", icon="🗑️"):
-        st.markdown("Delete **every** recorded answer? Export them first to keep a copy.")
-        if st.button("Delete all recordings", key="controls_replay_clear", type="primary", disabled=not admin):
-            with ui.guard("deleting recordings"):
-                st.toast(f"Deleted {service.clear_recordings(caller=caller):,} recordings.", icon="🗑️")
+    if admin:
+        upload = st.file_uploader("Import recordings (.zip from Export)", type=["zip"], key="controls_replay_upload",
+                                  max_upload_size=256)  # MB: replay.MAX_IMPORT_BYTES
+        if st.button("Import", key="controls_replay_import", icon="⬆️", disabled=upload is None) and upload:
+            with ui.guard("importing recordings"):
+                report = service.import_recordings(upload.getvalue(), caller=caller)
+                st.success(report.describe(), icon="📼")
+        with st.popover("Clear recordings…", icon="🗑️"):
+            st.markdown("Delete **every** recorded answer? Export them first to keep a copy.")
+            if st.button("Delete all recordings", key="controls_replay_clear", type="primary"):
+                with ui.guard("deleting recordings"):
+                    st.toast(f"Deleted {service.clear_recordings(caller=caller):,} recordings.", icon="🗑️")
 rstats = service.cache_stats()
 with figures:
     r = st.columns(2)
@@ -168,10 +182,11 @@ with figures:
         st.warning("**Replay only is on**: answers come from the recordings, nothing reaches a backend.", icon="📼")
     elif not rstats.persistent and rstats.persistent_entries:
         st.caption("Recording is off: these answers are kept but not served until you turn it back on.")
-export.download_button("Export recordings (.zip)", data=lambda: service.export_recordings(caller=caller), icon="⬇️",
-                       file_name=f"blossom-replay-{time.strftime('%Y%m%d-%H%M')}.zip", mime="application/zip",
-                       key="controls_replay_export", disabled=not (admin and rstats.persistent_entries),
-                       on_click="ignore")
+if admin:
+    export.download_button("Export recordings (.zip)", data=lambda: service.export_recordings(caller=caller),
+                           icon="⬇️",
+                           file_name=f"blossom-replay-{time.strftime('%Y%m%d-%H%M')}.zip", mime="application/zip",
+                           key="controls_replay_export", disabled=not rstats.persistent_entries, on_click="ignore")
 
 st.divider()
 with ui.guard("reading the audit log"):
