@@ -67,7 +67,8 @@ class TestUploadAndPreview:
         warning = " ".join(texts(at, "warning"))
         assert "3 row(s) cannot run" in warning and "row 3: The prompt is empty" in warning
         preview = at.dataframe[0].value
-        assert list(preview["problem"]) == ["", "The prompt is empty", "temperature must be between 0.0 and 2.0, not 9.0",
+        assert list(preview["problem"]) == ["", "The prompt is empty",
+                                            "temperature must be between 0.0 and 2.0, not 9.0",
                                             "max_tokens “many” is not a whole number", ""]
         assert at.button(key="batch_run").label == "Run 2 valid rows"
         at.toggle(key="batch_only_invalid").set_value(True).run()

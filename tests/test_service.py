@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from blossom_ai.core.models import DEFAULT_IMAGE_MODELS, DEFAULT_TEXT_MODELS
+from blossom_ai.core.models import DEFAULT_IMAGE_MODELS
 from helpers import demo_stats, make_service, run_in_threads
 from PIL import Image
 
