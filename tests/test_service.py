@@ -192,12 +192,17 @@ class TestStreamText:
             assert ev["completion_tokens"] == r.usage.completion_tokens
 
     def test_dropped_stream_records_one_event(self, tmp_path: Path) -> None:
-        """A stream dropped (garbage-collected) after one delta records one stopped-early event."""
+        """A stream dropped (garbage-collected) after one delta records one stopped-early event
+        (on the stream finaliser thread, within moments)."""
         with make_service(tmp_path) as svc:
             stream = svc.stream_text("Drop me on the floor", max_tokens=200)
             next(stream)
             del stream
             gc.collect()
+            deadline = time.monotonic() + 5
+            while svc.metrics.frame().empty and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.1)  # and no second event follows
             df = svc.metrics.frame()
             assert list(df["outcome"]) == ["ok"]
             assert df["ttft_ms"].iloc[0] > 0
