@@ -6,23 +6,18 @@ package imports streamlit.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
 from pydantic import ValidationError
 
 from ..errors import DashError
-from ..gateway import Caller
 from ..service import BlossomService, SessionHandle
 from ..settings import Settings
-from ..telemetry import analytics
 from . import auth
+from .feedback import guard, show_error
 from .safe import code_span
 
 log = logging.getLogger("blossom_dash.ui")
@@ -258,32 +253,6 @@ def model_picker(service: BlossomService, kind: str, *, key: str, where: Any = N
                            placeholder="Type a model name")
 
 
-def show_error(err: DashError) -> None:
-    """Render a service error as words: what happened, and what to do."""
-    text = f"**{err.message}**" + (f"\n\n{err.hint}" if err.hint else "")
-    if err.severity == "warning":
-        st.warning(text, icon="⏳")
-    else:
-        st.error(text, icon="⚠️")
-
-
-@contextmanager
-def guard(what: str) -> Iterator[None]:
-    """Turn any error inside the block into a message on the page, never a traceback.
-
-    ``DashError`` shows its message and hint; anything else (a bug) is logged with
-    its traceback on the server and shown as one sentence.
-    """
-    try:
-        yield
-    except DashError as err:
-        show_error(err)
-    except Exception as exc:
-        log.exception("unexpected error while %s", what)
-        st.error(f"Something went wrong while {what}: {type(exc).__name__}. The rest of the app still works; "
-                 "try again, and report it if it repeats.", icon="⚠️")
-
-
 def sidebar(handle: SessionHandle) -> None:
     """The shared sidebar: backend, who is signed in with which role and key, the quota, sign-out."""
     service = handle.service
@@ -322,282 +291,51 @@ def result_caption(result: object) -> str:
     return " · ".join(parts)
 
 
-# ----- Monitor helpers ------------------------------------------------------------------
+# The Monitor page's widgets live in ui/monitor.py; pages reach them as ui.<name>.
+from .monitor import (  # noqa: E402 - after the shared helpers they build on
+    MONITOR_FILTERS,
+    MonitorControls,
+    download_buttons,
+    format_duration,
+    format_ms,
+    format_time,
+    kpi_row,
+    load_filter_options,
+    monitor_controls_ui,
+    render_request_detail,
+    render_request_table,
+    render_users,
+    retention_ui,
+)
 
-#: Filter widgets of the Monitor: ``MonitorQuery`` field -> label.
-MONITOR_FILTERS = {"models": "Model", "users": "User", "kinds": "Kind", "outcomes": "Outcome",
-                   "backends": "Backend"}
-
-
-@dataclass(frozen=True)
-class MonitorControls:
-    """What the Monitor's controls ask for.
-
-    Attributes:
-        label: The range's name ("1 h", "Custom", ...).
-        window_s: Length of a relative range (it ends now), None for a custom one.
-        fixed: ``(since_ts, until_ts)`` of a custom range, epoch seconds.
-        filters: ``MonitorQuery`` filter fields -> selected values.
-        run_every: Seconds between live refreshes, None when paused or the range is past.
-        note: How the page refreshes, in words.
-    """
-
-    label: str
-    window_s: int | None
-    fixed: tuple[float, float] | None
-    filters: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    run_every: int | None = None
-    note: str = ""
-
-    def query(self, now: float | None = None) -> analytics.MonitorQuery:
-        """The query at ``now``: a relative range moves with the clock, a custom one does not."""
-        if self.fixed is not None:
-            return analytics.MonitorQuery(*self.fixed, **self.filters)
-        return analytics.MonitorQuery.last(self.window_s or 3600, now=now, **self.filters)
-
-
-@st.cache_data(ttl=120, max_entries=64, show_spinner=False)
-def load_filter_options(_service: BlossomService, store_url: str, since_ts: int) -> dict[str, list[str]]:
-    """Distinct filter values since ``since_ts`` (cached two minutes per store and start).
-
-    The caller rounds ``since_ts`` down to the range's bucket, so a relative range
-    reuses one entry while it moves (a few more values than the range holds is
-    harmless in a filter list; a 30-day scan per refresh is not).
-    """
-    return _service.monitor("filter_options", float(since_ts))
-
-
-def _utc(value: dt.datetime) -> float:
-    return value.replace(tzinfo=dt.UTC).timestamp()
-
-
-def monitor_controls_ui(service: BlossomService) -> MonitorControls:
-    """The Monitor's range, refresh and filter widgets (keys ``monitor_*``)."""
-    c1, c2, c3 = st.columns([5, 2, 1.4], vertical_alignment="bottom")
-    label = c1.segmented_control("Time range", [*analytics.RANGES, "Custom"], default="1 h", key="monitor_range",
-                                 required=True) or "1 h"
-    paused = c2.toggle("Pause live refresh", key="monitor_paused")
-    refresh_s = c3.selectbox("Refresh every", [2, 5, 10, 30, 60], index=1, key="monitor_refresh_s",
-                             format_func=lambda s: f"{s} s", disabled=paused)
-    now = time.time()
-    fixed = None
-    if label == "Custom":
-        end = dt.datetime.fromtimestamp(now // 60 * 60 + 60, dt.UTC).replace(tzinfo=None)
-        st.session_state.setdefault("monitor_custom_since", end - dt.timedelta(days=1))
-        st.session_state.setdefault("monitor_custom_until", end)
-        a, b = st.columns(2)
-        since = a.datetime_input("From (UTC)", key="monitor_custom_since", step=60)
-        until = b.datetime_input("To (UTC)", key="monitor_custom_until", step=60)
-        if since is None or until is None or until <= since:
-            st.warning("Pick a custom range whose end comes after its start.", icon="📅")
-            st.stop()
-        fixed = (_utc(since), _utc(until))
-    span = fixed[1] - fixed[0] if fixed else analytics.RANGES[label]
-    since_ts = fixed[0] if fixed else now - span
-    step = max(60, analytics.bucket_seconds(span))
-    options = load_filter_options(service, service.store_url, int(since_ts // step * step))
-    filters: dict[str, tuple[str, ...]] = {}
-    for col, (name, title) in zip(st.columns(len(MONITOR_FILTERS)), MONITOR_FILTERS.items(), strict=True):
-        chosen = st.session_state.get(f"monitor_filter_{name}", [])
-        known = analytics.OUTCOMES if name == "outcomes" else options[name]
-        picked = col.multiselect(title, sorted({*known, *chosen}), key=f"monitor_filter_{name}", placeholder="All")
-        if picked:
-            filters[name] = tuple(picked)
-    floor = analytics.min_refresh_s(span)
-    if paused:
-        run_every, note = None, "paused"
-    elif fixed and fixed[1] < now:
-        run_every, note = None, "a past range: nothing new to refresh"
-    else:
-        run_every = max(refresh_s, floor)
-        note = f"refreshes every {run_every} s" + (f" (at least {floor} s for a {label} range)"
-                                                   if floor > refresh_s else "")
-    return MonitorControls(label, None if fixed else int(span), fixed, filters, run_every, note)
-
-
-def format_ms(value: float | None) -> str:
-    """A latency for people: ``"850 ms"``, ``"2.40 s"``, or ``"—"`` when there is none."""
-    if value is None:
-        return "—"
-    return f"{value:,.0f} ms" if value < 1000 else f"{value / 1000:,.2f} s"
-
-
-def format_duration(seconds: float) -> str:
-    """A duration for people: ``"15 min"``, ``"1 h"``, ``"3 d 4 h"``."""
-    minutes = round(seconds / 60)
-    days, rem = divmod(minutes, 1440)
-    hours, mins = divmod(rem, 60)
-    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{mins} min" if mins else ""]
-    return " ".join(p for p in parts if p) or f"{seconds:.0f} s"
-
-
-def _delta(cur: Any, prev: Any, kind: str) -> str | int | None:
-    if cur is None or prev is None:
-        return None
-    diff = cur - prev
-    shown = {"count": 0.5, "rate": 0.0005, "ms": 0.5}[kind]  # below what the text can show: no change
-    if abs(diff) < shown:
-        return 0  # a number: st.metric greys a zero delta out
-    if kind == "count":
-        return f"{diff:+,}"
-    if kind == "rate":
-        return f"{diff * 100:+.1f} pp"
-    return ("+" if diff > 0 else "-") + format_ms(abs(diff))
-
-
-def kpi_row(current: dict[str, Any], previous: dict[str, Any], *, vs: str, saved_ms: float = 0.0,
-            unpriced_hits: int = 0) -> None:
-    """The Monitor's KPIs, each with its change against the previous period.
-
-    Two rows of six: the counts and rates (requests, error rate, rejected,
-    rate-limited, cache hit rate, time saved by the cache), then latency, TTFT and
-    tokens. A rise in the error rate, a latency, the TTFT or the rejected or
-    rate-limited count reads as bad (``delta_color="inverse"``). Without requests in
-    the previous period, no change is shown rather than an infinite one. The figures'
-    definitions are ``analytics.kpis``'s.
-    """
-    has_prev = previous["requests"] > 0
-    estimate = (f"Estimated from a log-spaced histogram: within {analytics.LATENCY_BIN_ERROR:.1%} of the exact "
-                "value.")
-    served = f"Served requests only. {estimate}"
-    specs: list[tuple[str, str, str, str, str]] = [
-        ("Requests", f"{current['requests']:,}", "requests", "count", f"{current['rpm']:,.2f} requests per minute"),
-        ("Error rate", f"{current['error_rate']:.1%}", "error_rate", "rate",
-         f"{current['errors']:,} errors (backend and system failures) over all requests. Rejected and "
-         "rate-limited requests are not errors."),
-        ("Rejected", f"{current['rejected']:,}", "rejected", "count",
-         "The users' own invalid requests, refused before sending, and replay-only refusals."),
-        ("Rate-limited", f"{current['rate_limited']:,}", "rate_limited", "count",
-         "Refused by the dashboard's own rate limits."),
-        ("Cache hit rate", f"{current['cache_hit_rate']:.0%}", "cache_hit_rate", "rate",
-         f"{current['cache_hits']:,} hits over the requests the dashboard would serve (all but rate-limited and "
-         "rejected ones)."),
-        ("p50 latency", format_ms(current["p50_latency_ms"]), "p50_latency_ms", "ms", served),
-        ("p95 latency", format_ms(current["p95_latency_ms"]), "p95_latency_ms", "ms", served),
-        ("p99 latency", format_ms(current["p99_latency_ms"]), "p99_latency_ms", "ms", served),
-        ("p50 TTFT (streams)", format_ms(current["p50_ttft_ms"]), "p50_ttft_ms", "ms",
-         f"Time to first token of served streamed answers; other kinds have no first token to time. {estimate}"),
-        ("Tokens", f"{current['tokens']:,}", "tokens", "count",
-         f"{current['prompt_tokens']:,} prompt + {current['completion_tokens']:,} completion (served requests)"),
-    ]
-    bad_when_up = {"error_rate", "rejected", "rate_limited", "p50_latency_ms", "p95_latency_ms", "p99_latency_ms",
-                   "p50_ttft_ms"}
-    top, bottom = st.columns(6), st.columns(6)
-    for col, (label, value, key, kind, help_text) in zip([*top[:5], *bottom[:5]], specs, strict=True):
-        col.metric(label, value, _delta(current[key], previous[key], kind) if has_prev else None,
-                   delta_color="inverse" if key in bad_when_up else "normal",
-                   delta_description=vs if has_prev else None, help=help_text)
-    saved = "—" if not saved_ms else format_ms(saved_ms) if saved_ms < 60_000 else format_duration(saved_ms / 1000)
-    top[5].metric("Time saved by cache", saved,
-                  help="Each hit is priced at the median latency of served requests of the same model in this "
-                       "range (an estimate)." + (f" {unpriced_hits:,} hits had no such reference." if unpriced_hits
-                                                 else ""))
-
-
-def download_buttons(name: str, *, csv: Callable[[], bytes], json: Callable[[], bytes], key: str,
-                     label: str = "") -> None:
-    """CSV and JSON download buttons whose files are built only when clicked.
-
-    Args:
-        name: File name without extension.
-        csv / json: Callables returning the file's bytes (deferred: the export costs
-            nothing until a user asks for it, even on a live page).
-        key: Widget key prefix (``<key>_csv``, ``<key>_json``).
-        label: What is exported, shown on the buttons.
-    """
-    a, b = st.columns(2)
-    a.download_button(f"{label} CSV".strip(), data=csv, file_name=f"{name}.csv", mime="text/csv",
-                      key=f"{key}_csv", on_click="ignore", icon=":material/download:", width="stretch")
-    b.download_button(f"{label} JSON".strip(), data=json, file_name=f"{name}.json", mime="application/json",
-                      key=f"{key}_json", on_click="ignore", icon=":material/download:", width="stretch")
-
-
-def _delete_old_events(service: BlossomService, days: float, caller: Caller | None = None) -> None:
-    """Callback of the retention button: delete, then reset the confirmation.
-
-    A refused delete is kept for ``retention_ui`` to show: a callback runs before the
-    page, outside its ``guard``.
-    """
-    cutoff = analytics.retention_cutoff(days)
-    st.session_state["monitor_retention_confirm"] = False
-    try:
-        deleted = service.delete_events_older_than(cutoff, caller=caller)
-    except DashError as err:
-        st.session_state["monitor_retention_error"] = err
-        return
-    log.warning("retention: deleted %d events older than %s days on request", deleted, days)
-    st.session_state["monitor_retention_done"] = deleted
-    load_filter_options.clear()
-
-
-def retention_ui(service: BlossomService, caller: Caller | None = None) -> None:
-    """How much history is older than ``settings.retention_days``, and an explicit,
-    confirmed button to delete it. Nothing is ever deleted without that click."""
-    days = service.settings.retention_days
-    if not days:
-        st.caption("Retention: all history is kept. Set `BLOSSOM_DASH_RETENTION_DAYS` to be offered deleting "
-                   "old events here.")
-        return
-    cutoff = analytics.retention_cutoff(days)
-    old = service.monitor("count_older_than", cutoff)
-    when = dt.datetime.fromtimestamp(cutoff, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    st.markdown(f"**{old:,} events** are older than the retention period of {days:g} days (before {when}).")
-    if (err := st.session_state.pop("monitor_retention_error", None)) is not None:
-        show_error(err)
-    if (done := st.session_state.pop("monitor_retention_done", None)) is not None:
-        st.success(f"Deleted {done:,} events older than {days:g} days.", icon="🗑️")
-    confirm = st.checkbox("I understand: deleted events cannot be recovered", key="monitor_retention_confirm",
-                          disabled=old == 0)
-    st.button(f"Delete events older than {days:g} days", key="monitor_retention_delete", type="primary",
-              disabled=old == 0 or not confirm, on_click=_delete_old_events, args=(service, days, caller))
-
-
-def format_time(ts: float) -> str:
-    """Epoch seconds as ``YYYY-MM-DD HH:MM`` (UTC)."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def render_users(users: Any) -> None:
-    """The per-user table of ``analytics.per_user`` (busiest first)."""
-    if users.empty:
-        st.info("No requests in this range.", icon="👤")
-        return
-    num = st.column_config.NumberColumn
-    st.dataframe(users, key="monitor_users_table", hide_index=True, height=min(420, 38 + 35 * len(users)),
-                 placeholder="—",
-                 column_order=("user", "requests", "tokens", "errors", "rejected", "rate_limited", "cache_hits",
-                               "last_seen"),
-                 column_config={"user": "User", "requests": num("Requests", format="localized"),
-                                "tokens": num("Tokens", format="localized", help="Served requests"),
-                                "errors": num("Errors", help="Backend and system failures"),
-                                "rejected": num("Rejected", help="Invalid requests and replay-only refusals"),
-                                "rate_limited": num("Rate-limited"),
-                                "cache_hits": num("Cache hits"),
-                                "last_seen": st.column_config.DatetimeColumn("Last seen (UTC)",
-                                                                             format="YYYY-MM-DD HH:mm:ss")})
-
-
-def render_request_table(frame: Any) -> None:
-    """One page of ``analytics.request_log``."""
-    if frame.empty:
-        st.info("No request matches this range, these filters and this search.", icon="🔎")
-        return
-    num, text = st.column_config.NumberColumn, st.column_config.TextColumn
-    st.dataframe(frame, key="monitor_log_table", hide_index=True, placeholder="—",
-                 column_order=("ts", "request_id", "user", "model", "outcome", "latency_ms", "ttft_ms", "prompt_tokens",
-                               "completion_tokens", "error_type", "status_code", "kind", "prompt"),
-                 column_config={"ts": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-                                "request_id": text("Request id"), "user": text("User"), "model": text("Model"),
-                                "outcome": text("Outcome"), "latency_ms": num("Latency (ms)", format="%.0f"),
-                                "ttft_ms": num("TTFT (ms)", format="%.0f"), "prompt_tokens": num("Prompt tok."),
-                                "completion_tokens": num("Compl. tok."), "error_type": text("Error"),
-                                "status_code": num("Status", format="%d"), "kind": text("Kind"),
-                                "prompt": text("Prompt", width="large")})
-
-
-def render_request_detail(detail: dict[str, Any]) -> None:
-    """Every stored field of one request, as a two-column table."""
-    rows = [{"field": k, "value": "" if v is None else str(v)} for k, v in detail.items()]
-    st.dataframe(rows, key="monitor_log_detail_table", hide_index=True, width="stretch", height=38 + 35 * len(rows),
-                 column_config={"field": st.column_config.TextColumn("Field", width="small"),
-                                "value": st.column_config.TextColumn("Value", width="large")})
+__all__ = [
+    "Access",
+    "HEALTH_COLORS",
+    "HEALTH_ICONS",
+    "HEALTH_WORDS",
+    "MONITOR_FILTERS",
+    "MonitorControls",
+    "access",
+    "backend_badge",
+    "can_enter",
+    "download_buttons",
+    "format_duration",
+    "format_ms",
+    "format_time",
+    "get_service",
+    "guard",
+    "kpi_row",
+    "load_filter_options",
+    "load_settings",
+    "model_picker",
+    "monitor_controls_ui",
+    "render_request_detail",
+    "render_request_table",
+    "render_users",
+    "result_caption",
+    "retention_ui",
+    "service_or_stop",
+    "session_handle",
+    "show_error",
+    "sidebar",
+]

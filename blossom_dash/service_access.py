@@ -1,0 +1,165 @@
+"""Who may do what in ``BlossomService``: roles, the audit log, and whose usage a caller reads.
+
+A base class of ``service_features.FeatureMethods`` (and so of ``BlossomService``): every
+team-wide action calls ``_admin`` first; admin actions are recorded with ``_audit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any
+
+import pandas as pd
+
+from .errors import DashError, InvalidRequest, PermissionDenied
+from .gateway import Caller
+from .policies.cache import ResponseCache
+from .settings import Settings
+from .telemetry import analytics
+from .telemetry.audit import AuditLog
+from .telemetry.collector import MetricsCollector
+from .telemetry.store import UsageStore
+
+log = logging.getLogger("blossom_dash")
+#: The read-only ``telemetry.analytics`` functions pages may run (``BlossomService.monitor``).
+MONITOR_QUERIES = ("snapshot", "request_log", "request_detail", "filter_options", "count_older_than", "export_log",
+                   "kpis")
+
+
+class AccessMethods:
+    """Roles, audit and Monitor reads; mixed into ``BlossomService``."""
+
+    settings: Settings
+    cache: ResponseCache
+    metrics: MetricsCollector
+    store: UsageStore
+    _lock: threading.RLock
+    _closed: bool
+
+    # ----- who may do what --------------------------------------------------------------------
+
+    def role_for(self, identity: str) -> str | None:
+        """The role of a signed-in identity, or None when it may not use the app.
+
+        ``local`` (local mode's one user) is an admin; an e-mail in ``admins`` is an
+        admin; anyone else is a member when ``allowed_emails`` and ``allowed_domains``
+        are both empty or one of them lists the e-mail or its domain; else None.
+        """
+        who = identity.strip().lower()
+        if who == "local" or who in self.settings.admins:
+            return "admin"
+        s = self.settings
+        if not s.allowed_emails and not s.allowed_domains:
+            return "member"
+        domain = who.rsplit("@", 1)[-1] if "@" in who else ""
+        return "member" if who in s.allowed_emails or (domain and domain in s.allowed_domains) else None
+
+    @staticmethod
+    def _admin(caller: Caller | None, what: str) -> Caller:
+        """``caller`` (the process's owner when None) if it is an admin.
+
+        Raises:
+            PermissionDenied: it is not.
+        """
+        caller = caller or Caller("local")
+        if not caller.is_admin:
+            raise PermissionDenied(f"Only an admin may {what}; you are signed in as a {caller.role}.",
+                                   "Ask an admin of this dashboard (BLOSSOM_DASH_ADMINS) to do it.")
+        return caller
+
+    def _audit(self, caller: Caller, action: str, old: Any = None, new: Any = None) -> None:
+        """Record an admin action; a failed write is logged, never raised (the action is done)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            self._audit_log().record(caller.user, action, old, new)
+        except SQLAlchemyError:
+            log.exception("could not write the audit entry for %s by %s", action, caller.user)
+
+    def _audit_log(self) -> AuditLog:
+        with self._lock:
+            audit = getattr(self, "_audit_store", None)
+            if audit is None:
+                audit = self._audit_store = AuditLog(self.store.engine)
+            return audit
+
+    def audit_entries(self, *, limit: int = 1000, caller: Caller | None = None) -> pd.DataFrame:
+        """The newest admin actions (``telemetry.audit.COLUMNS``), newest first.
+
+        Raises:
+            PermissionDenied: the caller is not an admin.
+        """
+        self._admin(caller, "read the audit log")
+        return self._audit_log().frame(limit)
+
+
+    # ----- usage history (the Monitor page; SQL in telemetry.analytics) ----------------------
+
+    def flush_events(self) -> int:
+        """Move journaled events into the usage store now; returns how many."""
+        return self.metrics.flush()
+
+    @property
+    def store_url(self) -> str:
+        """The usage store's URL without its password (identifies it in page caches)."""
+        return self.store.url
+
+    def monitor(self, query: str, *args: Any, caller: Caller | None = None, **kwargs: Any) -> Any:
+        """Run one read-only Monitor query of ``telemetry.analytics`` over the usage store.
+
+        Everyone reads the team's aggregates; only an admin reads other people's
+        requests: for anyone else the request log and its export hold their own
+        requests only, and another person's request detail is not found.
+
+        Args:
+            query: One of ``MONITOR_QUERIES`` (``snapshot``, ``request_log``,
+                ``request_detail``, ``filter_options``, ``count_older_than``,
+                ``export_log``, ``kpis``).
+            *args / **kwargs: That function's arguments after the store (a
+                ``MonitorQuery`` first for all but ``request_detail``).
+            caller: Who asks (None: the process's owner, an admin).
+
+        Raises:
+            InvalidRequest: ``query`` is not one of them.
+        """
+        if query not in MONITOR_QUERIES:
+            raise InvalidRequest(f"{query!r} is not a Monitor query.", f"Use one of {', '.join(MONITOR_QUERIES)}.")
+        caller = caller or Caller("local")
+        if not caller.is_admin and query in ("request_log", "export_log") and args:
+            q = args[0]
+            args = (dataclasses.replace(q, users=(caller.user,)), *args[1:])  # their own requests only
+        result = getattr(analytics, query)(self.store, *args, **kwargs)
+        if query == "request_detail" and result is not None and not caller.is_admin and \
+                result.get("user") != caller.user:
+            return None  # another person's request: as if unknown
+        return result
+
+    def delete_events_older_than(self, cutoff_ts: float, *, caller: Caller | None = None) -> int:
+        """Delete usage history before ``cutoff_ts`` (epoch s), rollups kept exact; returns how many
+        (admin, audited).
+
+        Raises:
+            PermissionDenied: the caller is not an admin.
+            DashError: the database refused the delete.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        caller = self._admin(caller, "delete usage history")
+        self.metrics.flush()
+        try:
+            deleted = self.store.delete_older_than(cutoff_ts)
+        except SQLAlchemyError as exc:
+            raise DashError("Old history could not be deleted: the usage database refused.",
+                            "Try again; if it repeats, check the database.") from exc
+        self._audit(caller, "delete_history", {"before_ts": cutoff_ts}, {"events_deleted": deleted})
+        return deleted
+
+    def _owner_or_admin(self, caller: Caller | None, what: str, item_id: str, owner: str) -> None:
+        """Let the owner through; an admin too, audited; raise ``PermissionDenied`` for anyone else."""
+        caller = caller or Caller("local")
+        if owner != caller.user:
+            self._admin(caller, f"delete someone else's {what}")
+            self._audit(caller, f"delete_{what.split()[-1]}", {"id": item_id, "owner": owner}, None)
+
