@@ -6,6 +6,7 @@ import streamlit as st
 
 from blossom_dash import DashError, ui
 from blossom_dash.features import batch
+from blossom_dash.ui import batch_view
 
 handle = ui.session_handle()
 service = handle.service
@@ -16,14 +17,6 @@ LABELS = {"row": "Row", "status": "Status", "prompt": "Prompt", "answered_by": "
           "Prompt tokens", "completion_tokens": "Completion tokens", "cached": "From cache", "model": "Model",
           "system": "System", "temperature": "Temperature", "max_tokens": "Max tokens", "seed": "Seed",
           "request_id": "Request id"}
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _label(job: batch.BatchStatus) -> str:
@@ -108,25 +101,7 @@ def job_panel(job_id: str, was_active: bool) -> None:
         return
     if was_active and not status.active:
         st.rerun()  # the job has stopped: redraw the page once, which stops the polling
-    settled = status.done + status.failed
-    st.progress(settled / status.total if status.total else 1.0,
-                text=f"{settled:,} of {status.total:,} rows" + (f" · {status.running} running" if status.running
-                                                                 else ""))
-    k = st.columns(4)
-    k[0].metric("Done", f"{status.done:,}")
-    k[1].metric("Failed", f"{status.failed:,}")
-    k[2].metric("Remaining", f"{status.remaining:,}")
-    k[3].metric("ETA", _duration(status.eta_s) if status.active else "—")
-    if status.waiting_s > 0:
-        st.info(f"Waiting for {status.wait_reason}: next row in {_duration(status.waiting_s)}. Rows wait for the "
-                "window instead of failing; an admin can raise the limit on the Controls page.", icon="⏳")
-    elif status.status == "finished":
-        st.success(f"Finished: {status.done:,} answered, {status.failed:,} failed.", icon="✅")
-    elif status.status == "interrupted":
-        st.warning(f"Interrupted: the server stopped while this job ran. {settled:,} finished rows are kept; "
-                   f"resume runs the other {status.remaining + status.cancelled:,}.", icon="⏸️")
-    elif status.status == "cancelled":
-        st.warning(f"Cancelled: {status.cancelled:,} rows were not run.", icon="⏹️")
+    batch_view.render_status(status)
     actions = [(label, icon, key, act) for label, icon, key, act, show in (
         ("Cancel", "⏹️", "batch_cancel", lambda: handle.cancel_batch(job_id), status.active),
         ("Resume", "▶️", "batch_resume", lambda: handle.resume_batch(job_id), status.resumable),

@@ -1,13 +1,13 @@
 """Compare: one prompt on 2 to 4 models side by side, a vote, a leaderboard, and permalinks."""
 
 import random
-from dataclasses import replace
 
 import streamlit as st
 
 from blossom_dash import DashError, ui
 from blossom_dash.features import compare as cmp
-from blossom_dash.ui.safe import code_span, safe_markdown
+from blossom_dash.ui import compare_view
+from blossom_dash.ui.safe import safe_markdown
 
 handle = ui.session_handle()
 service = handle.service
@@ -16,87 +16,14 @@ ui.backend_badge(service)
 
 SIZES = {"Square 512×512": (512, 512), "Square 1024×1024": (1024, 1024), "Landscape 1024×768": (1024, 768),
          "Portrait 768×1024": (768, 1024)}
-ANSWER_HEIGHT = 380  # px; answers scroll inside equal boxes so the columns stay aligned
 st.session_state.setdefault("compare_image_seed", random.randint(0, 2**31 - 1))
-
-
-def _vote(comp: cmp.Comparison, choice: str) -> None:
-    try:
-        handle.vote(comp.id, choice)
-    except DashError as err:  # shown on the next run; a callback cannot draw in place
-        st.session_state[f"compare_{comp.kind}_vote_error"] = err
-
-
-def render_comparison(comp: cmp.Comparison, *, editable: bool) -> None:
-    """Draw a stored comparison: one column per model, the vote and the permalink.
-
-    In a blind comparison the models are "Model A", "Model B"… until the vote reveals them.
-    """
-    hide = editable and blind and comp.vote is None
-    for col, panel in zip(st.columns(len(comp.panels)), comp.panels, strict=True):
-        if hide:
-            panel = replace(panel, model=cmp.panel_label(panel.position))
-        with col:
-            st.markdown(f"**{safe_markdown(panel.model)}**")
-            if not panel.ok:
-                ui.show_error(panel.error())
-                if panel.latency_ms is not None:
-                    st.caption(f"{code_span(panel.model)} · failed after {panel.latency_ms:,.0f} ms")
-            elif comp.kind == "image":
-                st.image(panel.image, width="stretch")
-                st.caption(f"{ui.result_caption(panel)} · seed {panel.seed} · {panel.width}×{panel.height}")
-            else:
-                st.container(height=ANSWER_HEIGHT).markdown(safe_markdown(panel.text))
-                st.caption(ui.result_caption(panel))
-            if editable:
-                st.button("👍 Best", key=f"compare_{comp.kind}_vote_{panel.position}", disabled=not panel.ok,
-                          type="primary" if comp.voted == panel.model else "secondary", width="stretch",
-                          on_click=_vote, args=(comp, comp.panels[panel.position].model))
-    if editable:
-        left, right, note = st.columns([1, 1, 4])
-        for col, choice, label in ((left, cmp.TIE, "🤝 Tie"), (right, cmp.ALL_BAD, "👎 All bad")):
-            col.button(label, key=f"compare_{comp.kind}_vote_{choice}", on_click=_vote, args=(comp, choice),
-                       type="primary" if comp.voted == choice else "secondary", width="stretch")
-        note.caption("Vote for the best answer, a tie, or all bad; voting again replaces your vote.")
-    if err := st.session_state.pop(f"compare_{comp.kind}_vote_error", None):
-        ui.show_error(err)
-    st.markdown(f"**Vote:** {safe_markdown(comp.vote.describe())}" if comp.vote else "**Vote:** none yet")
-    link = cmp.permalink(st.context.url, comp.id)
-    st.markdown(f"🔗 Permalink (opens read-only): [{link}]({link})")
-
-
-def stream_comparison(run: cmp.TextComparison) -> None:
-    """Stream every model's answer into its own column, then store the comparison."""
-    boxes, captions = [], []
-    for i, col in enumerate(st.columns(len(run.models))):
-        col.markdown(f"**{safe_markdown(cmp.panel_label(i) if blind else run.models[i])}**")
-        boxes.append(col.container(height=ANSWER_HEIGHT).empty())
-        captions.append(col.empty())
-        boxes[-1].caption("Waiting for the first token…")
-    for update in run.updates():
-        if update.error is not None:
-            with boxes[update.index].container():
-                ui.show_error(update.error)
-        else:
-            boxes[update.index].markdown(safe_markdown(update.text) + ("" if update.done else " ▌"))
-    for panel, caption in zip(run.panels(), captions, strict=True):
-        if panel.ok:
-            shown_as = replace(panel, model=cmp.panel_label(panel.position)) if blind else panel
-            caption.caption(ui.result_caption(shown_as))
-    try:
-        comp = run.finish()
-    except DashError as err:
-        ui.show_error(err)  # the answers stay on screen
-    else:
-        st.session_state["compare_text_last"] = comp.id
-        st.rerun()  # redraw from the store, with the vote buttons and the permalink
 
 
 def show_last(kind: str) -> None:
     """Draw this session's last comparison of ``kind`` from the store, with vote buttons."""
     if last := st.session_state.get(f"compare_{kind}_last"):
         with ui.guard("loading the comparison"):
-            render_comparison(handle.load_comparison(last), editable=True)
+            compare_view.render_comparison(handle, handle.load_comparison(last), editable=True, blind=blind)
 
 
 if opened := st.query_params.get("comparison"):
@@ -105,7 +32,7 @@ if opened := st.query_params.get("comparison"):
         shown = handle.load_comparison(opened)
         st.caption(f"Read-only · {safe_markdown(shown.summary())}")
         st.code(shown.prompt, language=None, wrap_lines=True)
-        render_comparison(shown, editable=False)
+        compare_view.render_comparison(handle, shown, editable=False, blind=False)
     bar = st.container(horizontal=True)
     if bar.button("Start a new comparison", key="compare_new", icon="➕"):
         st.query_params.clear()
@@ -151,7 +78,7 @@ with text_tab:
         except DashError as err:
             ui.show_error(err)
         else:
-            stream_comparison(run)
+            compare_view.stream_comparison(run, blind=blind)
 
 with image_tab:
     with st.form("compare_image_form", border=False):

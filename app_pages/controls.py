@@ -1,7 +1,5 @@
 """Controls: the live cache, rate limits, backend, API key and replay recordings (they apply at once)."""
 
-import time
-
 import streamlit as st
 
 from blossom_dash import ui
@@ -99,24 +97,7 @@ with backend_col:
                  help="Ask the backend's model list (no generation is spent); counts as traffic."):
         service.health(max_age_s=0)
         st.rerun()
-    if admin:
-        with st.form("controls_backend_form"):
-            custom = service.settings.allow_custom_backend
-            choice = st.radio("Switch to", service.backend_choices() + (["custom URL"] if custom else []),
-                              horizontal=True, key="controls_backend_choice",
-                              help="The allow-listed backends (BLOSSOM_DASH_BACKENDS). The server's Pollinations key "
-                                   "goes to Pollinations only.")
-            url = st.text_input("Custom base URL", key="controls_backend_url", disabled=not custom,
-                                placeholder="http://127.0.0.1:11434 (gets no key)" if custom else
-                                "off: set BLOSSOM_DASH_ALLOW_CUSTOM_BACKEND=true to allow one")
-            if st.form_submit_button("Switch backend"):
-                with ui.guard("switching backend"):
-                    spec = url.strip() if choice == "custom URL" else choice
-                    info = service.switch_backend(spec, caller=caller)
-                    st.success(f"Now using {info['label']}.")
-                    st.rerun()
-    else:
-        st.caption(f"Backends an admin can switch to: {', '.join(service.backend_choices())}.")
+    admin_ui.backend_switch_ui(service, caller)
 
 with key_col:
     st.subheader("API key")
@@ -142,51 +123,7 @@ st.divider()
 st.subheader("Replay")
 st.caption("Record answers on disk so they survive restarts, then replay them with no backend at all: record a "
            "demo at the office, export it, import it on stage and turn *replay only* on.")
-rec_col, file_col = st.columns(2)
-with rec_col:
-    rstats = service.cache_stats()
-    if admin:
-        with st.form("controls_replay_form"):
-            persistent = st.toggle("Record answers (persistent cache)", value=rstats.persistent,
-                                   key="controls_replay_persistent",
-                                   help="Each answer is also written under the data directory and served after "
-                                        "a restart.")
-            replay_only = st.toggle("Replay only: never call a backend", value=rstats.replay_only,
-                                    key="controls_replay_only", help="Recorded prompts answer at once and spend no "
-                                    "rate limit; anything else is refused with a message.")
-            if st.form_submit_button("Apply replay settings", type="primary"):
-                with ui.guard("changing the replay settings"):
-                    service.configure_replay(persistent=persistent, replay_only=replay_only, caller=caller)
-                    st.toast("Replay settings applied.", icon="✅")
-    figures = st.container()  # filled last, so it counts what an import or a clear below just did
-with file_col:
-    export = st.container()
-    if admin:
-        upload = st.file_uploader("Import recordings (.zip from Export)", type=["zip"], key="controls_replay_upload",
-                                  max_upload_size=256)  # MB: replay.MAX_IMPORT_BYTES
-        if st.button("Import", key="controls_replay_import", icon="⬆️", disabled=upload is None) and upload:
-            with ui.guard("importing recordings"):
-                report = service.import_recordings(upload.getvalue(), caller=caller)
-                st.success(report.describe(), icon="📼")
-        with st.popover("Clear recordings…", icon="🗑️"):
-            st.markdown("Delete **every** recorded answer? Export them first to keep a copy.")
-            if st.button("Delete all recordings", key="controls_replay_clear", type="primary"):
-                with ui.guard("deleting recordings"):
-                    st.toast(f"Deleted {service.clear_recordings(caller=caller):,} recordings.", icon="🗑️")
-rstats = service.cache_stats()
-with figures:
-    r = st.columns(2)
-    r[0].metric("Recorded answers", f"{rstats.persistent_entries:,}")
-    r[1].metric("On disk", f"{rstats.persistent_bytes / 2**20:,.1f} MiB")
-    if rstats.replay_only:
-        st.warning("**Replay only is on**: answers come from the recordings, nothing reaches a backend.", icon="📼")
-    elif not rstats.persistent and rstats.persistent_entries:
-        st.caption("Recording is off: these answers are kept but not served until you turn it back on.")
-if admin:
-    export.download_button("Export recordings (.zip)", data=lambda: service.export_recordings(caller=caller),
-                           icon="⬇️",
-                           file_name=f"blossom-replay-{time.strftime('%Y%m%d-%H%M')}.zip", mime="application/zip",
-                           key="controls_replay_export", disabled=not rstats.persistent_entries, on_click="ignore")
+admin_ui.replay_ui(service, caller)
 
 st.divider()
 with ui.guard("reading the audit log"):

@@ -1,6 +1,5 @@
 """Playground: chat with a model (streamed answers), generate images, and turn text into speech."""
 
-import dataclasses
 import random
 
 import streamlit as st
@@ -9,6 +8,7 @@ from blossom_dash import DashError, ui
 from blossom_dash.features import conversations, snippets
 from blossom_dash.features.gallery import GALLERY_KEY, GALLERY_MAX_IMAGES, add_image
 from blossom_dash.sdk.speech import FORMATS, MAX_SPEECH_CHARS, VOICES
+from blossom_dash.ui import chat as ui_chat
 from blossom_dash.ui.safe import safe_markdown
 
 handle = ui.session_handle()
@@ -24,36 +24,9 @@ st.session_state.setdefault("playground_messages", [])
 st.session_state.setdefault("playground_image_seed", random.randint(0, 2**31 - 1))
 
 
-def render_turn(msg: dict) -> None:
-    """One chat message: its text (made inert: no images load, no links), the figures, its code."""
-    st.markdown(safe_markdown(msg["content"]))
-    if msg.get("caption"):
-        st.caption(msg["caption"])
-    if msg.get("code"):
-        st.expander("Show code", icon="🐍").code(msg["code"], language="python")
-
-
+render_turn = ui_chat.render_turn
 if shared_id := st.query_params.get("conversation"):  # a permalink: the shared chat, read-only
-    shared = None
-    with ui.guard("opening the shared conversation"):
-        shared = service.load_conversation(shared_id)
-        st.subheader(safe_markdown(shared.title))
-        st.caption(conversations.describe(shared))
-        for turn in shared.turns:
-            with st.chat_message(turn.role):
-                render_turn(dataclasses.asdict(turn))
-    bar = st.container(horizontal=True)
-    if bar.button("Start a new chat", key="playground_new_chat", icon="💬", type="primary"):
-        del st.query_params["conversation"]
-        st.rerun()
-    if shared is not None and (shared.user == handle.user or handle.caller.is_admin) and bar.button(
-            "Delete this shared chat", key="playground_delete_shared", icon="🗑️",
-            help="Removes the permalink for everyone (the owner or an admin may)."):
-        with ui.guard("deleting the shared conversation"):
-            handle.delete_conversation(shared_id)
-            del st.query_params["conversation"]
-            st.toast("Shared chat deleted.", icon="🗑️")
-            st.rerun()
+    ui_chat.shared_conversation_ui(handle, shared_id)
     st.stop()
 
 chat_tab, image_tab, speech_tab = st.tabs(["💬 Chat", "🖼️ Image", "🔊 Speech"])

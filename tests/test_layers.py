@@ -153,6 +153,12 @@ class TestLayers:
                     offenders.append(f"{page.name}:{node.lineno} .{node.attr}")
         assert not offenders, offenders
 
+    def test_pages_stay_thin(self) -> None:
+        """A page reads widgets, calls the handle and draws: about 150 lines at most (STYLE.md)."""
+        long = {p.name: n for p in (ROOT / "app_pages").glob("*.py")
+                if (n := len(p.read_text(encoding="utf-8").splitlines())) > 155}
+        assert not long, long
+
     def test_no_module_is_over_600_lines(self) -> None:
         """Modules stay readable: about 600 lines at most (DESIGN.md)."""
         long = {m: n for m, p in MODULES.items() if (n := len(p.read_text(encoding="utf-8").splitlines())) > 620}
