@@ -46,7 +46,7 @@ with cache_col:
     m = st.columns(3)
     m[0].metric("Entries", f"{stats.entries:,} / {stats.max_entries:,}")
     m[1].metric("Hit rate", f"{stats.hit_rate:.0%}", help=f"{stats.hits:,} hits, {stats.misses:,} misses")
-    m[2].metric("Size", f"{stats.bytes / 1_048_576:,.1f} / {stats.max_bytes / 1_048_576:,.0f} MiB")
+    m[2].metric("Size", f"{stats.bytes / 1_048_576:,.1f} MiB", help=f"At most {stats.max_bytes / 1_048_576:,.0f} MiB")
     st.caption(f"{stats.evictions:,} evicted (full) · {stats.expirations:,} expired (TTL) · "
                f"{stats.saved_ms / 1000:,.1f} s of backend time saved · "
                + ("**on**" if stats.enabled else "**off**: every request goes to the backend"))
