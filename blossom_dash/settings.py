@@ -85,6 +85,17 @@ class Settings(BaseSettings):
             each prompt in the usage store, or no prompt at all.
         retention_days: History older than this many days may be deleted from the
             Monitor page (never deleted silently); None keeps everything.
+        redis_url: ``redis://host:port/db`` (or ``rediss://``) shared by every replica:
+            rate limits and the response cache live there, exact across processes and
+            restarts. Empty: both stay in this process (one replica, zero infra).
+        db_pool_size / db_max_overflow: SQLAlchemy connection pool of a server database
+            (PostgreSQL): connections kept open, and extra ones allowed under load.
+        db_pool_timeout_s: Seconds a request for a pooled connection waits before failing.
+        db_connect_timeout_s: Seconds to wait for the database server to accept a
+            connection (PostgreSQL's ``connect_timeout``).
+        batch_lease_s: Seconds a replica holds a claimed batch row (its lease); a row
+            whose lease expires without an answer is claimed again by a live replica,
+            and the late answer of the stalled one is discarded (fencing token).
     """
 
     model_config = SettingsConfigDict(
@@ -142,6 +153,13 @@ class Settings(BaseSettings):
     kiosk_secret: SecretStr | None = None
     kiosk_rpm: int = Field(default=10, ge=1, le=100_000)
 
+    redis_url: SecretStr | None = None
+    db_pool_size: int = Field(default=5, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    db_pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    db_connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    batch_lease_s: float = Field(default=30.0, ge=1, le=3600)
+
     @field_validator("backends", mode="before")
     @classmethod
     def _backend_list(cls, value: object) -> object:
@@ -194,7 +212,7 @@ class Settings(BaseSettings):
             f"backend must be auto, demo, pollinations or an http(s):// URL, not {value!r}"
         )
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "redis_url", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

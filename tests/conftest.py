@@ -98,3 +98,51 @@ def _fresh_streamlit_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     st.cache_resource.clear()
     st.cache_data.clear()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[object]:
+    """A real ``redis-server`` on a free loopback port for the whole session (skipped,
+    with the reason, where it cannot be started)."""
+    from services import start_redis
+
+    try:
+        server = start_redis()
+    except RuntimeError as exc:
+        pytest.skip(f"needs Redis: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: object) -> str:
+    """The URL of the session's Redis, emptied for this test."""
+    return redis_server.fresh_url()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """A real PostgreSQL cluster on a free loopback port for the whole session (skipped,
+    with the reason, where it cannot be started)."""
+    from services import start_postgres
+
+    try:
+        server = start_postgres()
+    except RuntimeError as exc:
+        pytest.skip(f"needs PostgreSQL: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: object) -> str:
+    """A SQLAlchemy URL of a new, empty PostgreSQL database for this test."""
+    return postgres_server.fresh_url()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's URL on each supported database: a SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{(tmp_path / 'usage.db').as_posix()}"
+    return request.getfixturevalue("postgres_url")
