@@ -119,6 +119,16 @@ class NotRecorded(DashError):
     """
 
 
+class StorageUnavailable(DashError):
+    """The usage database cannot be used: the server is unreachable, refuses us, or the
+    file is corrupt, empty or read-only.
+
+    The message says what is wrong (a server URL appears with its password masked);
+    the hint says what to do. Requests can still be answered without history where the
+    page says so.
+    """
+
+
 __all__ = [
     "AuthenticationFailed",
     "BackendUnavailable",
@@ -129,5 +139,6 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "ResponseTooLarge",
+    "StorageUnavailable",
     "UpstreamError",
 ]
