@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from ..errors import DashError, InvalidRequest, RateLimited
 from ..gateway.requests import Caller, TextRequest
-from ..telemetry.store import metadata
+from ..telemetry.store import ensure_tables
 from .batch_files import BatchRow
 from .batch_tables import (
     JOB_CANCELLED,
@@ -141,7 +141,7 @@ class BatchRunner:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._gateway = gateway
         self._engine: Engine = engine
-        metadata.create_all(self._engine, tables=[batch_jobs, batch_rows])  # idempotent
+        ensure_tables(self._engine, [batch_jobs, batch_rows])  # idempotent, under the schema lock
         self.runner_id = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.workers = workers
         self._clock = clock

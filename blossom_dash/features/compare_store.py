@@ -2,10 +2,10 @@
 
 Three tables on the shared ``store.metadata`` (``comparisons``, ``comparison_answers``,
 ``comparison_votes``) in the usage database, created on first use with
-``metadata.create_all(engine, tables=...)`` (idempotent, so an existing database gains
-them without a migration). ``ComparisonStore`` saves and loads comparisons, records
-the one vote per comparison and computes the leaderboard; ``leaderboard_table`` puts
-it in words for reading.
+``ensure_tables(engine, TABLES)`` (idempotent, so an existing database gains them
+without a migration; under the store's schema lock, so replicas may start at once).
+``ComparisonStore`` saves and loads comparisons, records the one vote per comparison
+and computes the leaderboard; ``leaderboard_table`` puts it in words for reading.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import DashError, InvalidRequest
-from ..telemetry.store import metadata
+from ..telemetry.store import ensure_tables, metadata
 from .compare_panels import ALL_BAD, TIE, Comparison, Panel, Vote
 
 log = logging.getLogger("blossom_dash.compare")
@@ -178,7 +178,7 @@ class ComparisonStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         try:
-            metadata.create_all(engine, tables=list(TABLES))
+            ensure_tables(engine, TABLES)
         except SQLAlchemyError as exc:
             raise StorageFailed("The usage database cannot hold comparisons.",
                                 "Check BLOSSOM_DASH_DATABASE_URL and that the database is writable.") from exc

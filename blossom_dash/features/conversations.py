@@ -6,8 +6,9 @@ snapshot: chatting on afterwards and sharing again makes a new link, and an old 
 keeps showing what was shared (as ChatGPT's and Open WebUI's share links do).
 
 The ``conversations`` table lives in the usage database, on the shared
-``store.metadata``, created with ``create_all(tables=[conversations])`` when the store
-is first used (idempotent: an existing database gets the table without a migration).
+``store.metadata``, created with ``ensure_tables(engine, [conversations])`` when the
+store is first used (idempotent: an existing database gets the table without a
+migration; under the store's schema lock, so replicas may start at once).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import orjson
 from sqlalchemy import Column, Float, String, Table, Text, delete, insert, select
 from sqlalchemy.engine import Engine
 
-from ..telemetry.store import metadata
+from ..telemetry.store import ensure_tables, metadata
 
 conversations = Table(
     "conversations",
@@ -149,7 +150,7 @@ class ConversationStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        metadata.create_all(engine, tables=[conversations])
+        ensure_tables(engine, [conversations])
 
     def save(self, messages: Iterable[Mapping[str, Any]], *, user: str) -> Conversation:
         """Save a snapshot of a chat under a new id.

@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy import Column, Float, Integer, String, Table, Text, insert, select
 from sqlalchemy.engine import Engine
 
-from .store import metadata
+from .store import ensure_tables, metadata
 
 #: Longest stored rendering of a value, characters.
 VALUE_CHARS = 500
@@ -54,7 +54,7 @@ class AuditLog:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        metadata.create_all(engine, tables=[audit_log])  # idempotent
+        ensure_tables(engine, [audit_log])  # idempotent, under the schema lock
 
     def record(self, user: str, action: str, old: Any = None, new: Any = None) -> None:
         """Append one entry (``old`` and ``new`` as JSON, cut to ``VALUE_CHARS``).

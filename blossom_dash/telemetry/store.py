@@ -11,31 +11,8 @@ into the store on the next start, so a result the user saw is not missing from t
 history; a reader of the store alone may lag the last quarter second.
 
 Rollups (schema 3) let the Monitor answer a 30-day question from a few thousand rows
-instead of a million events (SQLite has no hash aggregate: every ``GROUP BY`` over raw
-events sorts all of them). Four tables, keyed by a whole UTC hour or day and the
-filterable dimensions the Monitor's passes group or filter by:
-
-- ``rollup_hour``: ``hour, model, kind, backend, outcome, error_type, status_code ->
-  requests, prompt_tokens, completion_tokens, last_ts``. Feeds the per-bucket cube,
-  the totals, the errors table and the filter lists. ``status_code`` -1 stands for
-  "no response" (a NULL would never match itself in a unique key, so upserts could
-  not find the row); error type and status follow the outcome, so they add few rows.
-- ``rollup_latency_hour`` and ``rollup_latency_day``: ``hour|day, which, bin, model,
-  kind, backend -> count``: the latency (``which = 'latency'``) and TTFT (``'ttft'``,
-  which only streams have since schema 4) histograms of served (``ok``) events, in the Monitor's log-spaced bins
-  (``latency_bin``), one row per non-empty bin. They are the long tables (~40 bins per
-  model and hour: half a million rows for 30 days of the benchmark's traffic), so the
-  histograms of a whole range read whole days from the daily table and only the hours
-  at its edges from the hourly one; latency over time (buckets of >= 1 h) reads hours.
-  The two histograms are kept apart, not joint: every reader wants one of them, and a
-  joint histogram would hold ~bins x bins rows per hour.
-- ``rollup_user_day``: ``day, user, model, kind, backend, outcome -> requests,
-  prompt_tokens, completion_tokens, last_ts``. The per-user table and the user filter
-  list. By day, not hour: a team's hundreds of users make an hourly table nearly as
-  long as the events themselves (few users are active in the same hour with the same
-  model), while a day groups their requests; the readers take the partial days at a
-  range's edges from the events (an index on ``(user, ts)`` keeps that cheap, and
-  serves the user filter on the other passes).
+instead of a million events; their tables, and the others of the usage database, are
+defined in ``schema.py``.
 
 Token sums count every event of the key (NULL as 0); readers keep the ``ok`` rows,
 as the raw aggregations do. Hours and days are ``floor(ts / 3600)`` and
@@ -58,6 +35,11 @@ hold a reclassified event (``_upgrade_rollups``): about 4 s for 1M events of whi
 every hour holds one.
 Rollups need an upsert, so they are kept on SQLite and PostgreSQL only (``rollups``);
 on other databases the Monitor reads the events.
+
+On PostgreSQL (``postgresql+psycopg://...``) the store holds the same tables and runs the
+same SQL; the schema is created and migrated under an advisory lock
+(``schema.SCHEMA_LOCK_KEY``), so replicas may start at once on an empty database, and
+connections come from a bounded pool checked before use (``UsageStore``'s arguments).
 """
 
 from __future__ import annotations
@@ -71,15 +53,9 @@ from typing import Any
 
 import pandas as pd
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    Float,
-    Index,
     Integer,
-    MetaData,
     String,
     Table,
-    Text,
     bindparam,
     case,
     cast,
@@ -97,172 +73,38 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
-#: 1: first schema. 2: ``request_id`` unique (journal replays must not duplicate).
-#: 3: rollup tables and an index on ``(user, ts)``. 4: outcome ``rejected`` and TTFT
-#: for streams only, with the history brought to both (``upgrade_row``).
-SCHEMA_VERSION = 4
+from ..errors import StorageUnavailable
+from .schema import (
+    DAY_S,
+    EVENT_COLUMNS,
+    HOUR_S,
+    LATENCY_BINS_PER_E,
+    LEGACY_REJECTED,
+    NO_STATUS,
+    ROLLUPS,
+    ROW_COLUMNS,
+    SCHEMA_LOCK_KEY,
+    SCHEMA_VERSION,
+    ensure_tables,
+    events,
+    lock_schema,
+    mask_url,
+    meta_table,
+    metadata,
+    rollup_hour,
+    rollup_latency_day,
+    rollup_latency_hour,
+    rollup_user_day,
+    unit_column,
+    upgrade_row,
+)
 
-#: Latency histogram resolution: bin ``k`` holds ``[e^(k/N), e^((k+1)/N))`` ms, so one
-#: bin spans a factor ``e^(1/16) ≈ 1.0645`` (6.45 %); bin ``-1`` holds ``[0, 1)`` ms.
-#: Defined here because the latency rollups store these bins (``analytics`` reads them).
-LATENCY_BINS_PER_E = 16
-#: Seconds in one hour and one day, the time units of the rollup tables.
-HOUR_S = 3600
-DAY_S = 86_400
-#: ``status_code`` of a rollup row whose events got no response (NULL in ``events``).
-NO_STATUS = -1
 #: Rollup deltas are computed for at most this many new event ids per statement (bound
 #: parameters; SQLite allows 32,766).
 _ID_CHUNK = 10_000
-
-#: The columns of one event, in DESIGN.md's order ("One event per request").
-EVENT_COLUMNS: tuple[str, ...] = (
-    "ts", "request_id", "user", "session", "kind", "model", "backend", "outcome",
-    "error_type", "status_code", "latency_ms", "ttft_ms", "prompt_tokens",
-    "completion_tokens", "bytes",
-)
-#: What a stored row holds: the event columns, then the (truncated) prompt.
-ROW_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "prompt")
-
-metadata = MetaData()
-
-events = Table(
-    "events",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("ts", Float, nullable=False, index=True),  # unix epoch seconds, UTC
-    Column("request_id", String(32), nullable=False),
-    Column("user", String(128), nullable=False),
-    Column("session", String(64), nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("model", String(128), nullable=False),
-    Column("backend", String(256), nullable=False),
-    Column("outcome", String(16), nullable=False),
-    Column("error_type", String(64), nullable=False, default=""),
-    Column("status_code", Integer, nullable=True),
-    Column("latency_ms", Float, nullable=True),
-    Column("ttft_ms", Float, nullable=True),
-    Column("prompt_tokens", Integer, nullable=True),
-    Column("completion_tokens", Integer, nullable=True),
-    Column("bytes", Integer, nullable=True),
-    Column("prompt", Text, nullable=True),
-    # Unique so that replaying a journal after a crash never duplicates an event.
-    Index("ix_events_request_id", "request_id", unique=True),
-    # The Monitor's user filter reads one user's range of events without a full scan.
-    Index("ix_events_user_ts", "user", "ts"),
-)
-
-#: Events that schema 4 moved from ``error`` to ``rejected``: a replay-only refusal
-#: (``NotRecorded``), or the user's own invalid request, refused before it was sent
-#: (``InvalidRequest`` without an upstream status). ``error`` is left to backend and
-#: system failures.
-_LEGACY_REJECTED = (events.c.outcome == "error") & (
-    (events.c.error_type == "NotRecorded")
-    | ((events.c.error_type == "InvalidRequest") & events.c.status_code.is_(None)))
-_COL = {name: i for i, name in enumerate(ROW_COLUMNS)}
-
-
-def upgrade_row(row: Sequence[Any]) -> tuple[Any, ...]:
-    """An event row (``ROW_COLUMNS`` order) recorded before schema 4, in today's terms.
-
-    Its outcome becomes ``rejected`` where ``_LEGACY_REJECTED`` says so, and its
-    ``ttft_ms`` None unless it is a stream (earlier versions recorded the whole
-    latency as the TTFT of other kinds). A row already in today's terms is returned
-    unchanged. The migration applies the same rules in SQL; journals replayed after a
-    crash (``MetricsCollector.recover``) may predate it.
-    """
-    out = list(row)
-    outcome, error_type = out[_COL["outcome"]], out[_COL["error_type"]]
-    if outcome == "error" and (error_type == "NotRecorded"
-                               or (error_type == "InvalidRequest" and out[_COL["status_code"]] is None)):
-        out[_COL["outcome"]] = "rejected"
-    if out[_COL["kind"]] != "stream":
-        out[_COL["ttft_ms"]] = None
-    return tuple(out)
-
-
-#: SQLite: ``WITHOUT ROWID`` stores rows in key order, so a range of hours is read
-#: sequentially instead of through an index and a row lookup each.
-_CLUSTERED = {"sqlite_with_rowid": False}
-
-
-def _key(name: str, type_: Any) -> Column[Any]:
-    return Column(name, type_, primary_key=True, autoincrement=False)
-
-
-rollup_hour = Table(
-    "rollup_hour",
-    metadata,
-    _key("hour", Integer),  # floor(ts / 3600)
-    _key("model", String(128)),
-    _key("kind", String(16)),
-    _key("backend", String(256)),
-    _key("outcome", String(16)),
-    _key("error_type", String(64)),
-    _key("status_code", Integer),  # NO_STATUS when the event has none
-    Column("requests", BigInteger, nullable=False),
-    Column("prompt_tokens", BigInteger, nullable=False),
-    Column("completion_tokens", BigInteger, nullable=False),
-    Column("last_ts", Float, nullable=False),  # the newest event's ts
-    **_CLUSTERED,
-)
-
-
-def _latency_table(name: str, unit: str) -> Table:
-    # Key order (unit, which, bin, ...): "GROUP BY unit, which, bin" then reads the rows
-    # in key order and needs no sort, whatever the filters on model, kind and backend.
-    return Table(
-        name,
-        metadata,
-        _key(unit, Integer),
-        _key("which", String(8)),  # 'latency' (latency_ms) or 'ttft' (ttft_ms)
-        _key("bin", Integer),  # latency_bin()
-        _key("model", String(128)),
-        _key("kind", String(16)),
-        _key("backend", String(256)),
-        Column("count", BigInteger, nullable=False),
-        **_CLUSTERED,
-    )
-
-
-rollup_latency_hour = _latency_table("rollup_latency_hour", "hour")
-rollup_latency_day = _latency_table("rollup_latency_day", "day")
-
-rollup_user_day = Table(
-    "rollup_user_day",
-    metadata,
-    _key("day", Integer),  # floor(ts / 86400)
-    _key("user", String(128)),
-    _key("model", String(128)),
-    _key("kind", String(16)),
-    _key("backend", String(256)),
-    _key("outcome", String(16)),
-    Column("requests", BigInteger, nullable=False),
-    Column("prompt_tokens", BigInteger, nullable=False),
-    Column("completion_tokens", BigInteger, nullable=False),
-    Column("last_ts", Float, nullable=False),
-    **_CLUSTERED,
-)
-
-#: The rollup tables, each with the length of its time unit in seconds.
-ROLLUPS: tuple[tuple[Table, int], ...] = ((rollup_hour, HOUR_S), (rollup_latency_hour, HOUR_S),
-                                          (rollup_latency_day, DAY_S), (rollup_user_day, DAY_S))
-
-
-meta_table = Table(
-    "meta",
-    metadata,
-    Column("key", String(64), primary_key=True),
-    Column("value", String(256), nullable=False),
-)
-
-
-def unit_column(table: Table) -> str:
-    """The name of a rollup table's time column: ``hour`` or ``day``."""
-    return "day" if "day" in table.c else "hour"
-
 
 #: Whether this SQLite has ``ln()`` (built with SQLITE_ENABLE_MATH_FUNCTIONS, >= 3.35).
 SQLITE_HAS_LN = True
@@ -270,6 +112,12 @@ try:
     sqlite3.connect(":memory:").execute("SELECT ln(1)")
 except sqlite3.OperationalError:  # built without SQLITE_ENABLE_MATH_FUNCTIONS (< 3.35 or trimmed)
     SQLITE_HAS_LN = False
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's own first line of ``exc``, without SQLAlchemy's SQL and links."""
+    inner = getattr(exc, "orig", None) or exc
+    return (str(inner).strip().splitlines() or [type(inner).__name__])[0][:300]
 
 
 def sqlite_ln(x: float | None) -> float | None:
@@ -363,18 +211,37 @@ class UsageStore:
 
     Args:
         url: A SQLAlchemy URL. For ``sqlite:///path`` the parent folder is created.
+        pool_size / max_overflow / pool_timeout_s: The connection pool of a server
+            database (SQLAlchemy's ``QueuePool``: connections kept, extra ones under
+            load, seconds to wait for one); SQLite keeps SQLAlchemy's own pool.
+        connect_timeout_s: Seconds to wait for a server database to accept a connection
+            (libpq's ``connect_timeout``, whole seconds, at least 2 as libpq requires).
+            Server connections are also checked before use (``pool_pre_ping``), so a
+            restarted database costs no request an error.
+
+    Schema creation and migrations run under ``SCHEMA_LOCK_KEY`` on PostgreSQL, so
+    replicas may start at the same moment on an empty database.
 
     Raises:
-        sqlalchemy.exc.SQLAlchemyError: the database cannot be opened.
+        StorageUnavailable: a server database cannot be reached or refuses us (the
+            message shows the URL with its password masked).
+        sqlalchemy.exc.SQLAlchemyError: a SQLite database cannot be opened.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout_s: float = 10.0,
+                 connect_timeout_s: float = 5.0) -> None:
         parsed = make_url(url)
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, future=True)
+        options: dict[str, Any] = {}
+        if not self.is_sqlite:
+            options = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout_s,
+                       "pool_pre_ping": True}
+            if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
+                options["connect_args"] = {"connect_timeout": max(2, math.ceil(connect_timeout_s))}
+        self.engine: Engine = create_engine(url, future=True, **options)
         #: Whether the rollup tables are kept (they need an upsert: SQLite, PostgreSQL).
         self.rollups = self.engine.dialect.name in ("sqlite", "postgresql")
         if self.is_sqlite:
@@ -391,11 +258,33 @@ class UsageStore:
         # SQLite allows one writer at a time; serialising writes here avoids
         # "database is locked" retries under many request threads.
         self._write_lock = threading.Lock()
-        self._migrate()
+        if self.is_sqlite:
+            self._migrate()
+            return
+        try:
+            self._migrate()
+        except (OperationalError, InterfaceError) as exc:
+            self.engine.dispose()
+            raise StorageUnavailable(
+                f"The usage database at {mask_url(url)} cannot be reached ({_first_line(exc)}).",
+                "Check that the database server is running and accepts connections from this host, and "
+                "BLOSSOM_DASH_DATABASE_URL (host, port, database name, user and password); "
+                "BLOSSOM_DASH_DB_CONNECT_TIMEOUT_S sets how long to wait for it.") from exc
+
+    def ensure_tables(self, tables: Sequence[Table]) -> None:
+        """Create the missing ones of ``tables`` in this database, under the schema lock
+        (see ``ensure_tables``).
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database refused.
+        """
+        ensure_tables(self.engine, tables)
 
     def _migrate(self) -> None:
-        """Create the schema, or bring an older one up to ``SCHEMA_VERSION`` in place."""
+        """Create the schema, or bring an older one up to ``SCHEMA_VERSION`` in place,
+        in one transaction under the schema lock (``lock_schema``)."""
         with self.engine.begin() as conn:
+            lock_schema(conn)
             fresh = not inspect(conn).has_table("events")
             metadata.create_all(conn)
             row = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
@@ -429,8 +318,8 @@ class UsageStore:
         """
         E = events.c
         hour = floor_int(E.ts / float(HOUR_S), self.is_sqlite)
-        hours = [int(h) for (h,) in conn.execute(select(hour).where(_LEGACY_REJECTED).distinct())]
-        conn.execute(update(events).where(_LEGACY_REJECTED).values(outcome="rejected"))
+        hours = [int(h) for (h,) in conn.execute(select(hour).where(LEGACY_REJECTED).distinct())]
+        conn.execute(update(events).where(LEGACY_REJECTED).values(outcome="rejected"))
         conn.execute(update(events).where(E.kind != "stream", E.ttft_ms.is_not(None)).values(ttft_ms=None))
         return hours
 
@@ -559,3 +448,34 @@ class UsageStore:
         """Release the connection pool."""
         self.engine.dispose()
 
+
+#: The schema's names are re-exported here, where the readers have always found them.
+__all__ = [
+    "DAY_S",
+    "EVENT_COLUMNS",
+    "HOUR_S",
+    "LATENCY_BINS_PER_E",
+    "NO_STATUS",
+    "ROLLUPS",
+    "ROW_COLUMNS",
+    "SCHEMA_LOCK_KEY",
+    "SCHEMA_VERSION",
+    "SQLITE_HAS_LN",
+    "UsageStore",
+    "ensure_tables",
+    "events",
+    "floor_int",
+    "latency_bin",
+    "lock_schema",
+    "mask_url",
+    "meta_table",
+    "metadata",
+    "rollup_hour",
+    "rollup_latency_day",
+    "rollup_latency_hour",
+    "rollup_user_day",
+    "sqlite_ln",
+    "unit_column",
+    "upgrade_row",
+    "upsert_statement",
+]

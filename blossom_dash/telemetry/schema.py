@@ -1,0 +1,272 @@
+"""The usage database's schema: the events, the rollups, the schema version, and the
+lock under which replicas create and migrate tables.
+
+Rollups (schema 3) let the Monitor answer a 30-day question from a few thousand rows
+instead of a million events (SQLite has no hash aggregate: every ``GROUP BY`` over raw
+events sorts all of them). Four tables, keyed by a whole UTC hour or day and the
+filterable dimensions the Monitor's passes group or filter by:
+
+- ``rollup_hour``: ``hour, model, kind, backend, outcome, error_type, status_code ->
+  requests, prompt_tokens, completion_tokens, last_ts``. Feeds the per-bucket cube,
+  the totals, the errors table and the filter lists. ``status_code`` -1 stands for
+  "no response" (a NULL would never match itself in a unique key, so upserts could
+  not find the row); error type and status follow the outcome, so they add few rows.
+- ``rollup_latency_hour`` and ``rollup_latency_day``: ``hour|day, which, bin, model,
+  kind, backend -> count``: the latency (``which = 'latency'``) and TTFT (``'ttft'``,
+  which only streams have since schema 4) histograms of served (``ok``) events, in
+  the Monitor's log-spaced bins (``store.latency_bin``), one row per non-empty bin.
+  They are the long tables (~40 bins per model and hour: half a million rows for 30
+  days of the benchmark's traffic), so the histograms of a whole range read whole days
+  from the daily table and only the hours at its edges from the hourly one; latency
+  over time (buckets of >= 1 h) reads hours.
+  The two histograms are kept apart, not joint: every reader wants one of them, and a
+  joint histogram would hold ~bins x bins rows per hour.
+- ``rollup_user_day``: ``day, user, model, kind, backend, outcome -> requests,
+  prompt_tokens, completion_tokens, last_ts``. The per-user table and the user filter
+  list. By day, not hour: a team's hundreds of users make an hourly table nearly as
+  long as the events themselves (few users are active in the same hour with the same
+  model), while a day groups their requests; the readers take the partial days at a
+  range's edges from the events (an index on ``(user, ts)`` keeps that cheap, and
+  serves the user filter on the other passes).
+
+The features keep their own tables on the same ``metadata`` (comparisons, batch jobs,
+conversations, the audit log) and create them with ``ensure_tables``: on PostgreSQL
+every ``CREATE`` and migration runs under one advisory lock (``SCHEMA_LOCK_KEY``), so
+replicas starting at the same moment on an empty database do not collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, text
+from sqlalchemy.engine import Connection, Engine, make_url
+
+#: 1: first schema. 2: ``request_id`` unique (journal replays must not duplicate).
+#: 3: rollup tables and an index on ``(user, ts)``. 4: outcome ``rejected`` and TTFT
+#: for streams only, with the history brought to both (``upgrade_row``).
+SCHEMA_VERSION = 4
+
+#: Latency histogram resolution: bin ``k`` holds ``[e^(k/N), e^((k+1)/N))`` ms, so one
+#: bin spans a factor ``e^(1/16) ≈ 1.0645`` (6.45 %); bin ``-1`` holds ``[0, 1)`` ms.
+#: Defined here because the latency rollups store these bins (``analytics`` reads them).
+LATENCY_BINS_PER_E = 16
+#: Seconds in one hour and one day, the time units of the rollup tables.
+HOUR_S = 3600
+DAY_S = 86_400
+#: ``status_code`` of a rollup row whose events got no response (NULL in ``events``).
+NO_STATUS = -1
+
+#: The columns of one event, in DESIGN.md's order ("One event per request").
+EVENT_COLUMNS: tuple[str, ...] = (
+    "ts", "request_id", "user", "session", "kind", "model", "backend", "outcome",
+    "error_type", "status_code", "latency_ms", "ttft_ms", "prompt_tokens",
+    "completion_tokens", "bytes",
+)
+#: What a stored row holds: the event columns, then the (truncated) prompt.
+ROW_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "prompt")
+
+metadata = MetaData()
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False, index=True),  # unix epoch seconds, UTC
+    Column("request_id", String(32), nullable=False),
+    Column("user", String(128), nullable=False),
+    Column("session", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("backend", String(256), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error_type", String(64), nullable=False, default=""),
+    Column("status_code", Integer, nullable=True),
+    Column("latency_ms", Float, nullable=True),
+    Column("ttft_ms", Float, nullable=True),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("bytes", Integer, nullable=True),
+    Column("prompt", Text, nullable=True),
+    # Unique so that replaying a journal after a crash never duplicates an event.
+    Index("ix_events_request_id", "request_id", unique=True),
+    # The Monitor's user filter reads one user's range of events without a full scan.
+    Index("ix_events_user_ts", "user", "ts"),
+)
+
+#: Events that schema 4 moved from ``error`` to ``rejected`` (a SQL condition): a replay-only refusal
+#: (``NotRecorded``), or the user's own invalid request, refused before it was sent
+#: (``InvalidRequest`` without an upstream status). ``error`` is left to backend and
+#: system failures.
+LEGACY_REJECTED = (events.c.outcome == "error") & (
+    (events.c.error_type == "NotRecorded")
+    | ((events.c.error_type == "InvalidRequest") & events.c.status_code.is_(None)))
+_COL = {name: i for i, name in enumerate(ROW_COLUMNS)}
+
+
+def upgrade_row(row: Sequence[Any]) -> tuple[Any, ...]:
+    """An event row (``ROW_COLUMNS`` order) recorded before schema 4, in today's terms.
+
+    Its outcome becomes ``rejected`` where ``LEGACY_REJECTED`` says so, and its
+    ``ttft_ms`` None unless it is a stream (earlier versions recorded the whole
+    latency as the TTFT of other kinds). A row already in today's terms is returned
+    unchanged. The migration applies the same rules in SQL; journals replayed after a
+    crash (``MetricsCollector.recover``) may predate it.
+    """
+    out = list(row)
+    outcome, error_type = out[_COL["outcome"]], out[_COL["error_type"]]
+    if outcome == "error" and (error_type == "NotRecorded"
+                               or (error_type == "InvalidRequest" and out[_COL["status_code"]] is None)):
+        out[_COL["outcome"]] = "rejected"
+    if out[_COL["kind"]] != "stream":
+        out[_COL["ttft_ms"]] = None
+    return tuple(out)
+
+
+#: SQLite: ``WITHOUT ROWID`` stores rows in key order, so a range of hours is read
+#: sequentially instead of through an index and a row lookup each.
+_CLUSTERED = {"sqlite_with_rowid": False}
+
+
+def _key(name: str, type_: Any) -> Column[Any]:
+    return Column(name, type_, primary_key=True, autoincrement=False)
+
+
+rollup_hour = Table(
+    "rollup_hour",
+    metadata,
+    _key("hour", Integer),  # floor(ts / 3600)
+    _key("model", String(128)),
+    _key("kind", String(16)),
+    _key("backend", String(256)),
+    _key("outcome", String(16)),
+    _key("error_type", String(64)),
+    _key("status_code", Integer),  # NO_STATUS when the event has none
+    Column("requests", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("last_ts", Float, nullable=False),  # the newest event's ts
+    **_CLUSTERED,
+)
+
+
+def _latency_table(name: str, unit: str) -> Table:
+    # Key order (unit, which, bin, ...): "GROUP BY unit, which, bin" then reads the rows
+    # in key order and needs no sort, whatever the filters on model, kind and backend.
+    return Table(
+        name,
+        metadata,
+        _key(unit, Integer),
+        _key("which", String(8)),  # 'latency' (latency_ms) or 'ttft' (ttft_ms)
+        _key("bin", Integer),  # latency_bin()
+        _key("model", String(128)),
+        _key("kind", String(16)),
+        _key("backend", String(256)),
+        Column("count", BigInteger, nullable=False),
+        **_CLUSTERED,
+    )
+
+
+rollup_latency_hour = _latency_table("rollup_latency_hour", "hour")
+rollup_latency_day = _latency_table("rollup_latency_day", "day")
+
+rollup_user_day = Table(
+    "rollup_user_day",
+    metadata,
+    _key("day", Integer),  # floor(ts / 86400)
+    _key("user", String(128)),
+    _key("model", String(128)),
+    _key("kind", String(16)),
+    _key("backend", String(256)),
+    _key("outcome", String(16)),
+    Column("requests", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("last_ts", Float, nullable=False),
+    **_CLUSTERED,
+)
+
+#: The rollup tables, each with the length of its time unit in seconds.
+ROLLUPS: tuple[tuple[Table, int], ...] = ((rollup_hour, HOUR_S), (rollup_latency_hour, HOUR_S),
+                                          (rollup_latency_day, DAY_S), (rollup_user_day, DAY_S))
+
+
+meta_table = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+
+def unit_column(table: Table) -> str:
+    """The name of a rollup table's time column: ``hour`` or ``day``."""
+    return "day" if "day" in table.c else "hour"
+
+
+#: The PostgreSQL advisory lock key that serialises schema creation and migrations
+#: (``pg_advisory_xact_lock``, held until the transaction ends): replicas starting at
+#: once on an empty database would otherwise collide creating the same tables
+#: (``UniqueViolation ... pg_type_typname_nsp_index``). A fixed 64-bit number,
+#: ``int.from_bytes(b"blossomD", "big")``; any other application sharing the database
+#: must not use it.
+SCHEMA_LOCK_KEY = 0x626C6F73736F6D44
+
+
+def lock_schema(conn: Connection) -> None:
+    """Take the schema lock for the rest of ``conn``'s transaction (PostgreSQL only).
+
+    Another process holding it makes this wait until its transaction ends; other
+    databases need nothing here (SQLite serialises writers by itself).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+
+
+def ensure_tables(engine: Engine, tables: Sequence[Table]) -> None:
+    """Create those of ``tables`` that are missing, under the schema lock (``lock_schema``).
+
+    What every feature calls for the tables it owns, instead of ``metadata.create_all``:
+    on PostgreSQL two replicas doing it at the same time would collide.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database refused.
+    """
+    with engine.begin() as conn:
+        lock_schema(conn)
+        metadata.create_all(conn, tables=list(tables))
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: safe to show or log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as its scheme only
+        return url.split(":", 1)[0] + ":…"
+
+
+__all__ = [
+    "DAY_S",
+    "EVENT_COLUMNS",
+    "HOUR_S",
+    "LATENCY_BINS_PER_E",
+    "LEGACY_REJECTED",
+    "NO_STATUS",
+    "ROLLUPS",
+    "ROW_COLUMNS",
+    "SCHEMA_LOCK_KEY",
+    "SCHEMA_VERSION",
+    "ensure_tables",
+    "events",
+    "lock_schema",
+    "mask_url",
+    "meta_table",
+    "metadata",
+    "rollup_hour",
+    "rollup_latency_day",
+    "rollup_latency_hour",
+    "rollup_user_day",
+    "unit_column",
+    "upgrade_row",
+]
