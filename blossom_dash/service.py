@@ -67,8 +67,13 @@ class BlossomService(FeatureMethods):
                                    max_bytes=s.cache_max_bytes, persist_dir=s.data_dir / "replay",
                                    persistent=s.persistent_cache, replay_only=s.replay_only)
         self.limiter = RateLimiter(per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm)
-        self.store = UsageStore(s.resolved_database_url(), pool_size=s.db_pool_size, max_overflow=s.db_max_overflow,
-                                pool_timeout_s=s.db_pool_timeout_s, connect_timeout_s=s.db_connect_timeout_s)
+        try:  # StorageUnavailable when the database cannot be used: nothing is left running
+            self.store = UsageStore(s.resolved_database_url(), pool_size=s.db_pool_size,
+                                    max_overflow=s.db_max_overflow, pool_timeout_s=s.db_pool_timeout_s,
+                                    connect_timeout_s=s.db_connect_timeout_s)
+        except BaseException:
+            self._loop.stop()
+            raise
         self.metrics = MetricsCollector(self.store, s.data_dir / "journal", window=s.metrics_window)
         self._closed = False
         self.gateway: Gateway | None = None

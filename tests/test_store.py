@@ -20,8 +20,11 @@ import pandas as pd
 import pytest
 from helpers import make_service, run_in_threads
 from pydantic import ValidationError
+from sqlalchemy import create_engine, inspect
+from sqlalchemy import text as sql_text
 
 from blossom_dash import Settings
+from blossom_dash.errors import StorageUnavailable
 from blossom_dash.telemetry import analytics
 from blossom_dash.telemetry.collector import MetricsCollector
 from blossom_dash.telemetry.store import (
@@ -30,8 +33,10 @@ from blossom_dash.telemetry.store import (
     NO_STATUS,
     ROLLUPS,
     ROW_COLUMNS,
+    SCHEMA_LOCK_KEY,
     SCHEMA_VERSION,
     UsageStore,
+    mask_url,
     rollup_hour,
     upgrade_row,
     upsert_statement,
@@ -72,6 +77,19 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.as_posix()}"
 
 
+def sql(url: str, statement: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """Run one SQL statement on the database at ``url`` from outside the store (its own
+    engine, committed); the rows it returns, if any. Write ``"user"`` quoted: it is a
+    reserved word in PostgreSQL."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sql_text(statement), params or {})
+            return [tuple(r) for r in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
 
 class TestUsageStore:
     def test_creates_the_folder_and_uses_wal(self, tmp_path: Path) -> None:
@@ -93,9 +111,9 @@ class TestUsageStore:
             value = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         assert int(value) == SCHEMA_VERSION
 
-    def test_events_survive_reopening(self, tmp_path: Path) -> None:
-        """Rows written, store closed, file reopened: every row is still there."""
-        url = sqlite_url(tmp_path / "usage.db")
+    def test_events_survive_reopening(self, database_url: str) -> None:
+        """Rows written, store closed, database reopened: every row is still there."""
+        url = database_url
         store = UsageStore(url)
         store.write_many([row(f"r{i}", 100.0 + i, latency_ms=float(i)) for i in range(3)])
         store.close()
@@ -109,9 +127,9 @@ class TestUsageStore:
         finally:
             again.close()
 
-    def test_frame_shape(self, tmp_path: Path) -> None:
+    def test_frame_shape(self, database_url: str) -> None:
         """frame() has the event columns (no prompt), ts as UTC datetimes, oldest first."""
-        store = UsageStore(sqlite_url(tmp_path / "usage.db"))
+        store = UsageStore(database_url)
         store.write_many([row("late", 2_000_000_000.0), row("early", 1_000_000_000.0)])
         df = store.frame()
         store.close()
@@ -121,32 +139,32 @@ class TestUsageStore:
         assert str(df["ts"].dt.tz) == "UTC"
         assert df["ts"].iloc[0] == pd.Timestamp(1_000_000_000, unit="s", tz="UTC")
 
-    def test_frame_since_filters(self, tmp_path: Path) -> None:
+    def test_frame_since_filters(self, database_url: str) -> None:
         """frame(since=t) keeps events with ts >= t."""
-        store = UsageStore(sqlite_url(tmp_path / "usage.db"))
+        store = UsageStore(database_url)
         store.write_many([row(f"r{t}", float(t)) for t in (100, 200, 300)])
         assert list(store.frame(200.0)["request_id"]) == ["r200", "r300"]
         assert list(store.frame(300.5)["request_id"]) == []
         store.close()
 
-    def test_frame_limit_keeps_the_newest(self, tmp_path: Path) -> None:
+    def test_frame_limit_keeps_the_newest(self, database_url: str) -> None:
         """A bounded frame keeps the newest rows, oldest first."""
-        store = UsageStore(sqlite_url(tmp_path / "usage.db"))
+        store = UsageStore(database_url)
         store.write_many([row(f"r{t}", float(t)) for t in range(10)])
         assert list(store.frame(limit=3)["request_id"]) == ["r7", "r8", "r9"]
         store.close()
 
-    def test_same_request_id_is_stored_once(self, tmp_path: Path) -> None:
+    def test_same_request_id_is_stored_once(self, database_url: str) -> None:
         """Writing a row whose request_id is already stored (a replay) adds nothing."""
-        store = UsageStore(sqlite_url(tmp_path / "usage.db"))
+        store = UsageStore(database_url)
         store.write_many([row("dup", 1.0)])
         store.write_many([row("dup", 1.0), row("new", 2.0)])
         assert store.count() == 2
         store.close()
 
-    def test_concurrent_writers(self, tmp_path: Path) -> None:
+    def test_concurrent_writers(self, database_url: str) -> None:
         """8 threads writing 50 rows each: all 400 are stored."""
-        store = UsageStore(sqlite_url(tmp_path / "usage.db"))
+        store = UsageStore(database_url)
 
         def worker(k: int) -> None:
             for i in range(50):
@@ -301,8 +319,8 @@ def upgraded(stored: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [(r[0], *upgrade_row(r[1:])) for r in stored]
 
 
-def expected_rollups(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """The rollup tables' rows computed in Python from the events in the file: an
+def expected_rollups(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """The rollup tables' rows computed in Python from the events in the database: an
     independent statement of what ``store`` documents."""
     hour: dict[tuple[Any, ...], list[Any]] = {}
     user_day: dict[tuple[Any, ...], list[Any]] = {}
@@ -313,9 +331,8 @@ def expected_rollups(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         n, p, c, last = acc.get(key, [0, 0, 0, -math.inf])
         acc[key] = [n + 1, p + (pt or 0), c + (ct or 0), max(last, ts)]
 
-    with sqlite3.connect(path) as conn:
-        events = conn.execute("SELECT ts, user, model, kind, backend, outcome, error_type, status_code, latency_ms,"
-                              " ttft_ms, prompt_tokens, completion_tokens FROM events").fetchall()
+    events = sql(url, 'SELECT ts, "user", model, kind, backend, outcome, error_type, status_code, latency_ms,'
+                 " ttft_ms, prompt_tokens, completion_tokens FROM events")
     for ts, user, model, kind, backend, outcome, etype, status, lat, ttft, pt, ct in events:
         h, d = math.floor(ts / 3600), math.floor(ts / 86_400)
         add(hour, (h, model, kind, backend, outcome, etype, NO_STATUS if status is None else status), ts, pt, ct)
@@ -336,24 +353,23 @@ def expected_rollups(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-def stored_rollups(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+def stored_rollups(url: str) -> dict[str, list[tuple[Any, ...]]]:
     """The rollup tables' rows as stored, sorted."""
-    with sqlite3.connect(path) as conn:
-        return {t.name: sorted(conn.execute(f"SELECT * FROM {t.name}").fetchall()) for t, _unit in ROLLUPS}
+    return {t.name: sorted(sql(url, f"SELECT * FROM {t.name}")) for t, _unit in ROLLUPS}
 
 
-def assert_rollups_exact(path: Path) -> None:
-    """Every rollup table holds exactly what the events in the file add up to."""
-    stored, expected = stored_rollups(path), expected_rollups(path)
+def assert_rollups_exact(url: str) -> None:
+    """Every rollup table holds exactly what the events in the database add up to."""
+    stored, expected = stored_rollups(url), expected_rollups(url)
     for name in expected:
         assert stored[name] == expected[name], name
 
 
 class TestRollups:
-    def test_writes_keep_the_rollups_exact(self, tmp_path: Path) -> None:
+    def test_writes_keep_the_rollups_exact(self, database_url: str) -> None:
         """Batches of every shape (one event, hundreds, a duplicate inside a batch) add up exactly."""
-        path = tmp_path / "usage.db"
-        store = UsageStore(sqlite_url(path))
+        path = database_url
+        store = UsageStore(path)
         rows = random_rows(900, seed=1)
         store.write_many(rows[:1])
         for i in range(1, 900, 97):
@@ -364,10 +380,10 @@ class TestRollups:
         assert_rollups_exact(path)
         assert sum(r[7] for r in stored_rollups(path)["rollup_hour"]) == 901
 
-    def test_a_replayed_batch_counts_once(self, tmp_path: Path) -> None:
+    def test_a_replayed_batch_counts_once(self, database_url: str) -> None:
         """Replaying a journal (rows already stored, mixed with new ones) leaves every rollup exact."""
-        path = tmp_path / "usage.db"
-        store = UsageStore(sqlite_url(path))
+        path = database_url
+        store = UsageStore(path)
         rows = random_rows(400, seed=2)
         store.write_many(rows[:300])
         before = stored_rollups(path)
@@ -379,53 +395,50 @@ class TestRollups:
         assert_rollups_exact(path)
 
     @pytest.mark.parametrize("cutoff", [DAY0 + 1234.5, DAY0 + 7200.0, DAY0 + 86_400 + 0.25, DAY0 - 10 * 86_400])
-    def test_delete_older_than_keeps_the_rollups_exact(self, tmp_path: Path, cutoff: float) -> None:
+    def test_delete_older_than_keeps_the_rollups_exact(self, database_url: str, cutoff: float) -> None:
         """Deleting before a cutoff inside an hour and a day, on an hour boundary, or before
         everything drops the older units and recomputes the one holding the cutoff."""
-        path = tmp_path / "usage.db"
-        store = UsageStore(sqlite_url(path))
+        path = database_url
+        store = UsageStore(path)
         store.write_many(random_rows(800, seed=3))
         deleted = store.delete_older_than(cutoff)
         remaining = store.count()
         store.close()
         assert deleted + remaining == 800
         assert_rollups_exact(path)
-        with sqlite3.connect(path) as conn:
-            assert conn.execute("SELECT count(*) FROM rollup_hour WHERE last_ts < ?", (cutoff,)).fetchone()[0] == 0
+        assert sql(path, "SELECT count(*) FROM rollup_hour WHERE last_ts < :c", {"c": cutoff}) == [(0,)]
 
-    def test_rebuild_matches_the_incremental_rollups(self, tmp_path: Path) -> None:
+    def test_rebuild_matches_the_incremental_rollups(self, database_url: str) -> None:
         """rebuild_rollups() recomputes from the events what write_many maintained."""
-        path = tmp_path / "usage.db"
-        store = UsageStore(sqlite_url(path))
+        path = database_url
+        store = UsageStore(path)
         store.write_many(random_rows(300, seed=4))
         before = stored_rollups(path)
         store.rebuild_rollups()
         store.close()
         assert stored_rollups(path) == before
 
-    def test_schema_2_file_is_migrated_without_loss(self, tmp_path: Path) -> None:
-        """A schema-2 file (no rollups, no user index) opens at today's schema with every
-        event, brought to today's outcomes and TTFTs, and exact rollups, and keeps them
-        exact on later writes."""
-        path = tmp_path / "usage.db"
-        store = UsageStore(sqlite_url(path))
+    def test_schema_2_database_is_migrated_without_loss(self, database_url: str) -> None:
+        """A schema-2 database (no rollups, no user index) opens at today's schema with
+        every event, brought to today's outcomes and TTFTs, and exact rollups, and keeps
+        them exact on later writes."""
+        path = database_url
+        store = UsageStore(path)
         rows = legacy_rows(500, seed=5)
         store.write_many(rows[:400])
         store.close()
-        with sqlite3.connect(path) as conn:  # take the file back to schema 2
-            for t, _unit in ROLLUPS:
-                conn.execute(f"DROP TABLE {t.name}")
-            conn.execute("DROP INDEX ix_events_user_ts")
-            conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-            events_before = conn.execute("SELECT * FROM events ORDER BY id").fetchall()
-        again = UsageStore(sqlite_url(path))
+        for t, _unit in ROLLUPS:  # take the database back to schema 2
+            sql(path, f"DROP TABLE {t.name}")
+        sql(path, "DROP INDEX ix_events_user_ts")
+        sql(path, "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        events_before = sql(path, "SELECT * FROM events ORDER BY id")
+        again = UsageStore(path)
         assert again.schema_version() == SCHEMA_VERSION == 4
         again.write_many([upgrade_row(r) for r in rows[350:]])  # 50 replayed, 100 new
+        indexes = {i["name"] for i in inspect(again.engine).get_indexes("events")}
         again.close()
-        with sqlite3.connect(path) as conn:
-            assert conn.execute("SELECT * FROM events ORDER BY id LIMIT 400").fetchall() == upgraded(events_before)
-            assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 500
-            indexes = {r[1] for r in conn.execute("PRAGMA index_list(events)")}
+        assert sql(path, "SELECT * FROM events ORDER BY id LIMIT 400") == upgraded(events_before)
+        assert sql(path, "SELECT count(*) FROM events") == [(500,)]
         assert "ix_events_user_ts" in indexes
         assert_rollups_exact(path)
 
@@ -445,14 +458,14 @@ class TestRollups:
             stored = conn.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM events ORDER BY id").fetchall()
         assert stored == [upgrade_row(r) for r in legacy]
         assert any(r[ROW_COLUMNS.index("outcome")] == "rejected" for r in stored)
-        assert_rollups_exact(path)
+        assert_rollups_exact(sqlite_url(path))
 
-    def test_schema_3_file_is_upgraded_in_place(self, tmp_path: Path) -> None:
-        """Schema 3 -> 4 on a file with rollups: the user's invalid requests and replay
+    def test_schema_3_database_is_upgraded_in_place(self, database_url: str) -> None:
+        """Schema 3 -> 4 on a database with rollups: the user's invalid requests and replay
         refusals become ``rejected`` (a backend's 400 stays an error), the TTFT of
         everything but streams is cleared, nothing else changes, and the rollups are
         exact, before and after later writes."""
-        path = tmp_path / "usage.db"
+        path = database_url
         none = {"latency_ms": 0.0, "ttft_ms": None, "prompt_tokens": None, "completion_tokens": None}
         hand = [
             row("nr", DAY0 + 10, outcome="error", error_type="NotRecorded", status_code=None, **none),
@@ -465,17 +478,16 @@ class TestRollups:
             row("hit", DAY0 + 80, kind="image", outcome="cache_hit", latency_ms=0.5, ttft_ms=0.5),
         ]
         legacy = legacy_rows(600, seed=8)
-        store = UsageStore(sqlite_url(path))
+        store = UsageStore(path)
         store.write_many(hand + legacy)  # rollups as schema 3 kept them: of the events as stored
         store.close()
-        with sqlite3.connect(path) as conn:
-            conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-            before = conn.execute("SELECT * FROM events ORDER BY id").fetchall()
-            # The file holds what the upgrade must change, in the events and in the rollups.
-            assert conn.execute("SELECT count(*) FROM rollup_latency_hour WHERE which = 'ttft' AND kind != 'stream'"
-                                ).fetchone()[0] > 0
-            assert conn.execute("SELECT count(*) FROM rollup_hour WHERE outcome = 'rejected'").fetchone()[0] == 0
-        again = UsageStore(sqlite_url(path))
+        sql(path, "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        before = sql(path, "SELECT * FROM events ORDER BY id")
+        # The database holds what the upgrade must change, in the events and in the rollups.
+        assert sql(path, "SELECT count(*) FROM rollup_latency_hour WHERE which = 'ttft' AND kind != 'stream'"
+                   )[0][0] > 0
+        assert sql(path, "SELECT count(*) FROM rollup_hour WHERE outcome = 'rejected'") == [(0,)]
+        again = UsageStore(path)
         assert again.schema_version() == 4 and again.count() == 608
         df = again.frame().set_index("request_id")
         assert df.loc[["nr", "ir", "ir400", "up", "rl"], "outcome"].tolist() == [
@@ -483,15 +495,15 @@ class TestRollups:
         ttft = df.loc[["txt", "str", "hit"], "ttft_ms"]
         assert ttft.isna().tolist() == [True, False, True] and ttft["str"] == 150.0
         assert_rollups_exact(path)
-        with sqlite3.connect(path) as conn:
-            assert conn.execute("SELECT * FROM events ORDER BY id").fetchall() == upgraded(before)
-            assert conn.execute("SELECT sum(requests) FROM rollup_hour WHERE outcome = 'rejected'").fetchone()[0] \
-                == int((df["outcome"] == "rejected").sum())
+        assert sql(path, "SELECT * FROM events ORDER BY id") == upgraded(before)
+        assert sql(path, "SELECT sum(requests) FROM rollup_hour WHERE outcome = 'rejected'")[0][0] \
+            == int((df["outcome"] == "rejected").sum())
         again.write_many(random_rows(200, seed=9, prefix="after"))
         again.close()
         assert_rollups_exact(path)
 
-    def test_a_journal_from_before_the_upgrade_is_replayed_in_todays_terms(self, tmp_path: Path) -> None:
+    def test_a_journal_from_before_the_upgrade_is_replayed_in_todays_terms(self, tmp_path: Path,
+                                                                          database_url: str) -> None:
         """A journal left by a process killed before the upgrade holds old-style events:
         replaying it stores them as the migration would have."""
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
@@ -500,15 +512,15 @@ class TestRollups:
         journal = tmp_path / "journal" / f"journal-{dead}-0000.jsonl"
         journal.parent.mkdir()
         journal.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in legacy))
-        store = UsageStore(sqlite_url(tmp_path / "usage.db"))
+        store = UsageStore(database_url)
         collector = MetricsCollector(store, journal.parent)
         collector.close()
         store.close()
-        with sqlite3.connect(tmp_path / "usage.db") as conn:
-            stored = conn.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM events ORDER BY id").fetchall()
+        columns = ", ".join(f'"{c}"' for c in ROW_COLUMNS)  # "user" is a reserved word in PostgreSQL
+        stored = sql(database_url, f"SELECT {columns} FROM events ORDER BY id")
         assert stored == [upgrade_row(r) for r in legacy] != legacy
         assert not journal.exists()
-        assert_rollups_exact(tmp_path / "usage.db")
+        assert_rollups_exact(database_url)
 
     def test_python_ln_fallback_bins_alike(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """On a SQLite without ln(), the Python ln registered on each connection gives the same bins."""
@@ -519,7 +531,7 @@ class TestRollups:
         store = UsageStore(sqlite_url(path))
         store.write_many(random_rows(300, seed=7))
         store.close()
-        assert_rollups_exact(path)
+        assert_rollups_exact(sqlite_url(path))
 
     def test_postgresql_upsert_adds_counts_and_keeps_the_later_time(self) -> None:
         """On PostgreSQL the rollup upsert is ON CONFLICT on the key, adding counts and
@@ -533,13 +545,95 @@ class TestRollups:
         assert "requests = (rollup_hour.requests + excluded.requests)" in sql
         assert "last_ts = CASE WHEN (excluded.last_ts > rollup_hour.last_ts) THEN excluded.last_ts" in sql
 
-    def test_rollups_are_a_small_fraction_of_the_events(self, tmp_path: Path) -> None:
+    def test_rollups_are_a_small_fraction_of_the_events(self, database_url: str) -> None:
         """A busy hour of one model and user becomes a handful of rollup rows."""
-        store = UsageStore(sqlite_url(tmp_path / "usage.db"))
+        store = UsageStore(database_url)
         store.write_many([row(f"b{i}", DAY0 + i, latency_ms=100.0, ttft_ms=40.0) for i in range(2000)])
         assert store.rollup_rows() == {"rollup_hour": 1, "rollup_latency_hour": 2, "rollup_latency_day": 2,
                                        "rollup_user_day": 1}
         store.close()
+
+
+class TestServerDatabase:
+    """A server database (PostgreSQL): its pool, its failures, its schema lock."""
+
+    def test_unreachable_server_is_a_clear_error(self, tmp_path: Path) -> None:
+        """Nothing listening at the URL: StorageUnavailable saying what and what to do,
+        with the password masked, not a driver traceback; the service refuses to start
+        the same way."""
+        from services import free_port
+
+        url = f"postgresql+psycopg://analyst:{SECRET}@127.0.0.1:{free_port()}/usage"
+        with pytest.raises(StorageUnavailable) as info:
+            UsageStore(url, connect_timeout_s=2)
+        said = str(info.value)
+        assert "cannot be reached" in info.value.message and "BLOSSOM_DASH_DATABASE_URL" in info.value.hint
+        assert SECRET not in said and "analyst:***@127.0.0.1" in said
+        assert mask_url(url) == url.replace(SECRET, "***")
+        with pytest.raises(StorageUnavailable):
+            make_service(tmp_path, database_url=url, db_connect_timeout_s=2)
+
+    def test_the_pool_is_bounded_by_the_settings(self, postgres_url: str, tmp_path: Path) -> None:
+        """pool_size 1 and no overflow: a second connection waits pool_timeout_s, then
+        fails, while the first one is held; the service passes its settings through."""
+        from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+        store = UsageStore(postgres_url, pool_size=1, max_overflow=0, pool_timeout_s=0.2)
+        try:
+            with store.engine.connect():
+                with pytest.raises(PoolTimeout):
+                    store.engine.connect()
+            assert store.count() == 0  # given back: usable again
+        finally:
+            store.close()
+        with make_service(tmp_path, database_url=postgres_url, db_pool_size=2, db_max_overflow=0,
+                          db_pool_timeout_s=0.2) as svc:
+            engine = svc.store.engine
+            held = [engine.connect(), engine.connect()]
+            with pytest.raises(PoolTimeout):
+                engine.connect()
+            for conn in held:
+                conn.close()
+
+    def test_connections_dropped_by_the_server_are_replaced(self, postgres_url: str) -> None:
+        """The server closes every pooled connection (a restart, a failover): the next
+        call gets a fresh one instead of an error (pre-ping)."""
+        store = UsageStore(postgres_url, pool_size=2)
+        try:
+            store.write_many([row("before", 1.0)])
+            with store.engine.connect() as conn:
+                mine = conn.execute(sql_text("SELECT pg_backend_pid()")).scalar()
+            sql(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            store.write_many([row("after", 2.0)])
+            with store.engine.connect() as conn:
+                assert conn.execute(sql_text("SELECT pg_backend_pid()")).scalar() != mine
+            assert store.count() == 2
+        finally:
+            store.close()
+
+    def test_feature_tables_are_created_under_the_schema_lock(self, postgres_url: str) -> None:
+        """While another session holds the schema lock, ensure_tables waits for it (the
+        same lock the migration takes), then creates the tables."""
+        import threading
+
+        from blossom_dash.telemetry.audit import audit_log
+
+        store = UsageStore(postgres_url)
+        holder = create_engine(postgres_url)
+        try:
+            done = threading.Event()
+            with holder.begin() as conn:
+                conn.execute(sql_text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+                worker = threading.Thread(target=lambda: (store.ensure_tables([audit_log]), done.set()))
+                worker.start()
+                assert not done.wait(0.5)  # blocked behind the lock
+            worker.join(30)
+            assert done.is_set()
+            assert inspect(store.engine).has_table("audit_log")
+        finally:
+            holder.dispose()
+            store.close()
 
 
 class TestServiceEvents:
