@@ -107,6 +107,28 @@ class MonitorQuery:
         """The period of the same length just before this one, with the same filters."""
         return dataclasses.replace(self, since_ts=self.since_ts - self.span_s, until_ts=self.since_ts)
 
+    def rounded(self, every_s: float) -> MonitorQuery:
+        """The same span and filters, moved forward so that it ends on a multiple of
+        ``every_s`` seconds (by less than ``every_s``; unchanged when it already does).
+
+        Viewers who ask for "the last 15 min" a moment apart within one refresh
+        interval then ask for the same range, so they can share one result (the
+        Monitor's ``SharedResults`` key). The end moves *forward*, so the range still
+        covers every event up to the moment it is read. A custom range on whole
+        minutes is unchanged for every refresh interval that divides a minute (2, 5,
+        10, 30 and 60 s, the Monitor's).
+
+        Raises:
+            ValueError: ``every_s`` is not positive.
+        """
+        if not every_s > 0:
+            raise ValueError(f"every_s must be positive, not {every_s}")
+        end = math.ceil(self.until_ts / every_s) * every_s
+        shift = end - self.until_ts
+        if shift == 0:
+            return self
+        return dataclasses.replace(self, since_ts=self.since_ts + shift, until_ts=end)
+
     def filters(self) -> dict[str, tuple[str, ...]]:
         """The non-empty filters, by field name."""
         return {name: getattr(self, name) for name in DIMENSIONS if getattr(self, name)}
@@ -266,11 +288,12 @@ def _merged(parts: Sequence[Any], keys: int, sums: int, maxes: int = 0) -> Any:
 
 
 def _count_if(cond: ColumnElement[bool]) -> ColumnElement[Any]:
-    return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+    return _total(case((cond, 1), else_=0))
 
 
 def _sum_if(cond: ColumnElement[bool], column: ColumnElement[Any]) -> ColumnElement[Any]:
-    return func.coalesce(func.sum(case((cond, column), else_=0)), 0)
+    # _total's cast: PostgreSQL sums the rollups' bigints to numeric, read as Decimal.
+    return _total(case((cond, column), else_=0))
 
 
 def _rows(store: UsageStore, stmt: Any) -> list[tuple[Any, ...]]:
