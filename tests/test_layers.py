@@ -20,7 +20,7 @@ PACKAGE = ROOT / "blossom_dash"
 #: each other (nothing flows sideways).
 LAYERS: list[set[str]] = [
     {"results", "errors", "settings"},
-    {"sdk", "demo_backend"},
+    {"sdk", "demo_backend", "health"},  # health: the readiness probe, on settings alone
     {"policies", "telemetry"},
     {"gateway"},
     {"features"},
