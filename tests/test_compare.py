@@ -228,9 +228,10 @@ class TestLoadComparison:
             svc.load_comparison(cid)
         assert words in info.value.message.lower() and info.value.hint
 
-    def test_tables_are_added_to_an_existing_database(self, tmp_path: Path) -> None:
-        """A usage database made before comparisons existed gains the tables, idempotently."""
-        engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    def test_tables_are_added_to_an_existing_database(self, database_url: str) -> None:
+        """A usage database (SQLite, PostgreSQL) made before comparisons existed gains the
+        tables, idempotently."""
+        engine = create_engine(database_url)
         metadata.create_all(engine, tables=[events])  # the schema before comparisons
         assert not inspect(engine).has_table("comparisons")
         ComparisonStore(engine)
@@ -323,9 +324,10 @@ class TestLeaderboard:
         lo, hi = wilson_interval(2, 3)
         assert (board.loc["demo-swift", "ci_low"], board.loc["demo-swift", "ci_high"]) == pytest.approx((lo, hi))
 
-    def test_one_lucky_vote_does_not_top_the_board(self, tmp_path: Path) -> None:
-        """8 wins of 10 rank above 1 win of 1 (sorted by the interval's low end)."""
-        store = UsageStore(f"sqlite:///{tmp_path / 'u.db'}")
+    def test_one_lucky_vote_does_not_top_the_board(self, database_url: str) -> None:
+        """8 wins of 10 rank above 1 win of 1 (sorted by the interval's low end), on SQLite
+        and PostgreSQL."""
+        store = UsageStore(database_url)
         comps = ComparisonStore(store.engine)
 
         def duel(a: str, b: str, winner: str) -> None:

@@ -54,18 +54,20 @@ class TestSaveAndLoad:
             svc.load_conversation(bad_id)
         assert "does not open anything" in info.value.message
 
-    def test_table_joins_an_existing_database(self, tmp_path: Path) -> None:
-        """A database made before this feature gets the table without a migration, its data kept."""
-        engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    def test_table_joins_an_existing_database(self, database_url: str) -> None:
+        """A database (SQLite, PostgreSQL) made before this feature gets the table without a
+        migration, its data kept."""
+        engine = create_engine(database_url)
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE events (id INTEGER PRIMARY KEY, note TEXT)"))
-            conn.execute(text("INSERT INTO events (note) VALUES ('kept')"))
+            conn.execute(text("INSERT INTO events (id, note) VALUES (1, 'kept')"))
         store = ConversationStore(engine)
         ConversationStore(engine)  # idempotent
         assert {"events", "conversations"} <= set(inspect(engine).get_table_names())
         assert store.load(store.save(CHAT, user="bo").id).user == "bo"
         with engine.connect() as conn:
             assert conn.execute(text("SELECT note FROM events")).scalar() == "kept"
+        engine.dispose()
 
 
 class TestShareLink:

@@ -162,6 +162,19 @@ class TestUsageStore:
         assert store.count() == 2
         store.close()
 
+    def test_texts_that_do_not_fit_are_cut(self, database_url: str) -> None:
+        """A user name over its column, a backend URL over 256 characters and a NUL in a
+        prompt (PostgreSQL refuses each as it is) are stored cut, with the batch's other
+        rows; the rollups count them under the cut name."""
+        long_backend = "http://" + "b" * 300
+        store = UsageStore(database_url)
+        store.write_many([row("fits", DAY0), row("long", DAY0 + 1, user="u" * 300, backend=long_backend,
+                                                 prompt="a\x00b")])
+        store.close()
+        assert sql(database_url, 'SELECT request_id, "user", backend, prompt FROM events ORDER BY id') == [
+            ("fits", "u", "demo", "hello"), ("long", "u" * 128, long_backend[:256], "ab")]
+        assert_rollups_exact(database_url)
+
     def test_concurrent_writers(self, database_url: str) -> None:
         """8 threads writing 50 rows each: all 400 are stored."""
         store = UsageStore(database_url)

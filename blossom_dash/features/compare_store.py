@@ -44,7 +44,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import DashError, InvalidRequest
-from ..telemetry.store import ensure_tables, metadata
+from ..telemetry.store import ensure_tables, fit_text, metadata
 from .compare_panels import ALL_BAD, TIE, Comparison, Panel, Vote
 
 log = logging.getLogger("blossom_dash.compare")
@@ -165,6 +165,12 @@ def _storable_image(data: bytes | None) -> tuple[bytes | None, str | None]:
     return out.getvalue(), "image/jpeg"
 
 
+def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` as ``table`` stores them on every database: each text through
+    ``fit_text`` (PostgreSQL refuses a text longer than its column, or holding NUL)."""
+    return {k: fit_text(v, table.c[k]) if isinstance(v, str) else v for k, v in values.items()}
+
+
 class ComparisonStore:
     """Comparisons and votes in the usage database (SQLAlchemy Core).
 
@@ -197,18 +203,19 @@ class ComparisonStore:
         rows = []
         for p in panels:
             image, stored_type = _storable_image(p.image)
-            rows.append({"comparison_id": cid, "position": p.position, "model": p.model, "text": p.text,
+            rows.append(_fit(comparison_answers, {
+                         "comparison_id": cid, "position": p.position, "model": p.model, "text": p.text,
                          "error_type": p.error_type, "error_message": p.error_message,
                          "error_hint": p.error_hint, "latency_ms": p.latency_ms, "ttft_ms": p.ttft_ms,
                          "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens,
                          "cached": p.cached, "stopped_early": p.stopped_early, "request_id": p.request_id,
                          "seed": p.seed, "width": p.width, "height": p.height,
-                         "content_type": stored_type or p.content_type, "image": image})
+                         "content_type": stored_type or p.content_type, "image": image}))
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(comparisons).values(
-                    id=cid, ts=ts, user=user, session=session, kind=kind, backend=backend, prompt=prompt,
-                    params=json.dumps(params, sort_keys=True)))
+                conn.execute(insert(comparisons).values(**_fit(comparisons, {
+                    "id": cid, "ts": ts, "user": user, "session": session, "kind": kind, "backend": backend,
+                    "prompt": prompt, "params": json.dumps(params, sort_keys=True)})))
                 conn.execute(insert(comparison_answers), rows)
         except SQLAlchemyError as exc:
             log.exception("could not store comparison")
@@ -283,9 +290,9 @@ class ComparisonStore:
             # Delete-then-insert in one transaction: a portable upsert (SQLite, PostgreSQL, others).
             with self.engine.begin() as conn:
                 conn.execute(delete(comparison_votes).where(comparison_votes.c.comparison_id == comp.id))
-                conn.execute(insert(comparison_votes).values(comparison_id=comp.id, choice=vote.choice,
-                                                             model=vote.model, user=user, session=session,
-                                                             ts=vote.ts))
+                conn.execute(insert(comparison_votes).values(**_fit(comparison_votes, {
+                    "comparison_id": comp.id, "choice": vote.choice, "model": vote.model, "user": user,
+                    "session": session, "ts": vote.ts})))
         except SQLAlchemyError as exc:
             raise StorageFailed("The vote could not be saved.", "Try again in a moment.") from exc
         return vote

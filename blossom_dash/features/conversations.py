@@ -134,7 +134,7 @@ def to_turns(messages: Iterable[Mapping[str, Any]]) -> list[Turn]:
 def title_of(turns: Iterable[Turn]) -> str:
     """The first user message on one line, at most ``TITLE_CHARS`` characters."""
     first = next((t.content for t in turns if t.role == "user" and t.content.strip()), "Conversation")
-    line = " ".join(first.split())
+    line = " ".join(first.replace("\x00", "").split())  # PostgreSQL's text holds no NUL
     return line if len(line) <= TITLE_CHARS else line[:TITLE_CHARS - 1] + "…"
 
 

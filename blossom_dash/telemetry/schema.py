@@ -124,6 +124,42 @@ def upgrade_row(row: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+#: The text columns of an event row: (position in ``ROW_COLUMNS``, most characters, or
+#: None for ``Text``).
+_TEXT_FIELDS: tuple[tuple[int, int | None], ...] = tuple(
+    (i, events.c[name].type.length) for i, name in enumerate(ROW_COLUMNS) if isinstance(events.c[name].type, String))
+
+
+def fit_row(row: Sequence[Any]) -> Sequence[Any]:
+    """An event row (``ROW_COLUMNS`` order) that every database stores as it is: each
+    text cut to its column's length, and NUL characters dropped.
+
+    PostgreSQL refuses both (``value too long for type character varying(128)``; text
+    cannot contain NUL), where SQLite stores anything; one such row would otherwise
+    fail its whole batch, and the collector would retry it forever. A user name over
+    128 characters is stored cut (the Monitor shows it so). A row that fits is
+    returned as it is.
+    """
+    out: list[Any] | None = None
+    for i, limit in _TEXT_FIELDS:
+        value = row[i]
+        if isinstance(value, str) and ((limit is not None and len(value) > limit) or "\x00" in value):
+            out = list(row) if out is None else out
+            value = value.replace("\x00", "")
+            out[i] = value[:limit] if limit is not None else value
+    return row if out is None else tuple(out)
+
+
+def fit_text(value: str | None, column: Column[Any]) -> str | None:
+    """``value`` as ``column`` (a ``String(n)`` or ``Text`` column) stores it on every
+    database: NUL characters dropped, cut to ``n`` characters (see ``fit_row``)."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "")
+    length = getattr(column.type, "length", None)
+    return value[:length] if length is not None else value
+
+
 #: SQLite: ``WITHOUT ROWID`` stores rows in key order, so a range of hours is read
 #: sequentially instead of through an index and a row lookup each.
 _CLUSTERED = {"sqlite_with_rowid": False}
@@ -259,6 +295,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "ensure_tables",
     "events",
+    "fit_row",
+    "fit_text",
     "lock_schema",
     "mask_url",
     "meta_table",

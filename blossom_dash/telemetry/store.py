@@ -90,6 +90,8 @@ from .schema import (
     SCHEMA_VERSION,
     ensure_tables,
     events,
+    fit_row,
+    fit_text,
     lock_schema,
     mask_url,
     meta_table,
@@ -360,13 +362,14 @@ class UsageStore:
         rollups, from the stored rows, by the same SQL that builds them on migration.
         Another process that inserts the same id concurrently makes this insert skip it
         as well (PostgreSQL waits for its commit), so it is never counted twice.
+        Texts too long for their column, and NUL characters, are cut (``fit_row``).
 
         Returns:
             How many rows were given.
         """
         if not rows:
             return 0
-        params = [dict(zip(ROW_COLUMNS, row, strict=True)) for row in rows]
+        params = [dict(zip(ROW_COLUMNS, fit_row(row), strict=True)) for row in rows]
         with self._write_lock, self.engine.begin() as conn:
             if not self.rollups:  # other databases: plain insert (duplicates only arise from a crash replay)
                 conn.execute(insert(events), params)
@@ -464,6 +467,8 @@ __all__ = [
     "UsageStore",
     "ensure_tables",
     "events",
+    "fit_row",
+    "fit_text",
     "floor_int",
     "latency_bin",
     "lock_schema",
