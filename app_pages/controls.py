@@ -43,9 +43,13 @@ with cache_col:
     else:
         st.caption(f"TTL {stats.ttl_s:,.0f} s · at most {stats.max_entries:,} entries and "
                    f"{stats.max_bytes / 1_048_576:,.0f} MiB (an admin changes these).")
+    if stats.unavailable:
+        st.warning(f"{stats.unavailable} Nothing is cached meanwhile; these are the last figures read.",
+                   icon="🔌")
+    where = "all replicas together (shared in Redis)" if stats.shared else "this process, since it started"
     m = st.columns(3)
     m[0].metric("Entries", f"{stats.entries:,} / {stats.max_entries:,}")
-    m[1].metric("Hit rate", f"{stats.hit_rate:.0%}", help=f"{stats.hits:,} hits, {stats.misses:,} misses")
+    m[1].metric("Hit rate", f"{stats.hit_rate:.0%}", help=f"{stats.hits:,} hits, {stats.misses:,} misses: {where}")
     m[2].metric("Size", f"{stats.bytes / 1_048_576:,.1f} MiB", help=f"At most {stats.max_bytes / 1_048_576:,.0f} MiB")
     st.caption(f"{stats.evictions:,} evicted (full) · {stats.expirations:,} expired (TTL) · "
                f"{stats.saved_ms / 1000:,.1f} s of backend time saved · "

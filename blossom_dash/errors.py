@@ -129,6 +129,16 @@ class StorageUnavailable(DashError):
     """
 
 
+class SharedStateUnavailable(DashError):
+    """The Redis that replicas share (``Settings.redis_url``) could not be reached.
+
+    Raised when a request needs a rate-limit slot, or an admin changes the shared
+    cache or limits, while Redis does not answer: the limits fail closed (a request
+    that cannot be counted is refused, so an outage never lifts them to limit x
+    replicas). The message names the store with its URL redacted (no password).
+    """
+
+
 __all__ = [
     "AuthenticationFailed",
     "BackendUnavailable",
@@ -139,6 +149,7 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "ResponseTooLarge",
+    "SharedStateUnavailable",
     "StorageUnavailable",
     "UpstreamError",
 ]

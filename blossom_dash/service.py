@@ -39,6 +39,23 @@ def _caller(caller: Caller | None, user: str, session: str, api_key: str | None)
     return caller if caller is not None else Caller(user, session, api_key)
 
 
+def _cache_and_limiter(s: Settings) -> tuple[ResponseCache, RateLimiter]:
+    """The response cache and the rate limiter: in Redis, shared by every replica, when
+    ``redis_url`` is set; in this process otherwise. Redis need not be up yet."""
+    cache_opts: dict[str, Any] = {
+        "enabled": s.cache_enabled, "ttl_s": s.cache_ttl_s, "max_entries": s.cache_max_entries,
+        "max_bytes": s.cache_max_bytes, "persist_dir": s.data_dir / "replay", "persistent": s.persistent_cache,
+        "replay_only": s.replay_only}
+    if s.redis_url is None:
+        return ResponseCache(**cache_opts), RateLimiter(per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm)
+    from .policies.shared_cache import SharedResponseCache
+    from .policies.shared_limits import SharedRateLimiter
+
+    url = s.redis_url.get_secret_value()
+    return (SharedResponseCache(url, **cache_opts),
+            SharedRateLimiter(url, per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm))
+
+
 class BlossomService(FeatureMethods):
     """The process-wide service: one client on one loop, cache, limits, metrics.
 
@@ -63,10 +80,7 @@ class BlossomService(FeatureMethods):
         self._loop = LoopThread()
         self._demo: Any = None
         self._probe: dict[str, Any] | None = None
-        self.cache = ResponseCache(enabled=s.cache_enabled, ttl_s=s.cache_ttl_s, max_entries=s.cache_max_entries,
-                                   max_bytes=s.cache_max_bytes, persist_dir=s.data_dir / "replay",
-                                   persistent=s.persistent_cache, replay_only=s.replay_only)
-        self.limiter = RateLimiter(per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm)
+        self.cache, self.limiter = _cache_and_limiter(s)
         try:  # StorageUnavailable when the database cannot be used: nothing is left running
             self.store = UsageStore(s.resolved_database_url(), pool_size=s.db_pool_size,
                                     max_overflow=s.db_max_overflow, pool_timeout_s=s.db_pool_timeout_s,
@@ -439,6 +453,9 @@ class BlossomService(FeatureMethods):
         self._loop.stop()
         self.metrics.close()
         self.store.close()
+        for shared in (self.cache, self.limiter):  # the Redis connections, when shared
+            if (close := getattr(shared, "close", None)) is not None:
+                close()
 
     def __enter__(self) -> BlossomService:
         return self

@@ -106,6 +106,11 @@ class CacheStats:
     enabled, 0.0 before the first lookup; answers read back from a recording count as
     hits. ``persistent_entries`` / ``persistent_bytes``: recordings on disk and their
     size (0 when no recording folder exists).
+
+    ``shared``: the figures are every replica's together, read from Redis
+    (``shared_cache.SharedResponseCache``; recordings stay this host's); False: this
+    process's. ``unavailable``: why Redis could not be read ("" when it was); the
+    other figures are then the last ones read.
     """
 
     enabled: bool
@@ -124,6 +129,8 @@ class CacheStats:
     persistent_entries: int = 0
     max_bytes: int = 0
     persistent_bytes: int = 0
+    shared: bool = False
+    unavailable: str = ""
 
 
 class _CountingCache(TLRUCache):

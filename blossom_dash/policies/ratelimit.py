@@ -7,6 +7,9 @@ under any number of threads (a plain test-then-hit pair of calls is not).
 A window is keyed by who it counts (a user, or everyone), not by its limit, so when
 ``configure()`` changes a limit the requests already made stay in the window at the
 times they were made and count against the new limit until they are 60 s old.
+
+These windows are this process's; ``shared_limits.SharedRateLimiter`` keeps them in
+Redis for every replica (``Settings.redis_url``).
 """
 
 from __future__ import annotations
@@ -205,10 +208,19 @@ class LimitStatus:
 
     Requests already made in the last minute still count after a limit changes
     (see ``WindowStatus.used``).
+
+    Attributes:
+        user: The user's window.
+        global_: Everyone's window.
+        unavailable: Why the windows could not be read (the shared Redis is
+            unreachable; ``shared_limits.SharedRateLimiter``), "" when they were. Then
+            nothing is admitted: ``remaining`` is 0, ``used`` is 0 (unknown),
+            ``reset_in_s`` is when to look again and ``limit`` the last one read.
     """
 
     user: WindowStatus
     global_: WindowStatus
+    unavailable: str = ""
 
 
 def _check_rpm(name: str, value: int) -> None:

@@ -264,6 +264,8 @@ def sidebar(handle: SessionHandle) -> None:
         status = handle.rate_status()
         st.progress(status.user.remaining / status.user.limit,
                     text=f"Your quota: {status.user.remaining}/{status.user.limit} requests per minute")
+        if status.unavailable:  # the shared Redis is down: the limits fail closed
+            st.warning(f"{status.unavailable} Requests are refused until it answers again.", icon="🔌")
         mode = st.session_state.get("_access_mode", "local")
         who = "a kiosk visitor" if mode == "kiosk" else f"`{handle.user}`"
         st.caption(f"Signed in as {who} · **{handle.role}**"
