@@ -20,7 +20,7 @@ from .settings import Settings
 from .telemetry import analytics
 from .telemetry.audit import AuditLog
 from .telemetry.collector import MetricsCollector
-from .telemetry.store import UsageStore
+from .telemetry.store import UsageStore, mask_url
 
 log = logging.getLogger("blossom_dash")
 #: The read-only ``telemetry.analytics`` functions pages may run (``BlossomService.monitor``).
@@ -104,7 +104,7 @@ class AccessMethods:
     @property
     def store_url(self) -> str:
         """The usage store's URL without its password (identifies it in page caches)."""
-        return self.store.url
+        return mask_url(self.store.url)
 
     def monitor(self, query: str, *args: Any, caller: Caller | None = None, **kwargs: Any) -> Any:
         """Run one read-only Monitor query of ``telemetry.analytics`` over the usage store.
