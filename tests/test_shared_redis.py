@@ -154,6 +154,21 @@ class TestSharedLimits:
         assert refused.value.scope == "user"
         assert b.limit_status("alice").user.limit == 2
 
+    def test_a_restart_keeps_controls_limits_and_a_changed_setting_replaces_them(
+            self, redis_url: str) -> None:
+        """Same settings at a restart: Controls' limits stay. A changed setting (a redeploy): it is in force."""
+        first = SharedRateLimiter(redis_url, per_user_rpm=30, global_rpm=120)
+        first.configure(per_user_rpm=3)
+        same = SharedRateLimiter(redis_url, per_user_rpm=30, global_rpm=120)  # a restart, settings unchanged
+        assert same.limits == (3, 120)
+        redeployed = SharedRateLimiter(redis_url, per_user_rpm=12, global_rpm=120)  # a new BLOSSOM_DASH_PER_USER_RPM
+        assert redeployed.limits == (12, 120)
+        assert first.limits == (12, 120)  # the old replica's requests read it too, and do not put 30 back
+        first.acquire("zoe")
+        assert redeployed.limits == (12, 120)
+        for limiter in (first, same, redeployed):
+            limiter.close()
+
     def test_a_refusal_takes_no_global_slot(self, redis_url: str) -> None:
         """A user at their own limit is refused before the global window is touched."""
         limiter = SharedRateLimiter(redis_url, per_user_rpm=1, global_rpm=10)

@@ -8,11 +8,14 @@ the lists; each expires 60 s after its last admission).
 
 Keys are the in-process limiter's (``ratelimit._Limit.key_for``: scope and who, not
 the amount) under ``blossom-dash:limits:``, so a changed limit keeps its window. The
-two configured limits live in the hash ``blossom-dash:limits:config``: a replica
-seeds it from its settings only when it is absent (``HSETNX``), ``configure`` on any
-replica changes it for all, and every request reads it (one round trip), so a change
-applies to the next request everywhere. To apply a changed ``BLOSSOM_DASH_*_RPM`` to
-a running deployment, set it on Controls (or delete that key).
+two configured limits live in the hash ``blossom-dash:limits:config``, beside the
+settings' values they came from (``seed_per_user_rpm``, ``seed_global_rpm``).
+``configure`` on any replica changes them for all, and every request reads them (one
+round trip; ``HSETNX`` seeds an absent hash), so a change applies to the next request
+everywhere. A replica that starts with a setting other than the recorded seed (the
+operator changed ``BLOSSOM_DASH_*_RPM`` and redeployed) makes its value the limit in
+force; one started with the recorded seed keeps what Controls set. Only a start does
+this, never a request, so old and new replicas of a rolling deploy do not take turns.
 
 Differences from the in-process ``RateLimiter`` that come from the library's storage:
 
@@ -36,6 +39,17 @@ from .shared import PREFIX, REDIS_ERRORS, Outage, connect
 
 #: Seconds after which a page or a paused batch looks again while Redis is unreachable.
 RETRY_S = 1.0
+
+# At a replica's start: a setting other than the recorded seed (a new environment)
+# replaces the limit in force and becomes the seed; the recorded seed leaves it alone.
+_START_LUA = """
+for i, field in ipairs({'per_user_rpm', 'global_rpm'}) do
+  if redis.call('HGET', KEYS[1], 'seed_' .. field) ~= ARGV[i] then
+    redis.call('HSET', KEYS[1], field, ARGV[i], 'seed_' .. field, ARGV[i])
+  end
+end
+return 1
+"""
 
 # Seed the configured limits if absent and read them, in one round trip.
 _CONFIG_LUA = """
@@ -65,8 +79,9 @@ class SharedRateLimiter(RateLimiter):
 
     Args:
         url: The Redis URL (``Settings.redis_url``).
-        per_user_rpm: Seed of the per-user limit (used when Redis holds none yet).
-        global_rpm: Seed of the global limit (the same).
+        per_user_rpm: The per-user limit of this replica's settings (in force when Redis
+            holds none yet, or holds another seed: module docstring).
+        global_rpm: The global limit of its settings (the same).
         prefix: Key prefix in Redis.
 
     Raises:
@@ -85,6 +100,10 @@ class SharedRateLimiter(RateLimiter):
         self._outage = Outage(url, "the shared rate-limit store",
                               "requests that need a rate-limit slot are refused until it answers again "
                               "(the limits fail closed)")
+        try:  # a changed setting takes effect with this start (module docstring)
+            self._client.register_script(_START_LUA)(keys=[self._config_key], args=[str(v) for v in self._seed])
+        except REDIS_ERRORS as exc:  # Redis down at start: requests seed the hash once it answers
+            self._outage.failed(exc)
 
     def _read_limits(self) -> tuple[int, int]:
         """``(per_user_rpm, global_rpm)`` from Redis (seeded when absent); remembered as the last read.
