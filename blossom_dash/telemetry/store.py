@@ -165,7 +165,15 @@ def _sum0(column: ColumnElement[Any]) -> ColumnElement[Any]:
 
 def _rollup_select(table: Table, where: ColumnElement[bool], is_sqlite: bool) -> Any:
     """The rows of ``table`` for the events matching ``where``: a ``SELECT ... GROUP BY``
-    with ``table``'s columns, key first (in key order, so inserts are sequential)."""
+    with ``table``'s columns, key first, ordered by the key.
+
+    The order is what keeps replicas from deadlocking on PostgreSQL: two flushes that
+    upsert the same rollup rows (the current hour, every replica's) take their row locks
+    in the order the rows come, so in one agreed order neither can hold a row the other
+    holds while waiting for one it has (measured before: 22 of 400 concurrent batches of
+    four writers failed with ``deadlock detected``). On SQLite the ``GROUP BY`` already
+    yields this order, and inserting in key order is sequential.
+    """
     E = events.c
     unit = floor_int(E.ts / float(DAY_S if unit_column(table) == "day" else HOUR_S), is_sqlite)
     if table in (rollup_latency_hour, rollup_latency_day):
@@ -175,13 +183,13 @@ def _rollup_select(table: Table, where: ColumnElement[bool], is_sqlite: bool) ->
             keys = [unit, literal_column(f"'{which}'", String), b, E.model, E.kind, E.backend]
             parts.append(select(*keys, func.count()).where(where, E.outcome == "ok", column.is_not(None))
                          .group_by(unit, b, E.model, E.kind, E.backend))
-        return union_all(*parts)
+        return union_all(*parts).order_by(*(literal_column(str(i)) for i in range(1, 7)))  # the six key columns
     if table is rollup_hour:
         keys = [unit, E.model, E.kind, E.backend, E.outcome, E.error_type, func.coalesce(E.status_code, NO_STATUS)]
     else:
         keys = [unit, E.user, E.model, E.kind, E.backend, E.outcome]
     values = [func.count(), _sum0(E.prompt_tokens), _sum0(E.completion_tokens), func.max(E.ts)]
-    return select(*keys, *values).where(where).group_by(*keys)
+    return select(*keys, *values).where(where).group_by(*keys).order_by(*keys)
 
 
 def upsert_statement(dialect: str, table: Table, rows: Any) -> Any:
