@@ -2,7 +2,7 @@
 
 Default: a SQLite file in WAL mode (``<data_dir>/usage.db``); any SQLAlchemy URL works
 (PostgreSQL with psycopg for a team). Events do not reach this store on the request's
-path: the collector (``collector.py``) journals each event to a memory-mapped file
+path: the collector (``collector.py``) appends each event to a journal file
 before the request's result returns, and its background flusher writes journaled
 events here in batches (``write_many``) about every quarter second. A reader that goes
 through the collector (``MetricsCollector.flush``, ``frame``; the Monitor page flushes
@@ -77,6 +77,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import StorageUnavailable
+from . import sqlite_checks
 from .schema import (
     DAY_S,
     EVENT_COLUMNS,
@@ -234,8 +235,9 @@ class UsageStore:
 
     Raises:
         StorageUnavailable: a server database cannot be reached or refuses us (the
-            message shows the URL with its password masked).
-        sqlalchemy.exc.SQLAlchemyError: a SQLite database cannot be opened.
+            message shows the URL with its password masked); a SQLite file is empty,
+            read-only, damaged (``PRAGMA quick_check`` runs at every start) or locked
+            (``sqlite_checks``).
     """
 
     def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout_s: float = 10.0,
@@ -243,8 +245,11 @@ class UsageStore:
         parsed = make_url(url)
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        #: The SQLite file (None: not SQLite, or in memory).
+        self.sqlite_path = (Path(parsed.database) if self.is_sqlite and parsed.database
+                            and parsed.database != ":memory:" and not parsed.database.startswith("file:") else None)
+        if self.sqlite_path is not None:
+            sqlite_checks.check_file(self.sqlite_path)  # empty or read-only: refused, in words
         options: dict[str, Any] = {}
         if not self.is_sqlite:
             options = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout_s,
@@ -269,7 +274,8 @@ class UsageStore:
         # "database is locked" retries under many request threads.
         self._write_lock = threading.Lock()
         if self.is_sqlite:
-            self._migrate()
+            with sqlite_checks.opening(self.engine, self.sqlite_path):  # start lock, quick_check, errors in words
+                self._migrate()
             return
         try:
             self._migrate()
