@@ -101,6 +101,9 @@ class BlossomService(FeatureMethods):
         except BaseException:
             self.close()
             raise
+        # Every replica works its share of the running batch jobs (and those of a
+        # replica that stopped), whether or not anyone opens the Batch page here.
+        self.start_batch_runner()
 
     # ----- backends -------------------------------------------------------------
 
@@ -443,7 +446,7 @@ class BlossomService(FeatureMethods):
         if self.gateway is not None:
             self.gateway.closed = True
         if (runner := getattr(self, "_batch", None)) is not None:
-            runner.close()  # its running jobs become "interrupted", resumable after a restart
+            runner.close()  # its rows in flight go back to pending, for another replica or a restart
         backend = self.gateway.backend if self.gateway is not None else None
         for coro in ([backend.close()] if backend else []) + ([self._demo.stop()] if self._demo else []):
             try:

@@ -170,15 +170,33 @@ class FeatureMethods(AccessMethods):
     # ----- batch jobs (the Batch page; logic in batch.py) --------------------------------
 
     def _batch_runner(self) -> BatchRunner:
-        """The batch runner: its tables and daemon threads are created on first use."""
+        """The batch runner: its tables and daemon threads are created on first use
+        (``start_batch_runner`` does it when the service starts)."""
         with self._lock:
             if self._closed:
                 raise BackendUnavailable("The service has been shut down.", "Reload the page to start it again.")
             runner = getattr(self, "_batch", None)
             if runner is None:
                 with store_errors("started"):
-                    runner = self._batch = BatchRunner(self._gw, self.store.engine)
+                    runner = self._batch = BatchRunner(self._gw, self.store.engine,
+                                                       lease_s=self.settings.batch_lease_s)
             return runner
+
+    def start_batch_runner(self) -> bool:
+        """Start working batch jobs now: this replica then takes its share of every
+        running job on the database (and continues those of a replica that stopped)
+        without waiting for a visit to the Batch page.
+
+        Returns:
+            Whether it runs; False (logged) if the database cannot be used now, in
+            which case the first batch call tries again and says why.
+        """
+        try:
+            self._batch_runner()
+            return True
+        except DashError as exc:
+            log.warning("batch runner not started: %s", exc.message)
+            return False
 
     def submit_batch(self, rows: Sequence[BatchRow | Mapping[str, Any]], *, name: str = "",
                      user: str = "anonymous", session: str = "", api_key: str | None = None) -> str:

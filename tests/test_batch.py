@@ -18,13 +18,16 @@ import httpx
 import pandas as pd
 import pytest
 from helpers import demo_stats, make_service
+from sqlalchemy import func, select
 
 from blossom_dash import BlossomService, InvalidRequest
 from blossom_dash.features.batch import (
     MAX_ROWS,
+    POLL_S,
     BatchRow,
     BatchStatus,
     batch_jobs,
+    batch_rows,
     neutralise_formulas,
     parse_csv,
     results_csv,
@@ -453,38 +456,44 @@ class TestCancel:
 
 
 class TestRestart:
-    def test_close_interrupts_and_resume_finishes(self, tmp_path: Path) -> None:
-        """A restart keeps the finished rows, marks the job interrupted, and resume runs only the rest."""
+    """A restart no longer interrupts a job: the next service on the database carries it on.
+
+    (Until the replicas change, a restart marked running jobs interrupted and waited for
+    Resume; with several replicas that marking was what let a job run twice, so now the
+    rows are leased and any live service, the restarted one included, takes them.)
+    """
+
+    def test_restart_carries_the_job_on(self, tmp_path: Path) -> None:
+        """A restart keeps the finished rows and the next service runs only the rest, by itself."""
         with make_service(tmp_path, per_user_rpm=6) as first:
             job = first.submit_batch(rows(12), user="ana")
             wait_for(lambda: paused(first, job), "the job to wait for the window")
             runner = first._batch_runner()
+            done_before = first.batch_results(job).query("status == 'ok'")["request_id"].tolist()
         wait_for(lambda: runner.alive_threads == 0, "the runner's threads to stop")
+        assert len(done_before) == 6
         with make_service(tmp_path) as second:
-            status = second.batch_status(job)
-            assert (status.status, status.done, status.remaining) == ("interrupted", 6, 6)
-            assert status.resumable
-            done_before = second.batch_results(job).query("status == 'ok'")["request_id"].tolist()
-            second.resume_batch(job, user="ana")
             status = finished(second, job)
             assert (status.status, status.done, status.failed) == ("finished", 12, 0)
             assert demo_stats(second).get("chat", 0) == 6, "only the unfinished rows were sent"
             assert second.batch_results(job)["request_id"].tolist()[:6] == done_before
 
     def test_rows_in_flight_at_close_run_again(self, tmp_path: Path) -> None:
-        """Rows whose answer never came (the service stopped under them) are pending, not failed."""
+        """Rows whose answer never came (the service stopped under them) are handed back, not failed."""
         with make_service(tmp_path) as first:
             fault(first, "timeout", count=4, delay_s=60)
             job = first.submit_batch(rows(8), user="ana")
             wait_for(lambda: first.batch_status(job).running == 4, "four rows in flight")
+        with first.store.engine.connect() as conn:  # closed: the rows are back, the job still runs
+            states = conn.execute(select(batch_rows.c.status, func.count()).where(batch_rows.c.job_id == job)
+                                  .group_by(batch_rows.c.status)).all()
+            assert dict(states).get("running", 0) == 0
         with make_service(tmp_path) as second:
-            status = second.batch_status(job)
-            assert (status.status, status.done, status.failed, status.remaining) == ("interrupted", 0, 0, 8)
-            second.resume_batch(job, user="ana")
-            assert finished(second, job).done == 8
+            status = finished(second, job)
+            assert (status.status, status.done, status.failed) == ("finished", 8, 0)
 
-    def test_killed_process_job_is_interrupted(self, tmp_path: Path) -> None:
-        """SIGKILL mid-job: the next start marks the job interrupted at once and resume finishes it."""
+    def test_killed_process_job_is_carried_on(self, tmp_path: Path) -> None:
+        """SIGKILL mid-job: the next start carries the job on and finishes it, keeping the done rows."""
         child = textwrap.dedent(f"""
             import sys, time
             sys.path.insert(0, {str(ROOT / "tests")!r})
@@ -507,22 +516,30 @@ class TestRestart:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         with make_service(tmp_path) as svc:
-            status = svc.batch_status(job)
-            assert (status.status, status.done, status.remaining) == ("interrupted", 5, 5)
-            svc.resume_batch(job, user="ana")
-            assert finished(svc, job).done == 10
+            status = finished(svc, job)
+            assert (status.status, status.done, status.failed) == ("finished", 10, 0)
+            assert demo_stats(svc).get("chat", 0) == 5, "the five rows done before the kill are kept"
 
-    def test_stale_job_of_another_host_is_reaped(self, svc: BlossomService) -> None:
-        """A job whose runner (elsewhere) stopped stamping it is interrupted; a fresh one is left alone."""
+    def test_orphans_are_ended(self, svc: BlossomService) -> None:
+        """A job run with a user's own key whose replica stopped stamping it is interrupted (no
+        other replica has the key); a fresh one is left alone; a job with no rows left is finished."""
         now = time.time()
         svc.list_batches(None)  # creates the tables
         with svc.store.engine.begin() as conn:
-            for job_id, beat in (("stale", now - 3600), ("fresh", now)):
+            for job_id, beat, own_key in (("stale", now - 3600, True), ("fresh", now, True),
+                                          ("settled", now - 3600, False)):
                 conn.execute(batch_jobs.insert().values(
-                    id=job_id, user="ana", session="", name="", status="running", total=0, created_ts=now,
-                    run_started_ts=now, finished_ts=None, heartbeat_ts=beat, runner_id="other-host/1/abcd"))
+                    id=job_id, user="ana", session="", name="", status="running", total=int(own_key),
+                    created_ts=now, run_started_ts=now, finished_ts=None, heartbeat_ts=beat,
+                    runner_id="other-host/1/abcd", own_key=own_key))
+                if own_key:  # a row that only the replica holding the key may send
+                    conn.execute(batch_rows.insert().values(job_id=job_id, idx=0, row_no=2, prompt="p",
+                                                            status="pending", fence=0))
         states = {j.job_id: j.status for j in svc.list_batches("ana")}
-        assert states == {"stale": "interrupted", "fresh": "running"}
+        assert states == {"stale": "interrupted", "fresh": "running", "settled": "finished"}
+        time.sleep(2 * POLL_S)  # a few poller rounds: this service must not take the keyed job's row
+        assert svc.batch_results("fresh")["status"].tolist() == ["pending"]
+        assert demo_stats(svc).get("chat", 0) == 0
 
 
 class TestRowsAsObjects:

@@ -1,74 +1,77 @@
-"""The batch runner: runs the rows of batch jobs in the background for the service.
+"""The batch runner: works the rows of batch jobs in the background, on every replica.
 
-``BatchRunner`` is owned by ``BlossomService``, created lazily: a bounded pool of
-daemon worker threads. Each row goes through ``BlossomService.generate_text`` (cache,
-rate limits, retries, one request event of kind ``text``). A full rate-limit window
-pauses the job until the window has room instead of failing rows. The durable state
-is in the tables of ``batch_tables``; this module holds what a running job needs in
-memory. No streamlit here.
+``BatchRunner`` is owned by ``BlossomService`` and starts with it: a bounded pool of
+daemon worker threads and one poller thread. The durable state is in the tables of
+``batch_tables``, in the usage database every replica shares; any replica works any
+job. A worker **claims** one row at a time (a lease and a fencing token,
+``batch_leases``), sends it through the gateway as the job's user (cache, rate limits,
+retries, one request event of kind ``text``) and **saves** the answer only if its token
+still holds, so a replica that stalled past its lease cannot answer a row a second
+time. The **poller** (about once a second, jittered) finds running jobs with rows to
+claim (new, resumed on another replica, or whose lease expired), renews the leases of
+the rows in flight, notices jobs cancelled on another replica, and ends jobs whose
+rows are all settled. A full rate-limit window pauses a job until the window has room
+instead of failing rows. No streamlit here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
-from ..errors import DashError, InvalidRequest, RateLimited
+from ..errors import DashError, RateLimited
 from ..gateway.requests import Caller, TextRequest
-from ..telemetry.store import ensure_tables
 from .batch_files import BatchRow
+from .batch_leases import Claim, RowLeases
+from .batch_store import BatchJobs, check_owner, job_status
 from .batch_tables import (
-    JOB_CANCELLED,
-    JOB_FINISHED,
-    JOB_INTERRUPTED,
     JOB_RUNNING,
-    RESULT_COLUMNS,
     ROW_CANCELLED,
     ROW_ERROR,
     ROW_OK,
-    ROW_PENDING,
     BatchStatus,
-    batch_jobs,
-    batch_rows,
+    ensure_batch_schema,
 )
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
 
+__all__ = ["DEFAULT_WORKERS", "HEARTBEAT_S", "LIMIT_POLL_S", "MAX_RATE_LIMIT_WAITS", "MAX_WAIT_S", "POLL_S",
+           "STALE_AFTER_S", "BatchRunner", "check_owner"]
+
 log = logging.getLogger("blossom_dash.batch")
 
 #: Rows run at the same time per process (a thread each).
 DEFAULT_WORKERS = 4
-#: How often a runner stamps its running jobs as alive, seconds.
+#: How often the poller looks for work, renews leases and notices cancels, seconds
+#: (jittered by ±20 % so replicas do not poll in step; at most a third of the lease).
+POLL_S = 1.0
+#: How often a replica holding a job's own key stamps the job as alive, seconds.
 HEARTBEAT_S = 2.0
-#: A running job whose runner has not stamped it for this long is dead (another host).
+#: A job run with its user's own key, whose replica has not stamped it for this long,
+#: is interrupted: no other replica has the key (it stays in one server's memory).
 STALE_AFTER_S = 30.0
 #: Longest single wait on a rate limit, seconds (a moving window frees a slot within 60 s).
 MAX_WAIT_S = 60.0
-#: Rate-limit refusals one row may meet before it is given up as failed.
+#: Rate-limit refusals one row may meet (on this replica) before it is given up as failed.
 MAX_RATE_LIMIT_WAITS = 30
 #: While paused on our own limiter, look again this often, seconds (a raised limit
 #: on the Controls page resumes the job at once).
 LIMIT_POLL_S = 1.0
-
-
-def _job_status(job: Mapping[str, Any], counts: Mapping[str, int], **extra: Any) -> BatchStatus:
-    return BatchStatus(job_id=job["id"], name=job["name"], user=job["user"], status=job["status"],
-                       total=int(job["total"]), done=counts.get(ROW_OK, 0), failed=counts.get(ROW_ERROR, 0),
-                       cancelled=counts.get(ROW_CANCELLED, 0), running=0, created_ts=job["created_ts"],
-                       finished_ts=job["finished_ts"], **extra)
+_WAIT_REASONS = {"user": "your requests-per-minute limit", "global": "the limit for all users",
+                 "upstream": "the backend's rate limit (HTTP 429)"}
 
 
 # ----- the runner ----------------------------------------------------------------------
@@ -76,52 +79,58 @@ def _job_status(job: Mapping[str, Any], counts: Mapping[str, int], **extra: Any)
 
 @dataclass(eq=False)
 class _Active:
-    """A job this process is running (in memory; the database has the durable state)."""
+    """A job this replica is working (in memory; the database has the durable state)."""
 
     job_id: str
     user: str
     session: str
-    api_key: str | None = field(repr=False)
-    rows: dict[int, BatchRow]  # idx -> row, unfinished rows only
-    pending: deque[int]
     parallel: int
-    in_flight: set[int] = field(default_factory=set)
+    in_flight: dict[int, Claim] = field(default_factory=dict)  # idx -> this replica's claim
+    reserved: int = 0  # workers claiming a row of this job right now
+    drained: bool = False  # the last claim found nothing; the poller looks again
     cancelled: bool = False
     not_before: float = 0.0  # monotonic s: paused on a rate limit until then
     wait_scope: str = ""  # "user" / "global" (our limiter) or "upstream" (the backend's 429)
     waits: Counter[int] = field(default_factory=Counter)
     limited: bool = False  # has met our own limiter (the ETA then respects the RPM)
+    shared_wait: tuple[float | None, str | None] = (None, None)  # what we wrote to the job's row
     ended: bool = False
 
-
-def _local_runner_dead(runner_id: str) -> bool:
-    """Whether ``runner_id`` names a process on this host that no longer exists."""
-    host, _, rest = runner_id.partition("/")
-    pid = rest.partition("/")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    @property
+    def idle(self) -> bool:
+        return not self.in_flight and not self.reserved
 
 
 class BatchRunner:
-    """Runs batch jobs on a bounded pool of daemon threads; owned by ``BlossomService``.
+    """Works batch jobs on a bounded pool of daemon threads; owned by ``BlossomService``.
+
+    Any number of replicas may run one each on the same database: rows are leased
+    (``batch_leases.RowLeases``), so each row is answered once, a job whose replica
+    stalls or dies is finished by the others once the leases expire (``lease_s``), and
+    cancel, resume and retry work from any replica (they change the database; the
+    workers check the job's state with every claim, the poller about once a second).
+    A job is finished by the replica that saves its last row. On SQLite, replicas are
+    the processes on one file; it serialises their writes.
 
     Rows of all running jobs are taken round-robin, so one long job does not hold up
     a short one. A row goes through the gateway (``Gateway.run``) as the job's user:
     cache hits are instant, misses take a rate-limit slot and record a ``text``
-    event that the Monitor shows. Before a row is sent, the user's and the global
+    event that the Monitor shows. Before a row is claimed, the user's and the global
     moving windows are checked; when one is full, the job waits until it has room
     (re-checked every ``LIMIT_POLL_S``). A refusal anyway (a race, or the backend's
-    own 429) puts the row back and pauses the job for ``retry_after_s`` (at most
-    ``MAX_WAIT_S``); an upstream 429 also halves the job's concurrency (Pollinations'
-    publishable keys allow one request at a time). A row refused
-    ``MAX_RATE_LIMIT_WAITS`` times fails.
+    own 429) hands the row back and pauses the job for ``retry_after_s`` (at most
+    ``MAX_WAIT_S``); an upstream 429 pauses the job on every replica (``wait_until``)
+    and halves this replica's concurrency for it (Pollinations' publishable keys allow
+    one request at a time). A row refused ``MAX_RATE_LIMIT_WAITS`` times fails.
+
+    A job submitted or resumed with the user's own API key is worked only by the
+    replica that was given the key (it is never stored); if that replica stops, the
+    job becomes ``interrupted`` (at once on close or on this host, else after
+    ``STALE_AFTER_S`` without its stamp) and ``resume`` with the key runs the rest.
+
+    Leases are renewed while a row's request is in flight, so a request longer than
+    the lease keeps its row; a replica that cannot renew (paused, cut off from the
+    database) loses it after ``lease_s``.
 
     The worker threads are our own daemon threads rather than a
     ``concurrent.futures.ThreadPoolExecutor``: the executor's threads are joined at
@@ -130,30 +139,43 @@ class BatchRunner:
     Args:
         gateway: The request pipeline rows go through (and whose limits pace them).
         engine: The usage database, where the jobs and rows are kept.
-        workers: Rows run at the same time.
-        clock: Monotonic seconds (injectable for tests).
+        workers: Rows run at the same time by this replica.
+        lease_s: Seconds a claim holds a row (``Settings.batch_lease_s``).
+        clock: Monotonic seconds, for rate-limit pauses (injectable for tests).
+        wall: Epoch seconds, for leases and timestamps (injectable for tests).
 
     Raises:
-        sqlalchemy.exc.SQLAlchemyError: the tables cannot be created.
+        sqlalchemy.exc.SQLAlchemyError: the tables cannot be created or migrated.
     """
 
-    def __init__(self, gateway: Gateway, engine: Engine, *, workers: int = DEFAULT_WORKERS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, gateway: Gateway, engine: Engine, *, workers: int = DEFAULT_WORKERS, lease_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self._gateway = gateway
         self._engine: Engine = engine
-        ensure_tables(self._engine, [batch_jobs, batch_rows])  # idempotent, under the schema lock
+        added = ensure_batch_schema(self._engine)  # idempotent, under the schema lock
+        if added:
+            log.info("batch tables: added columns %s", ", ".join(added))
         self.runner_id = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.workers = workers
         self._clock = clock
+        self._wall = wall
+        self._leases = RowLeases(engine, self.runner_id, lease_s=lease_s, wall=wall)
+        self._db = BatchJobs(engine, self.runner_id, wall=wall)
         self._cond = threading.Condition()
         self._jobs: dict[str, _Active] = {}
         self._order: deque[str] = deque()
+        #: job id -> the user's own key, for the jobs submitted or resumed here with one.
+        self._keys: dict[str, str] = {}
+        #: job id -> when (``clock``) it was last submitted or resumed here: the poller
+        #: does not undo that with job states it read before.
+        self._activated: dict[str, float] = {}
         self._stopping = False
         self._stop = threading.Event()
-        self.reap()
+        self._poll_failing = False
+        self._discarded = 0
         self._threads = [threading.Thread(target=self._work, name=f"blossom-batch-{i}", daemon=True)
                          for i in range(workers)]
-        self._threads.append(threading.Thread(target=self._heartbeat, name="blossom-batch-heartbeat", daemon=True))
+        self._threads.append(threading.Thread(target=self._poller, name="blossom-batch-poller", daemon=True))
         for t in self._threads:
             t.start()
 
@@ -164,24 +186,31 @@ class BatchRunner:
         """How many of the runner's threads are still running."""
         return sum(t.is_alive() for t in self._threads)
 
+    @property
+    def discarded(self) -> int:
+        """Answers this replica got too late and threw away (its lease had expired and
+        another replica claimed the row: the fencing token no longer matched)."""
+        return self._discarded
+
+    @property
+    def lease_s(self) -> float:
+        """Seconds a claim holds a row."""
+        return self._leases.lease_s
+
     def submit(self, rows: Sequence[BatchRow], *, user: str, session: str = "", api_key: str | None = None,
                name: str = "") -> str:
         """Store a new job and start running it; returns its id (32 hex characters)."""
-        job_id, now = uuid.uuid4().hex, time.time()
-        with self._engine.begin() as conn:
-            conn.execute(insert(batch_jobs).values(
-                id=job_id, user=user, session=session, name=name[:256], status=JOB_RUNNING, total=len(rows),
-                created_ts=now, run_started_ts=now, finished_ts=None, heartbeat_ts=now, runner_id=self.runner_id))
-            conn.execute(insert(batch_rows), [
-                {"job_id": job_id, "idx": i, "row_no": r.row, "prompt": r.prompt, "model": r.model,
-                 "system": r.system, "temperature": r.temperature, "max_tokens": r.max_tokens, "seed": r.seed,
-                 "status": ROW_PENDING} for i, r in enumerate(rows)])
-        self._activate(job_id, dict(enumerate(rows)), user=user, session=session, api_key=api_key)
+        job_id = self._db.create(rows, user=user, session=session, name=name, own_key=bool(api_key))
+        self._activate(job_id, user=user, session=session, api_key=api_key)
         return job_id
 
     def resume(self, job_id: str, *, user: str, session: str = "", api_key: str | None = None,
                retry_failed: bool = False) -> int:
         """Run a stopped job's unfinished rows (and its failed ones if ``retry_failed``).
+
+        Works from any replica; every replica may then work the job (only this one if
+        ``api_key`` is given). Rows whose lease expired under a replica that stopped
+        run again; their late answers, should they come, are discarded.
 
         Returns:
             How many rows were queued.
@@ -189,50 +218,22 @@ class BatchRunner:
         Raises:
             InvalidRequest: the job is running, or has nothing left to run.
         """
-        job = self._job(job_id)
-        if job["status"] == JOB_RUNNING:
-            raise InvalidRequest("This job is still running.", "Wait for it to finish, or cancel it first.")
-        again = [ROW_PENDING, ROW_CANCELLED] + ([ROW_ERROR] if retry_failed else [])
-        now = time.time()
-        with self._engine.begin() as conn:
-            claimed = conn.execute(update(batch_jobs).where(batch_jobs.c.id == job_id,
-                                                            batch_jobs.c.status != JOB_RUNNING)
-                                   .values(status=JOB_RUNNING, run_started_ts=now, finished_ts=None,
-                                           heartbeat_ts=now, runner_id=self.runner_id, session=session)).rowcount
-            if not claimed:
-                raise InvalidRequest("This job has just been started again.", "Watch its progress below.")
-            conn.execute(update(batch_rows).where(batch_rows.c.job_id == job_id, batch_rows.c.status.in_(again))
-                         .values(status=ROW_PENDING, error=None, error_type=None))
-            found = conn.execute(select(batch_rows).where(batch_rows.c.job_id == job_id,
-                                                          batch_rows.c.status == ROW_PENDING)
-                                 .order_by(batch_rows.c.idx)).mappings().all()
-            if not found:  # leaving the block by an exception rolls the claim back
-                raise InvalidRequest("This job has no rows left to run.", "Upload a new file to run more prompts.")
-        rows = {r["idx"]: BatchRow(row=r["row_no"], prompt=r["prompt"], model=r["model"], system=r["system"],
-                                   temperature=r["temperature"], max_tokens=r["max_tokens"], seed=r["seed"])
-                for r in found}
-        self._activate(job_id, rows, user=user, session=session, api_key=api_key)
-        return len(rows)
+        queued = self._db.reopen(job_id, session=session, own_key=bool(api_key), retry_failed=retry_failed)
+        self._activate(job_id, user=user, session=session, api_key=api_key)
+        return queued
 
     def cancel(self, job_id: str) -> None:
-        """Stop a job: no further rows start; rows being answered finish and are kept."""
-        in_flight: set[int] = set()
+        """Stop a job, on whichever replicas run it: no further rows start; rows being
+        answered finish and are kept (a row whose lease had expired is cancelled, and
+        its late answer discarded)."""
         with self._cond:
             job = self._jobs.get(job_id)
             if job is not None:
                 job.cancelled = True
-                job.pending.clear()
-                in_flight = set(job.in_flight)  # these finish and save their own outcome
-                if not job.in_flight:
+                if job.idle:
                     self._forget(job)
-        now = time.time()
-        with self._engine.begin() as conn:
-            conn.execute(update(batch_rows).where(batch_rows.c.job_id == job_id, batch_rows.c.status == ROW_PENDING,
-                                                  batch_rows.c.idx.not_in(in_flight))
-                         .values(status=ROW_CANCELLED, finished_ts=now))
-            conn.execute(update(batch_jobs).where(batch_jobs.c.id == job_id,
-                                                  batch_jobs.c.status.in_([JOB_RUNNING, JOB_INTERRUPTED]))
-                         .values(status=JOB_CANCELLED, finished_ts=now))
+            self._keys.pop(job_id, None)
+        self._db.cancel(job_id)
 
     def delete(self, job_id: str) -> None:
         """Delete a stopped job and its rows.
@@ -240,42 +241,33 @@ class BatchRunner:
         Raises:
             InvalidRequest: the job is running.
         """
-        if self._job(job_id)["status"] == JOB_RUNNING:
-            raise InvalidRequest("A running job cannot be deleted.", "Cancel it first.")
-        with self._engine.begin() as conn:
-            conn.execute(delete(batch_rows).where(batch_rows.c.job_id == job_id))
-            conn.execute(delete(batch_jobs).where(batch_jobs.c.id == job_id))
+        self._db.delete(job_id)
 
     def owner(self, job_id: str) -> str | None:
         """The user who started ``job_id``, or None if there is no such job."""
-        with self._engine.connect() as conn:
-            return conn.execute(select(batch_jobs.c.user).where(batch_jobs.c.id == job_id)).scalar()
+        return self._db.owner(job_id)
 
     def status(self, job_id: str) -> BatchStatus:
-        """The job's counts, ETA and rate-limit wait.
+        """The job's counts, ETA and rate-limit wait, as every replica sees them.
 
         Raises:
             InvalidRequest: no such job.
         """
         self.reap()
-        job = self._job(job_id)
-        now = time.time()
-        with self._engine.connect() as conn:
-            counts = dict(conn.execute(select(batch_rows.c.status, func.count()).where(batch_rows.c.job_id == job_id)
-                                       .group_by(batch_rows.c.status)).all())
-            recent = conn.execute(select(func.count()).where(
-                batch_rows.c.job_id == job_id, batch_rows.c.status.in_([ROW_OK, ROW_ERROR]),
-                batch_rows.c.finished_ts >= job["run_started_ts"])).scalar() or 0
-        st = _job_status(job, counts)
-        running, waiting_s, reason, limited = 0, 0.0, "", False
+        job = self._db.job(job_id)
+        now = self._wall()
+        counts, recent = self._db.counts(job_id, job["run_started_ts"])
+        st = job_status(job, counts)
+        waiting_s, scope = 0.0, ""
+        limited = job["wait_scope"] in ("user", "global")
+        if job["wait_until"] is not None and job["wait_until"] > now:
+            waiting_s, scope = job["wait_until"] - now, job["wait_scope"] or ""
         with self._cond:
             active = self._jobs.get(job_id)
             if active is not None:
-                running, limited = len(active.in_flight), active.limited
-                if active.not_before > self._clock():
-                    waiting_s = active.not_before - self._clock()
-                    reason = {"user": "your requests-per-minute limit", "global": "the limit for all users",
-                              "upstream": "the backend's rate limit (HTTP 429)"}.get(active.wait_scope, "")
+                limited = limited or active.limited
+                if active.not_before > self._clock():  # fresher than what the poller wrote
+                    waiting_s, scope = active.not_before - self._clock(), active.wait_scope
         eta = None
         if st.active and recent:
             eta = st.remaining * (now - job["run_started_ts"]) / recent
@@ -285,117 +277,87 @@ class BatchRunner:
             rpm = self._gateway.limits[0]
             floor = waiting_s + max(0, st.remaining - rpm) * 60.0 / rpm
             eta = floor if eta is None else max(eta, floor)
-        return replace(st, running=running, eta_s=eta, waiting_s=round(waiting_s, 1), wait_reason=reason)
+        return replace(st, eta_s=eta, waiting_s=round(waiting_s, 1) if st.active else 0.0,
+                       wait_reason=_WAIT_REASONS.get(scope, "") if st.active and waiting_s else "")
 
     def list(self, user: str | None, *, limit: int = 50) -> list[BatchStatus]:
         """The newest ``limit`` jobs of ``user`` (all users when None), newest first."""
         self.reap()
-        query = select(batch_jobs).order_by(batch_jobs.c.created_ts.desc()).limit(limit)
-        if user is not None:
-            query = query.where(batch_jobs.c.user == user)
-        with self._engine.connect() as conn:
-            jobs = conn.execute(query).mappings().all()
-            ids = [j["id"] for j in jobs]
-            counts: dict[str, dict[str, int]] = {i: {} for i in ids}
-            if ids:
-                for job_id, status, n in conn.execute(
-                        select(batch_rows.c.job_id, batch_rows.c.status, func.count())
-                        .where(batch_rows.c.job_id.in_(ids)).group_by(batch_rows.c.job_id, batch_rows.c.status)):
-                    counts[job_id][status] = n
-        return [_job_status(j, counts[j["id"]]) for j in jobs]
+        return self._db.list(user, limit=limit)
 
     def results(self, job_id: str, *, limit: int | None = None) -> pd.DataFrame:
-        """The job's rows in file order (the first ``limit``), with answers and errors (``RESULT_COLUMNS``)."""
-        self._job(job_id)
-        r = batch_rows.c
-        query = (select(r.row_no.label("row"), r.prompt, r.model, r.system, r.temperature, r.max_tokens, r.seed,
-                        r.status, r.answer, r.answered_by, r.latency_ms, r.prompt_tokens, r.completion_tokens,
-                        r.cached, r.request_id, r.error, r.idx)
-                 .where(r.job_id == job_id).order_by(r.idx).limit(limit))
-        with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
-        df = pd.DataFrame(rows, columns=[*RESULT_COLUMNS, "idx"])
-        with self._cond:
-            active = self._jobs.get(job_id)
-            in_flight = set(active.in_flight) if active else set()
-        if in_flight:
-            df.loc[df["idx"].isin(in_flight), "status"] = "running"
-        for col in ("max_tokens", "seed", "prompt_tokens", "completion_tokens"):
-            df[col] = df[col].astype("Int64")
-        df["cached"] = df["cached"].astype("boolean")
-        return df.drop(columns="idx")
+        """The job's rows in file order (``BatchJobs.results``).
+
+        Raises:
+            InvalidRequest: no such job.
+        """
+        return self._db.results(job_id, limit=limit)
 
     def reap(self) -> int:
-        """Mark running jobs whose process is gone as interrupted (finished rows are kept).
-
-        A job is orphaned when its runner's process on this host no longer exists, or
-        its runner (on any host) has not stamped it for ``STALE_AFTER_S``.
+        """End what no live replica will: finish running jobs with every row settled,
+        and interrupt jobs run with a user's own key whose replica is gone
+        (``BatchJobs.interrupt_orphans``, after ``STALE_AFTER_S``); their finished
+        rows are kept.
 
         Returns:
-            How many jobs were marked.
+            How many jobs were finished or interrupted.
         """
-        now = time.time()
-        with self._engine.connect() as conn:
-            candidates = conn.execute(select(batch_jobs.c.id, batch_jobs.c.runner_id, batch_jobs.c.heartbeat_ts)
-                                      .where(batch_jobs.c.status == JOB_RUNNING,
-                                             batch_jobs.c.runner_id != self.runner_id)).all()
-        dead = [job_id for job_id, runner, beat in candidates
-                if beat < now - STALE_AFTER_S or _local_runner_dead(runner)]
-        if not dead:
-            return 0
-        with self._engine.begin() as conn:
-            return int(conn.execute(update(batch_jobs).where(batch_jobs.c.id.in_(dead),
-                                                             batch_jobs.c.status == JOB_RUNNING,
-                                                             batch_jobs.c.runner_id != self.runner_id)
-                                    .values(status=JOB_INTERRUPTED, finished_ts=now)).rowcount or 0)
+        ended = sum(self._leases.finish_if_done(job_id) for job_id in self._leases.settled_open_jobs())
+        with self._cond:
+            held = set(self._keys)
+        return ended + self._db.interrupt_orphans(held, stale_after_s=STALE_AFTER_S)
 
     def close(self) -> None:
-        """Stop the threads; this process's running jobs become ``interrupted``.
+        """Stop the threads and hand this replica's rows back.
 
-        Rows being answered are not waited for: a row whose answer arrives later is
-        still saved, one that fails is left to ``resume``.
+        Rows in flight are released (``pending``), so another replica, or this one
+        after a restart, runs them at once; an answer that arrives later is
+        discarded. Jobs stay ``running``, except those run with a user's own key held
+        here, which become ``interrupted`` (resumable with the key).
         """
         with self._cond:
             if self._stopping:
                 return
             self._stopping = True
-            ids = list(self._jobs)
+            claims = [c for job in self._jobs.values() for c in job.in_flight.values()]
+            keyed = list(self._keys)
             self._jobs.clear()
             self._order.clear()
+            self._keys.clear()
             self._cond.notify_all()
         self._stop.set()
-        if ids:
-            try:
-                with self._engine.begin() as conn:
-                    conn.execute(update(batch_jobs).where(batch_jobs.c.id.in_(ids),
-                                                          batch_jobs.c.status == JOB_RUNNING)
-                                 .values(status=JOB_INTERRUPTED, finished_ts=time.time()))
-            except Exception:  # shutting down: the next start reaps them instead
-                log.exception("could not mark batch jobs interrupted")
+        try:
+            self._leases.release(claims)
+            self._db.interrupt(keyed)
+        except Exception:  # shutting down: the leases expire and another replica takes the rows
+            log.exception("could not hand batch rows back")
 
     # ----- internals ------------------------------------------------------------------
 
-    def _job(self, job_id: str) -> Mapping[str, Any]:
-        with self._engine.connect() as conn:
-            job = conn.execute(select(batch_jobs).where(batch_jobs.c.id == job_id)).mappings().first()
-        if job is None:
-            raise InvalidRequest(f"There is no batch job {str(job_id)[:40]!r}.",
-                                 "Pick one of your jobs from the list.")
-        return job
-
-    def _activate(self, job_id: str, rows: dict[int, BatchRow], *, user: str, session: str,
-                  api_key: str | None) -> None:
+    def _activate(self, job_id: str, *, user: str, session: str, api_key: str | None) -> None:
         with self._cond:
-            self._jobs[job_id] = _Active(job_id, user, session, api_key, rows, deque(sorted(rows)), self.workers)
-            self._order.append(job_id)
+            self._activated[job_id] = self._clock()
+            if api_key:
+                self._keys[job_id] = api_key
+            else:
+                self._keys.pop(job_id, None)
+            job = self._jobs.get(job_id)
+            if job is None or job.cancelled:
+                if job is not None:
+                    self._forget(job)
+                self._jobs[job_id] = _Active(job_id, user, session, self.workers)
+                self._order.append(job_id)
+            else:
+                job.drained, job.session = False, session
             self._cond.notify_all()
 
     def _forget(self, job: _Active) -> None:
         """Drop ``job`` from the schedule (caller holds the lock)."""
         job.ended = True
-        self._jobs.pop(job.job_id, None)
-        if job.job_id in self._order:
-            self._order.remove(job.job_id)
+        if self._jobs.get(job.job_id) is job:
+            del self._jobs[job.job_id]
+            if job.job_id in self._order:
+                self._order.remove(job.job_id)
 
     def _has_room(self, job: _Active, now: float) -> bool:
         """Whether the user's and the global windows have a slot; else pause ``job``."""
@@ -407,68 +369,114 @@ class BatchRunner:
                 return False
         return True
 
-    def _next(self) -> tuple[_Active, int, BatchRow] | None:
-        """The next row to run (round-robin over jobs), or None when stopping."""
-        with self._cond:
-            while not self._stopping:
-                now = self._clock()
-                wait: float | None = None
-                for _ in range(len(self._order)):
-                    job = self._jobs[self._order[0]]
-                    self._order.rotate(-1)
-                    if job.cancelled or not job.pending or len(job.in_flight) >= job.parallel:
-                        continue
-                    if now < job.not_before and job.wait_scope == "upstream":
-                        wait = _sooner(wait, job.not_before - now)
-                        continue
-                    # Our own limiter: look at the windows now, not when the pause ends, so
-                    # that a raised limit or a quieter minute resumes the job at once.
-                    if not self._has_room(job, now):
-                        wait = _sooner(wait, min(LIMIT_POLL_S, job.not_before - now))
-                        continue
-                    job.not_before, job.wait_scope = 0.0, ""
-                    idx = job.pending.popleft()
-                    job.in_flight.add(idx)
-                    return job, idx, job.rows[idx]
-                self._cond.wait(timeout=wait)
-        return None
+    def _pick(self) -> tuple[_Active | None, float | None]:
+        """The next job to claim a row of (round-robin), or how long to wait (caller holds the lock)."""
+        now = self._clock()
+        wait: float | None = None
+        for _ in range(len(self._order)):
+            job = self._jobs[self._order[0]]
+            self._order.rotate(-1)
+            if job.cancelled or job.drained or len(job.in_flight) + job.reserved >= job.parallel:
+                continue
+            if now < job.not_before and job.wait_scope == "upstream":
+                wait = _sooner(wait, job.not_before - now)
+                continue
+            # Our own limiter: look at the windows now, not when the pause ends, so
+            # that a raised limit or a quieter minute resumes the job at once.
+            if not self._has_room(job, now):
+                wait = _sooner(wait, min(LIMIT_POLL_S, job.not_before - now))
+                continue
+            job.not_before, job.wait_scope = 0.0, ""
+            return job, None
+        return None, wait
+
+    def _next(self) -> tuple[_Active, Claim] | None:
+        """Claim the next row to run, or None when stopping."""
+        while True:
+            with self._cond:
+                job: _Active | None = None
+                while not self._stopping:
+                    job, wait = self._pick()
+                    if job is not None:
+                        job.reserved += 1
+                        break
+                    self._cond.wait(timeout=wait)
+                if job is None:
+                    return None
+            failed = False
+            try:
+                claims = self._leases.claim(job.job_id, 1)
+            except Exception:  # the database failed: the poller tries the job again
+                log.warning("could not claim a row of batch job %s", job.job_id, exc_info=True)
+                claims, failed = [], True
+            with self._cond:
+                job.reserved -= 1
+                if claims and not self._stopping and not job.ended:
+                    claim = claims[0]
+                    job.in_flight[claim.idx] = claim
+                    return job, claim
+                job.drained = True
+                idle = job.idle and not job.ended
+                if idle:
+                    self._forget(job)  # the poller brings it back when it has rows to claim
+            if claims:  # stopping, or cancelled here under the claim
+                self._leases.release(claims)
+            elif idle and not failed:
+                self._end_if_done(job.job_id)
+            if failed:
+                self._stop.wait(LIMIT_POLL_S)
 
     def _work(self) -> None:
         while (task := self._next()) is not None:
-            job, idx, row = task
+            job, claim = task
             try:
-                values = self._answer(job, idx, row)
+                values = self._answer(job, claim)
             except Exception:  # a bug must not kill the worker thread
-                if self._stopping:  # the loop was stopped under the call: the row stays for resume
+                if self._stopping:  # the loop was stopped under the call: close() hands the row back
                     values = None
                 else:
-                    log.exception("batch row %s/%s failed unexpectedly", job.job_id, idx)
+                    log.exception("batch row %s/%s failed unexpectedly", job.job_id, claim.idx)
                     values = {"status": ROW_ERROR, "error_type": "InternalError",
                               "error": "Internal error while answering this row (see the server log)."}
-            if values is not None:
-                self._save(job, idx, values)
-            self._done_with(job, idx, finished=values is not None)
+            saved = False
+            try:
+                if values is None:
+                    self._leases.release([claim])
+                elif not (saved := self._leases.save(claim, values)):
+                    with self._cond:
+                        self._discarded += 1
+            except Exception:  # the row stays claimed until its lease expires, then runs again
+                log.exception("could not save batch row %s/%s", job.job_id, claim.idx)
+            self._done_with(job, claim, saved=saved)
 
-    def _answer(self, job: _Active, idx: int, row: BatchRow) -> dict[str, Any] | None:
-        """Run one row; its columns to save, or None if it was put back (rate limit)."""
+    def _answer(self, job: _Active, claim: Claim) -> dict[str, Any] | None:
+        """Run one row; its columns to save, or None to hand it back (rate limit, stopping)."""
+        row = claim.row
+        with self._cond:
+            key = self._keys.get(job.job_id)
         try:
-            result = self._gateway.run(TextRequest(row.prompt, **row.params()),
-                                       Caller(job.user, job.session, job.api_key))
+            result = self._gateway.run(TextRequest(row.prompt, **row.params()), Caller(job.user, job.session, key))
         except RateLimited as err:
+            upstream_until: float | None = None
             with self._cond:
-                job.waits[idx] += 1
+                job.waits[claim.idx] += 1
                 if self._stopping:
                     return None
                 if job.cancelled:
                     return {"status": ROW_CANCELLED}
-                if job.waits[idx] <= MAX_RATE_LIMIT_WAITS:
-                    job.pending.appendleft(idx)
-                    job.not_before = max(job.not_before, self._clock() + min(err.retry_after_s, MAX_WAIT_S))
+                if job.waits[claim.idx] <= MAX_RATE_LIMIT_WAITS:
+                    pause = min(err.retry_after_s, MAX_WAIT_S)
+                    job.not_before = max(job.not_before, self._clock() + pause)
                     job.wait_scope = err.scope
                     job.limited = job.limited or err.scope != "upstream"
                     if err.scope == "upstream":
                         job.parallel = max(1, job.parallel // 2)
-                    return None
+                        upstream_until = self._wall() + pause
+                        job.shared_wait = (upstream_until, "upstream")
+            if upstream_until is not None:
+                self._share_wait(job.job_id, upstream_until, "upstream")  # every replica waits too
+            if job.waits[claim.idx] <= MAX_RATE_LIMIT_WAITS:
+                return None
             return _error_values(err)
         except DashError as err:
             return None if self._stopping else _error_values(err)
@@ -477,54 +485,105 @@ class BatchRunner:
                 "completion_tokens": result.usage.completion_tokens, "cached": result.cached,
                 "request_id": result.request_id, "error": None, "error_type": None}
 
-    def _save(self, job: _Active, idx: int, values: dict[str, Any]) -> None:
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(update(batch_rows).where(batch_rows.c.job_id == job.job_id, batch_rows.c.idx == idx)
-                             .values(**values, finished_ts=time.time()))
-        except Exception:  # the row stays pending; the job ends "interrupted", resumable
-            log.exception("could not save batch row %s/%s", job.job_id, idx)
-
-    def _done_with(self, job: _Active, idx: int, *, finished: bool) -> None:
+    def _done_with(self, job: _Active, claim: Claim, *, saved: bool) -> None:
         with self._cond:
-            job.in_flight.discard(idx)
-            if finished:
-                job.rows.pop(idx, None)
-            last = not job.pending and not job.in_flight and not job.ended and not self._stopping
-            if last:
+            if job.in_flight.get(claim.idx) is claim:
+                del job.in_flight[claim.idx]
+            if job.cancelled and job.idle:
                 self._forget(job)
             self._cond.notify_all()
-        if last:
-            self._finish(job)
+        if saved:
+            self._end_if_done(job.job_id)
 
-    def _finish(self, job: _Active) -> None:
-        """Record the end of a job: finished, cancelled, or interrupted if rows were not saved."""
-        now = time.time()
+    def _end_if_done(self, job_id: str) -> None:
+        """Finish the job if its last row is settled (exactly one replica does)."""
         try:
-            with self._engine.begin() as conn:
-                left = conn.execute(select(func.count()).where(batch_rows.c.job_id == job.job_id,
-                                                               batch_rows.c.status == ROW_PENDING)).scalar()
-                status = JOB_CANCELLED if job.cancelled else JOB_INTERRUPTED if left else JOB_FINISHED
-                conn.execute(update(batch_jobs).where(batch_jobs.c.id == job.job_id,
-                                                      batch_jobs.c.runner_id == self.runner_id,
-                                                      batch_jobs.c.status.in_([JOB_RUNNING, JOB_CANCELLED]))
-                             .values(status=status, finished_ts=now))
-        except Exception:  # the heartbeat stops, so the job is reaped as interrupted
-            log.exception("could not finish batch job %s", job.job_id)
+            if self._leases.finish_if_done(job_id):
+                with self._cond:
+                    self._keys.pop(job_id, None)
+                    if (job := self._jobs.get(job_id)) is not None and job.idle:
+                        self._forget(job)
+        except Exception:  # the poller's reap finishes it later
+            log.warning("could not finish batch job %s", job_id, exc_info=True)
 
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            with self._cond:
-                ids = list(self._jobs)
-            if not ids:
-                continue
+    def _share_wait(self, job_id: str, until: float | None, scope: str | None) -> None:
+        try:
+            self._db.share_wait(job_id, until, scope)
+        except Exception:  # only the page's wait notice and other replicas' pause miss it
+            log.warning("could not record the wait of batch job %s", job_id, exc_info=True)
+
+    # ----- the poller -----------------------------------------------------------------
+
+    def _poll_period(self) -> float:
+        return min(POLL_S, self.lease_s / 3) * random.uniform(0.8, 1.2)
+
+    def _poller(self) -> None:
+        beats = 0
+        while not self._stop.is_set():
             try:
-                with self._engine.begin() as conn:
-                    conn.execute(update(batch_jobs).where(batch_jobs.c.id.in_(ids),
-                                                          batch_jobs.c.runner_id == self.runner_id)
-                                 .values(heartbeat_ts=time.time()))
-            except Exception:  # try again on the next beat
-                log.warning("batch heartbeat failed", exc_info=True)
+                self._poll(heartbeat=beats % max(1, round(HEARTBEAT_S / POLL_S)) == 0)
+                if self._poll_failing:
+                    log.warning("batch poller: the database answers again")
+                self._poll_failing = False
+            except Exception:  # the database failed: try again on the next round, say so once
+                if not self._poll_failing:
+                    log.warning("batch poller: the database failed; retrying every second", exc_info=True)
+                self._poll_failing = True
+            beats += 1
+            self._stop.wait(self._poll_period())
+
+    def _poll(self, *, heartbeat: bool) -> None:
+        """One round: renew leases, pick up runnable jobs, notice cancels, share waits, reap."""
+        with self._cond:
+            if self._stopping:
+                return
+            due = [c for job in self._jobs.values() for c in job.in_flight.values()
+                   if self._wall() - c.renewed >= self.lease_s / 3]
+        for lost in self._leases.renew(due):
+            log.warning("batch row %s/%s: lease lost to another replica (this replica stalled past "
+                        "its lease); its answer will be discarded", lost.job_id, lost.idx)
+        found = self._leases.runnable_jobs()
+        with self._cond:
+            for j in found:
+                if j["own_key"] and j["id"] not in self._keys:
+                    continue  # only the replica holding the user's key may send its rows
+                job = self._jobs.get(j["id"])
+                if job is None:
+                    self._jobs[j["id"]] = _Active(j["id"], j["user"], j["session"], self.workers)
+                    self._order.append(j["id"])
+                else:
+                    job.drained = False
+            ids = set(self._jobs) | set(self._keys)
+            self._cond.notify_all()
+        read_at = self._clock()
+        states = self._leases.states(ids)
+        waits: list[tuple[str, float | None, str | None]] = []
+        with self._cond:
+            self._activated = {i: t for i, t in self._activated.items() if t >= read_at}
+
+            def stopped(job_id: str) -> bool:  # cancelled, finished or deleted (on any replica)
+                return states.get(job_id) != JOB_RUNNING and job_id not in self._activated
+
+            for job_id in [i for i in self._keys if stopped(i)]:
+                del self._keys[job_id]
+            keyed = list(self._keys)
+            for job in list(self._jobs.values()):
+                if stopped(job.job_id):
+                    job.cancelled = True
+                    if job.idle:
+                        self._forget(job)
+                    continue
+                left = job.not_before - self._clock()
+                want = (self._wall() + left, job.wait_scope) if left > 0 else (None, None)
+                have = job.shared_wait
+                if want[1] != have[1] or (want[0] is not None and abs(want[0] - (have[0] or 0.0)) > 1.0):
+                    job.shared_wait = want
+                    waits.append((job.job_id, *want))
+        for job_id, until, scope in waits:
+            self._share_wait(job_id, until, scope)
+        if heartbeat:
+            self._db.stamp(keyed)
+            self.reap()
 
 
 def _sooner(wait: float | None, candidate: float) -> float:
@@ -534,18 +593,3 @@ def _sooner(wait: float | None, candidate: float) -> float:
 def _error_values(err: DashError) -> dict[str, Any]:
     message = err.message + (f" {err.hint}" if err.hint else "")
     return {"status": ROW_ERROR, "error": message, "error_type": type(err).__name__}
-
-
-def check_owner(runner: BatchRunner, job_id: object, user: str | None) -> str:
-    """``job_id`` if it names a job of ``user`` (any user when None).
-
-    Raises:
-        InvalidRequest: no such job, or another user's (which is not revealed).
-    """
-    if not isinstance(job_id, str) or not job_id:
-        raise InvalidRequest("No batch job was given.", "Pick one of your jobs from the list.")
-    owner = runner.owner(job_id)
-    if owner is None or (user is not None and owner != user):
-        raise InvalidRequest(f"There is no batch job {job_id[:40]!r} among your jobs.",
-                             "Pick one of your jobs from the list.")
-    return job_id

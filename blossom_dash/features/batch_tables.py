@@ -1,9 +1,15 @@
 """Batch persistence: the ``batch_jobs`` and ``batch_rows`` tables, and a job's status.
 
 The tables are on the shared ``store.metadata`` and are created on first use in the
-usage database (by ``BatchRunner``). A job's state and results survive a browser
-reload and a restart of the server. ``BatchStatus`` is where a job stands, as read
-from them; ``store_errors`` turns a database failure into a ``DashError``.
+usage database (``ensure_batch_schema``, called by ``BatchRunner``; it also adds the
+lease columns to the tables of an older data directory). A job's state and results
+survive a browser reload and a restart of the server, and every replica on the same
+database sees them. ``BatchStatus`` is where a job stands, as read from them;
+``store_errors`` turns a database failure into a ``DashError``.
+
+A row is ``pending``, ``running`` (claimed by a replica: ``lease_owner`` holds it until
+``lease_until``, and ``fence`` is the claim's fencing token, raised by every claim),
+then ``ok``, ``error`` or ``cancelled``. See ``batch_leases`` for the rules.
 """
 
 from __future__ import annotations
@@ -13,16 +19,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, Index, Integer, String, Table, Text, inspect, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import BackendUnavailable
-from ..telemetry.store import metadata
+from ..telemetry.store import lock_schema, metadata
 
 log = logging.getLogger("blossom_dash.batch")
 
 JOB_RUNNING, JOB_FINISHED, JOB_CANCELLED, JOB_INTERRUPTED = "running", "finished", "cancelled", "interrupted"
-ROW_PENDING, ROW_OK, ROW_ERROR, ROW_CANCELLED = "pending", "ok", "error", "cancelled"
+ROW_PENDING, ROW_RUNNING, ROW_OK, ROW_ERROR, ROW_CANCELLED = "pending", "running", "ok", "error", "cancelled"
+#: Row states that are settled: a claim never takes them, a resume may run some again.
+ROW_SETTLED = (ROW_OK, ROW_ERROR, ROW_CANCELLED)
 
 batch_jobs = Table(
     "batch_jobs",
@@ -36,8 +45,15 @@ batch_jobs = Table(
     Column("created_ts", Float, nullable=False),  # epoch seconds, UTC
     Column("run_started_ts", Float, nullable=False),  # start of the current run (submit or resume)
     Column("finished_ts", Float, nullable=True),
-    Column("heartbeat_ts", Float, nullable=False),
-    Column("runner_id", String(128), nullable=False),  # "<host>/<pid>/<random>"
+    Column("heartbeat_ts", Float, nullable=False),  # last stamp of a replica holding its key (own_key)
+    Column("runner_id", String(128), nullable=False),  # who submitted or resumed it: "<host>/<pid>/<random>"
+    # The job runs with its user's own API key, which only the replica it was given to
+    # holds (in memory): only that replica works its rows (see BatchRunner).
+    Column("own_key", Boolean, nullable=False, default=False, server_default="0"),
+    # A backend's 429 pauses the job on every replica until then (epoch s); our own
+    # limits pause it too (shown on the page), but each replica checks those itself.
+    Column("wait_until", Float, nullable=True),
+    Column("wait_scope", String(16), nullable=True),  # "user", "global" or "upstream"
 )
 
 batch_rows = Table(
@@ -63,8 +79,53 @@ batch_rows = Table(
     Column("error", Text, nullable=True),
     Column("error_type", String(64), nullable=True),
     Column("finished_ts", Float, nullable=True),
+    Column("lease_owner", String(128), nullable=True),  # the replica holding a running row
+    Column("lease_until", Float, nullable=True),  # epoch s: after this, any replica may claim it again
+    Column("fence", Integer, nullable=False, default=0, server_default="0"),  # fencing token, +1 per claim
     Index("ix_batch_rows_job_status", "job_id", "status"),
 )
+
+#: Columns added after the first release, per table: ``ensure_batch_schema`` adds those
+#: an existing database lacks (``create_all`` never alters a table that exists).
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "batch_jobs": ("own_key", "wait_until", "wait_scope"),
+    "batch_rows": ("lease_owner", "lease_until", "fence"),
+}
+
+
+def ensure_batch_schema(engine: Engine) -> list[str]:
+    """Create the batch tables, or add the columns an older database lacks, in one
+    transaction under the schema lock (so replicas may start at once on PostgreSQL).
+
+    Rows of an older database get ``fence`` 0 and no lease (a ``running`` job of an
+    older version has only ``pending`` and settled rows, which is what a claim expects).
+
+    Returns:
+        The columns added, as ``table.column`` (empty for a new or current database).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database refused.
+    """
+    added: list[str] = []
+    with engine.begin() as conn:
+        lock_schema(conn)
+        metadata.create_all(conn, tables=[batch_jobs, batch_rows])
+        inspector = inspect(conn)
+        for table in (batch_jobs, batch_rows):
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for name in ADDED_COLUMNS[table.name]:
+                if name in have:
+                    continue
+                column = table.c[name]
+                ddl = f"ALTER TABLE {table.name} ADD COLUMN {name} {column.type.compile(dialect=conn.dialect)}"
+                if column.server_default is not None:
+                    default = str(column.server_default.arg)
+                    if isinstance(column.type, Boolean) and conn.dialect.name == "postgresql":
+                        default = "false" if default == "0" else "true"
+                    ddl += f" NOT NULL DEFAULT {default}"
+                conn.execute(text(ddl))
+                added.append(f"{table.name}.{name}")
+    return added
 
 #: Columns of ``batch_results`` and of the downloads, in order.
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -80,11 +141,12 @@ class BatchStatus:
     """Where a job stands.
 
     Attributes:
-        status: ``running``, ``finished``, ``cancelled`` or ``interrupted`` (its
-            process stopped; the finished rows are kept and ``resume`` runs the rest).
+        status: ``running``, ``finished``, ``cancelled`` or ``interrupted`` (it ran
+            with its user's own key and the replica holding that key stopped; the
+            finished rows are kept and ``resume`` runs the rest).
         total: Rows in the job.
         done / failed / cancelled: Rows answered, failed, skipped by a cancel.
-        running: Rows being answered right now (in this process).
+        running: Rows claimed right now, by any replica.
         created_ts / finished_ts: Epoch seconds.
         eta_s: Estimated seconds to finish (running jobs, once a row has finished).
         waiting_s: Seconds until the job tries again after a rate limit (0: not waiting).

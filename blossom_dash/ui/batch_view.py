@@ -34,7 +34,8 @@ def render_status(status: BatchStatus) -> None:
     elif status.status == "finished":
         st.success(f"Finished: {status.done:,} answered, {status.failed:,} failed.", icon="✅")
     elif status.status == "interrupted":
-        st.warning(f"Interrupted: the server stopped while this job ran. {settled:,} finished rows are kept; "
+        st.warning(f"Interrupted: the server holding your session's API key for this job stopped (the key is "
+                   f"never stored, so no other server can carry it on). {settled:,} finished rows are kept; "
                    f"resume runs the other {status.remaining + status.cancelled:,}.", icon="⏸️")
     elif status.status == "cancelled":
         st.warning(f"Cancelled: {status.cancelled:,} rows were not run.", icon="⏹️")
