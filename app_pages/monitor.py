@@ -6,7 +6,6 @@ import streamlit as st
 
 from blossom_dash import ui
 from blossom_dash.telemetry import analytics
-from blossom_dash.ui import charts
 
 PAGE_SIZE = 50
 
@@ -19,31 +18,27 @@ controls = ui.monitor_controls_ui(service)
 
 @st.fragment(run_every=controls.run_every)
 def live() -> None:
-    """KPIs, charts, the per-user table and the aggregate exports; reruns on its own."""
+    """KPIs first, then the charts (skeletons until drawn), the per-user table and the aggregate
+    exports; reruns on its own. Every viewer of this process shares one computation per query and
+    refresh interval (``every_s``), figures included."""
     service.flush_events()  # journaled events first: the page sees every recorded request
+    loading = st.session_state.pop("monitor_charts_pending", False)  # set by a full run, below
     with ui.guard("computing the usage figures"):
-        snap = service.monitor("snapshot", controls.query())
-        q, b = snap.query, snap.series.bucket_s
-        span = (q.since_ts, q.until_ts)
-        ui.kpi_row(snap.kpis, snap.previous_kpis, vs=f"vs previous {ui.format_duration(q.span_s)}",
-                   saved_ms=snap.cache.saved_ms, unpriced_hits=snap.cache.unpriced_hits)
-        figures = {
-            "rpm": charts.rpm_by_outcome(snap.series.requests, bucket_s=b, span=span),
-            "latency": charts.latency_over_time(snap.latency, bucket_s=b, span=span),
-            "tokens": charts.tokens_by_model(snap.series.tokens, bucket_s=b, span=span),
-            "distribution": charts.latency_distribution(analytics.model_latency_summary(snap.latency_hist)),
-            "cache": charts.cache_over_time(snap.cache.over_time, bucket_s=b, span=span),
-            "errors": charts.errors_by_type(snap.errors),
-        }
-        names = list(figures)
-        for pair in (names[i:i + 2] for i in range(0, len(names), 2)):
-            for col, name in zip(st.columns(2), pair, strict=False):
-                col.plotly_chart(figures[name], key=f"monitor_chart_{name}")
+        head = service.monitor("headline", controls.query(), every_s=controls.every_s)
+        q = head.query  # the range moved forward to the refresh interval it is shared for
+        saved = ui.kpi_row(head.kpis, head.previous_kpis, vs=f"vs previous {ui.format_duration(q.span_s)}",
+                           saved_ms=None)
+        slots = ui.chart_slots(loading=loading)
+        snap = service.monitor("snapshot", q, every_s=controls.every_s)
+        ui.time_saved_metric(saved, snap.cache.saved_ms, snap.cache.unpriced_hits)
+        figures = ui.monitor_figures(snap)
+        for name, slot in slots.items():
+            slot.plotly_chart(figures[name], key=f"monitor_chart_{name}")
         st.subheader("Users")
         left, right = st.columns([3, 2])
         with left:
             ui.render_users(snap.users)
-        right.plotly_chart(charts.rate_limited_by_user(snap.rate_limited), key="monitor_chart_limited")
+        right.plotly_chart(figures["limited"], key="monitor_chart_limited")
         t1, t2 = st.columns([2, 3], vertical_alignment="bottom")
         table = t1.selectbox("Aggregate table to export as CSV (JSON has them all)", analytics.AGGREGATES,
                              index=1, key="monitor_export_table", format_func=lambda t: t.replace("_", " "))
@@ -53,8 +48,10 @@ def live() -> None:
                                 json=lambda: analytics.export_aggregates(snap, "json"))
         filters = "; ".join(f"{k}: {', '.join(v)}" for k, v in q.filters().items()) or "no filters"
         st.caption(f"{controls.label} · {ui.format_time(q.since_ts)} → {ui.format_time(q.until_ts)} UTC · "
-                   f"{ui.format_duration(b)} buckets · {filters} · {snap.kpis['requests']:,} events · computed in "
-                   f"{snap.elapsed_s:.2f} s · updated {time.strftime('%H:%M:%S')} · {controls.note}")
+                   f"{ui.format_duration(snap.series.bucket_s)} buckets · {filters} · {snap.kpis['requests']:,} "
+                   f"events · as of {time.strftime('%H:%M:%S', time.localtime(snap.as_of_ts))} · computed in "
+                   f"{head.elapsed_s + snap.elapsed_s:.2f} s, once per {controls.every_s} s for every viewer of "
+                   f"this server · {controls.note}")
 
 
 def _first_page() -> None:
@@ -94,6 +91,7 @@ def request_log() -> None:
                             json=lambda: service.monitor("export_log", q, search, "json", caller=handle.caller))
 
 
+st.session_state["monitor_charts_pending"] = True  # a full run: the charts are not drawn yet
 live()
 request_log()
 st.subheader("Retention")

@@ -20,12 +20,19 @@ from .settings import Settings
 from .telemetry import analytics
 from .telemetry.audit import AuditLog
 from .telemetry.collector import MetricsCollector
+from .telemetry.shared import SharedResults
 from .telemetry.store import UsageStore, mask_url
 
 log = logging.getLogger("blossom_dash")
 #: The read-only ``telemetry.analytics`` functions pages may run (``BlossomService.monitor``).
-MONITOR_QUERIES = ("snapshot", "request_log", "request_detail", "filter_options", "count_older_than", "export_log",
-                   "kpis")
+MONITOR_QUERIES = ("snapshot", "headline", "request_log", "request_detail", "filter_options", "count_older_than",
+                   "export_log", "kpis")
+#: The Monitor reads one result of which may serve every viewer of the process for a
+#: refresh interval (``monitor(..., every_s=...)``): the team's aggregates, which are the
+#: same whoever asks (counts per user, model and outcome; no prompt, no request id).
+SHARED_QUERIES = ("snapshot", "headline", "kpis")
+#: Shared Monitor results kept at most (one per query, range, filters and interval).
+SHARED_MAX_ENTRIES = 256
 
 
 class AccessMethods:
@@ -106,20 +113,34 @@ class AccessMethods:
         """The usage store's URL without its password (identifies it in page caches)."""
         return mask_url(self.store.url)
 
-    def monitor(self, query: str, *args: Any, caller: Caller | None = None, **kwargs: Any) -> Any:
+    def monitor(self, query: str, *args: Any, caller: Caller | None = None, every_s: float | None = None,
+                **kwargs: Any) -> Any:
         """Run one read-only Monitor query of ``telemetry.analytics`` over the usage store.
 
         Everyone reads the team's aggregates; only an admin reads other people's
         requests: for anyone else the request log and its export hold their own
         requests only, and another person's request detail is not found.
 
+        With ``every_s``, one of ``SHARED_QUERIES`` is computed once per range,
+        filters and interval for every caller of this process (``SharedResults``):
+        the range is first moved forward to end on a multiple of ``every_s``
+        (``MonitorQuery.rounded``), so viewers a moment apart ask the same thing, and
+        the result is reused for ``every_s`` seconds from the moment its computation
+        began, never longer; callers arriving during the computation wait for it.
+        The result's ``query`` is the rounded one. A ``snapshot`` read this way takes
+        its KPIs from the shared ``headline`` of the same query (the KPI row a page
+        drew first). ``monitor_stats()`` counts the computations.
+
         Args:
-            query: One of ``MONITOR_QUERIES`` (``snapshot``, ``request_log``,
-                ``request_detail``, ``filter_options``, ``count_older_than``,
-                ``export_log``, ``kpis``).
+            query: One of ``MONITOR_QUERIES`` (``snapshot``, ``headline``,
+                ``request_log``, ``request_detail``, ``filter_options``,
+                ``count_older_than``, ``export_log``, ``kpis``).
             *args / **kwargs: That function's arguments after the store (a
                 ``MonitorQuery`` first for all but ``request_detail``).
             caller: Who asks (None: the process's owner, an admin).
+            every_s: The viewer's refresh interval in seconds, to share the result
+                for; None (or a query outside ``SHARED_QUERIES``): read now, for this
+                caller alone.
 
         Raises:
             InvalidRequest: ``query`` is not one of them.
@@ -127,6 +148,8 @@ class AccessMethods:
         if query not in MONITOR_QUERIES:
             raise InvalidRequest(f"{query!r} is not a Monitor query.", f"Use one of {', '.join(MONITOR_QUERIES)}.")
         caller = caller or Caller("local")
+        if every_s and every_s > 0 and query in SHARED_QUERIES and args:
+            return self._shared_monitor(query, args[0].rounded(every_s), args[1:], kwargs, every_s)
         if not caller.is_admin and query in ("request_log", "export_log") and args:
             q = args[0]
             args = (dataclasses.replace(q, users=(caller.user,)), *args[1:])  # their own requests only
@@ -135,6 +158,38 @@ class AccessMethods:
                 result.get("user") != caller.user:
             return None  # another person's request: as if unknown
         return result
+
+    def _shared_monitor(self, query: str, q: analytics.MonitorQuery, rest: tuple[Any, ...], kwargs: dict[str, Any],
+                        every_s: float) -> Any:
+        """``analytics.<query>(store, q, *rest, **kwargs)`` through the process's ``SharedResults``.
+
+        The key holds no caller: ``SHARED_QUERIES`` read the same for everyone. A
+        query that ever depends on who asks must not be in that list (or must put the
+        caller's visibility in this key).
+        """
+        key = (query, q, rest, tuple(sorted(kwargs.items())), every_s)
+        fn = getattr(analytics, query)
+        if query == "snapshot" and "headline" not in kwargs:
+            def compute() -> Any:
+                head = self._shared_monitor("headline", q, (), {}, every_s)
+                return fn(self.store, q, *rest, headline=head, **kwargs)
+        else:
+            def compute() -> Any:
+                return fn(self.store, q, *rest, **kwargs)
+        return self._monitor_results().get(key, every_s, compute, kind=query)
+
+    def _monitor_results(self) -> SharedResults:
+        with self._lock:
+            shared = getattr(self, "_shared_results", None)
+            if shared is None:
+                shared = self._shared_results = SharedResults(SHARED_MAX_ENTRIES)
+            return shared
+
+    def monitor_stats(self) -> dict[str, Any]:
+        """How the shared Monitor reads went since the service started (``SharedResults.stats``):
+        ``computations`` by query (``snapshot``, ``headline``, ``kpis``), ``hits``,
+        ``joined`` (callers that waited for another's computation) and ``entries``."""
+        return self._monitor_results().stats()
 
     def delete_events_older_than(self, cutoff_ts: float, *, caller: Caller | None = None) -> int:
         """Delete usage history before ``cutoff_ts`` (epoch s), rollups kept exact; returns how many
@@ -153,6 +208,7 @@ class AccessMethods:
         except SQLAlchemyError as exc:
             raise DashError("Old history could not be deleted: the usage database refused.",
                             "Try again; if it repeats, check the database.") from exc
+        self._monitor_results().clear()  # the next read counts without the deleted events
         self._audit(caller, "delete_history", {"before_ts": cutoff_ts}, {"events_deleted": deleted})
         return deleted
 

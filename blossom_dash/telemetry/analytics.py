@@ -128,6 +128,39 @@ def kpis(store: UsageStore, q: MonitorQuery) -> dict[str, Any]:
     return _kpis_from(q, totals, joint)
 
 
+@dataclass(frozen=True, eq=False)
+class Headline:
+    """The Monitor's KPI row: what the page draws first, from four cheap passes.
+
+    Compared by identity (``eq=False``): it is a shared, read-only result.
+
+    Attributes:
+        query: The range and filters.
+        kpis / previous_kpis: ``kpis()`` of the range and of ``query.previous()``.
+        as_of_ts: When the passes began, epoch seconds (events after it may be missing).
+        elapsed_s: Wall time the passes took, seconds.
+    """
+
+    query: MonitorQuery
+    kpis: dict[str, Any]
+    previous_kpis: dict[str, Any]
+    as_of_ts: float
+    elapsed_s: float
+
+
+def headline(store: UsageStore, q: MonitorQuery) -> Headline:
+    """``kpis()`` of ``q`` and of ``q.previous()``, in four concurrent passes (totals and
+    the latency histogram of each period): a fraction of ``snapshot``'s cost, so the
+    page can show its KPI row before the charts' passes are done."""
+    as_of, t0 = time.time(), time.perf_counter()
+    prev = q.previous()
+    totals, joint, prev_totals, prev_joint = _parallel(
+        lambda: _pass_totals(store, q), lambda: _pass_latency(store, q, None),
+        lambda: _pass_totals(store, prev), lambda: _pass_latency(store, prev, None))
+    return Headline(q, _kpis_from(q, totals, joint), _kpis_from(prev, prev_totals, prev_joint), as_of,
+                    time.perf_counter() - t0)
+
+
 # ----- time series -------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -368,9 +401,13 @@ def per_user(store: UsageStore, q: MonitorQuery, limit: int = 500) -> pd.DataFra
 
 # ----- everything the page shows, in the fewest passes ------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MonitorSnapshot:
     """Everything the Monitor draws for one query, from the fewest SQL passes.
+
+    Compared (and hashed) by identity (``eq=False``): a snapshot is a shared, read-only
+    result, and the page keys what it derives from one (its figures) by the snapshot
+    itself.
 
     Attributes:
         query: The range and filters.
@@ -383,6 +420,8 @@ class MonitorSnapshot:
         users: ``per_user()``.
         rate_limited: ``rate_limited_by_user()``.
         elapsed_s: Wall time the passes took, seconds.
+        as_of_ts: When the passes began, epoch seconds (the headline's start when one
+            was given); events after it may be missing.
     """
 
     query: MonitorQuery
@@ -396,9 +435,11 @@ class MonitorSnapshot:
     users: pd.DataFrame
     rate_limited: pd.DataFrame
     elapsed_s: float
+    as_of_ts: float = 0.0
 
 
-def snapshot(store: UsageStore, q: MonitorQuery, *, user_limit: int = 500) -> MonitorSnapshot:
+def snapshot(store: UsageStore, q: MonitorQuery, *, user_limit: int = 500,
+             headline: Headline | None = None) -> MonitorSnapshot:
     """The results of every aggregate function above for ``q``, at a fraction of the cost.
 
     Seven passes instead of about twelve: one ``GROUP BY bucket, outcome, model``
@@ -406,25 +447,35 @@ def snapshot(store: UsageStore, q: MonitorQuery, *, user_limit: int = 500) -> Mo
     latency/TTFT histogram by bucket feeds the percentiles over time and of the whole
     range; one latency histogram by model feeds the distribution chart and prices the
     cache hits; one ``GROUP BY user`` feeds the per-user and rate-limited tables; one
-    for the errors; two for the previous period. They run concurrently (``_parallel``).
+    for the errors; two for the previous period (none when a ``headline`` is given).
+    They run concurrently (``_parallel``).
 
     Args:
         store: The usage store.
         q: Range and filters.
         user_limit: Rows of the per-user table.
+        headline: ``headline(store, q)`` already on screen: its KPIs become the
+            snapshot's (so the exports match the KPI row) and the two passes of the
+            previous period are skipped.
+
+    Raises:
+        ValueError: ``headline`` is for another query.
     """
-    t0 = time.perf_counter()
+    if headline is not None and headline.query != q:
+        raise ValueError("the headline is for another query")
+    as_of, t0 = (headline.as_of_ts if headline else time.time()), time.perf_counter()
     bucket_s = bucket_seconds(q.span_s)
     prev = q.previous()
-    cube, joint, by_model, users, errors, prev_totals, prev_joint = _parallel(
+    calls = [
         lambda: _pass_cube(store, q, bucket_s),
         lambda: _pass_latency(store, q, bucket_s),
         lambda: _pass_histogram(store, q, E.latency_ms, [E.model]),
         lambda: _pass_users(store, q),
         lambda: errors_by_type(store, q),
-        lambda: _pass_totals(store, prev),
-        lambda: _pass_latency(store, prev, None),
-    )
+    ]
+    if headline is None:
+        calls += [lambda: _pass_totals(store, prev), lambda: _pass_latency(store, prev, None)]
+    cube, joint, by_model, users, errors, *previous_passes = _parallel(*calls)
     series = _timeseries_from(q, bucket_s, cube)
     totals = {
         "requests": int(cube["requests"].sum()),
@@ -432,11 +483,15 @@ def snapshot(store: UsageStore, q: MonitorQuery, *, user_limit: int = 500) -> Mo
         "prompt_tokens": int(cube["prompt_tokens"].sum()), "completion_tokens": int(cube["completion_tokens"].sum()),
     }
     hist = _with_bounds(by_model)
+    if headline is not None:
+        current, previous = headline.kpis, headline.previous_kpis
+    else:
+        current, previous = _kpis_from(q, totals, joint), _kpis_from(prev, *previous_passes)
     return MonitorSnapshot(
-        query=q, kpis=_kpis_from(q, totals, joint), previous_kpis=_kpis_from(prev, prev_totals, prev_joint),
+        query=q, kpis=current, previous_kpis=previous,
         series=series, latency=_latency_over_time_from(bucket_s, joint), latency_hist=hist, errors=errors,
         cache=_cache_from(series, hist), users=_per_user_from(users, user_limit),
-        rate_limited=_rate_limited_from(users, 20), elapsed_s=time.perf_counter() - t0,
+        rate_limited=_rate_limited_from(users, 20), elapsed_s=time.perf_counter() - t0, as_of_ts=as_of,
     )
 
 
@@ -511,10 +566,10 @@ def export_frames(store: UsageStore, q: MonitorQuery, *, search: str = "", max_r
 __all__ = [
     "AGGREGATES", "BUCKET_STEPS_S", "DIMENSIONS", "EXPORT_MAX_ROWS", "FORMULA_PREFIXES", "LATENCY_BINS_PER_E",
     "LATENCY_BIN_ERROR", "LOG_COLUMNS", "MAX_POINTS", "OUTCOMES", "RANGES", "ROLLUP_MIN_SPAN_S", "SEARCHABLE",
-    "SORTABLE", "CacheSavings", "MonitorQuery", "MonitorSnapshot", "Timeseries", "aggregate_frames", "bin_bounds",
-    "bucket_seconds", "cache_savings", "count_older_than", "encode", "errors_by_type", "export_aggregates",
-    "export_frames", "export_log", "filter_options", "histogram_quantile", "kpis", "latency_by_model",
-    "latency_percentiles", "min_refresh_s", "model_latency_summary", "neutralise_formulas", "per_user",
-    "rate_limited_by_user", "request_detail", "request_log", "request_log_export", "retention_cutoff", "snapshot",
-    "timeseries", "to_csv", "to_json",
+    "SORTABLE", "CacheSavings", "Headline", "MonitorQuery", "MonitorSnapshot", "Timeseries", "aggregate_frames",
+    "bin_bounds", "bucket_seconds", "cache_savings", "count_older_than", "encode", "errors_by_type",
+    "export_aggregates", "export_frames", "export_log", "filter_options", "headline", "histogram_quantile", "kpis",
+    "latency_by_model", "latency_percentiles", "min_refresh_s", "model_latency_summary", "neutralise_formulas",
+    "per_user", "rate_limited_by_user", "request_detail", "request_log", "request_log_export", "retention_cutoff",
+    "snapshot", "timeseries", "to_csv", "to_json",
 ]

@@ -297,6 +297,7 @@ def result_caption(result: object) -> str:
 from .monitor import (  # noqa: E402 - after the shared helpers they build on
     MONITOR_FILTERS,
     MonitorControls,
+    chart_slots,
     download_buttons,
     format_duration,
     format_ms,
@@ -304,10 +305,12 @@ from .monitor import (  # noqa: E402 - after the shared helpers they build on
     kpi_row,
     load_filter_options,
     monitor_controls_ui,
+    monitor_figures,
     render_request_detail,
     render_request_table,
     render_users,
     retention_ui,
+    time_saved_metric,
 )
 
 __all__ = [
@@ -320,6 +323,7 @@ __all__ = [
     "access",
     "backend_badge",
     "can_enter",
+    "chart_slots",
     "download_buttons",
     "format_duration",
     "format_ms",
@@ -331,6 +335,7 @@ __all__ = [
     "load_settings",
     "model_picker",
     "monitor_controls_ui",
+    "monitor_figures",
     "render_request_detail",
     "render_request_table",
     "render_users",
@@ -340,4 +345,5 @@ __all__ = [
     "session_handle",
     "show_error",
     "sidebar",
+    "time_saved_metric",
 ]
