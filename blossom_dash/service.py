@@ -31,7 +31,7 @@ from .service_features import FeatureMethods
 from .settings import POLLINATIONS_URL, Settings
 from .telemetry.collector import MetricsCollector
 from .telemetry.sinks import attach, attach_logging
-from .telemetry.store import UsageStore
+from .telemetry.temporary_store import open_usage_store
 
 log = logging.getLogger("blossom_dash")
 
@@ -82,13 +82,15 @@ class BlossomService(FeatureMethods):
         self._probe: dict[str, Any] | None = None
         self.cache, self.limiter = _cache_and_limiter(s)
         try:  # StorageUnavailable when the database cannot be used: nothing is left running
-            self.store = UsageStore(s.resolved_database_url(), pool_size=s.db_pool_size,
-                                    max_overflow=s.db_max_overflow, pool_timeout_s=s.db_pool_timeout_s,
-                                    connect_timeout_s=s.db_connect_timeout_s)
+            # A SQLite file that cannot be used: history off, on a temporary store (history_off says why).
+            self.store, self.history_off = open_usage_store(
+                s.resolved_database_url(), pool_size=s.db_pool_size, max_overflow=s.db_max_overflow,
+                pool_timeout_s=s.db_pool_timeout_s, connect_timeout_s=s.db_connect_timeout_s)
         except BaseException:
             self._loop.stop()
             raise
-        self.metrics = MetricsCollector(self.store, s.data_dir / "journal", window=s.metrics_window)
+        self.metrics = MetricsCollector(self.store, s.data_dir / "journal" if self.history_off is None else None,
+                                        window=s.metrics_window)
         self._closed = False
         self.gateway: Gateway | None = None
         key = s.api_key.get_secret_value() if s.api_key else None

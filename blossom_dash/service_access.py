@@ -13,13 +13,13 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import DashError, InvalidRequest, PermissionDenied
+from .errors import DashError, InvalidRequest, PermissionDenied, StorageUnavailable
 from .gateway import Caller
 from .policies.cache import ResponseCache
 from .settings import Settings
 from .telemetry import analytics
 from .telemetry.audit import AuditLog
-from .telemetry.collector import MetricsCollector
+from .telemetry.collector import MetricsCollector, StorageStatus
 from .telemetry.shared import SharedResults
 from .telemetry.store import UsageStore, mask_url
 
@@ -42,6 +42,8 @@ class AccessMethods:
     cache: ResponseCache
     metrics: MetricsCollector
     store: UsageStore
+    #: Why the usage database could not be used at start (history off), or None.
+    history_off: StorageUnavailable | None = None
     _lock: threading.RLock
     _closed: bool
 
@@ -107,6 +109,24 @@ class AccessMethods:
     def flush_events(self) -> int:
         """Move journaled events into the usage store now; returns how many."""
         return self.metrics.flush()
+
+    def storage_status(self) -> StorageStatus:
+        """Whether request history is being written, for the banner on every page.
+
+        Returns:
+            ``MetricsCollector.status()`` (``history`` ``"paused"`` while the store
+            refuses writes, e.g. a full disk: requests are still answered and the events
+            wait), or ``history="off"`` when the usage database could not be used at
+            start (``history_off``: damaged, empty or read-only), with its reason and
+            what to do; the service then keeps this run's history in a temporary
+            database (``telemetry.temporary_store``).
+        """
+        status = self.metrics.status()
+        if (off := self.history_off) is None:
+            return status
+        return dataclasses.replace(status, history="off", reason=off.message, hint=(
+            f"{off.hint} Until then the app works without its history: this run's requests, chats, comparisons "
+            "and batch jobs are kept in a temporary database that is deleted when the app stops."))
 
     @property
     def store_url(self) -> str:

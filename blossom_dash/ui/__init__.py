@@ -17,7 +17,7 @@ from ..errors import DashError
 from ..service import BlossomService, SessionHandle
 from ..settings import Settings
 from . import auth
-from .feedback import guard, show_error
+from .feedback import guard, history_banner, show_error
 from .safe import code_span
 
 log = logging.getLogger("blossom_dash.ui")
@@ -182,6 +182,10 @@ def service_or_stop() -> BlossomService:
     except DashError as exc:
         st.error(f"The service could not start: {exc.message}")
         st.caption(exc.hint)
+    except Exception as exc:  # a bug or an unforeseen failure: words on the page, the traceback in the log
+        log.exception("the service could not start")
+        st.error(f"The service could not start: {type(exc).__name__}. The server's log has the details.")
+        st.caption("Fix the cause and reload the page; report it if it repeats.")
     st.stop()
     raise AssertionError("unreachable")  # st.stop() raises
 
@@ -210,12 +214,14 @@ HEALTH_WORDS = {"ok": "answering", "degraded": "recent calls failed", "down": "f
 
 
 def backend_badge(service: BlossomService) -> None:
-    """One line: which backend answers, how its live traffic is going, and that the demo is synthetic.
+    """One line: which backend answers, how its live traffic is going, and that the demo is synthetic;
+    above it, when request history is paused or off, a banner that says why (``history_banner``).
 
     Red while its circuit breaker is open, amber when recent calls failed, green only
     when calls succeed (``BlossomService.health``, judged from traffic, no probe).
     """
     health = service.health()
+    history_banner(service.storage_status())  # every page draws this badge, so every page says it
     status = health["status"]
     name = "DEMO BACKEND" if health["is_demo"] else health["name"].upper()
     badge = f":{HEALTH_COLORS[status]}-badge[{name} · {HEALTH_WORDS[status]}]"
@@ -330,6 +336,7 @@ __all__ = [
     "format_time",
     "get_service",
     "guard",
+    "history_banner",
     "kpi_row",
     "load_filter_options",
     "load_settings",

@@ -1,4 +1,6 @@
-"""Errors on a page: a ``DashError`` as words, anything else as one sentence, never a traceback."""
+"""Errors on a page: a ``DashError`` as words, anything else as one sentence, never a
+traceback; and the history banner (``history_banner``) every page shows when request
+history is paused or off."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from contextlib import contextmanager
 import streamlit as st
 
 from ..errors import DashError
+from ..telemetry.collector import StorageStatus
 
 log = logging.getLogger("blossom_dash.ui")
 
@@ -37,3 +40,20 @@ def guard(what: str) -> Iterator[None]:
         log.exception("unexpected error while %s", what)
         st.error(f"Something went wrong while {what}: {type(exc).__name__}. The rest of the app still works; "
                  "try again, and report it if it repeats.", icon="⚠️")
+
+
+def history_banner(status: StorageStatus) -> None:
+    """Say so when request history is not being written (``BlossomService.storage_status``).
+
+    ``off``: an error with the reason and what to do (the app runs on a temporary
+    history); ``paused``: a warning (requests are still answered, the events wait);
+    a failing journal alone: a caption (events are kept in memory until it works).
+    Draws nothing while all is well.
+    """
+    if status.history == "off":
+        st.error(f"**History is off: {status.reason}**\n\n{status.hint}", icon="🗄️")
+    elif status.history == "paused":
+        lost = f" {status.lost:,} events could not be kept." if status.lost else ""
+        st.warning(f"**History is paused: {status.reason}.**\n\n{status.hint}{lost}", icon="⏸️")
+    elif status.journal == "failing":
+        st.caption(f"⚠️ History: {status.journal_reason}. {status.hint}")
