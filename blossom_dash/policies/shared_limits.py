@@ -11,10 +11,11 @@ the amount) under ``blossom-dash:limits:``, so a changed limit keeps its window.
 two configured limits live in the hash ``blossom-dash:limits:config``, beside the
 settings' values they came from (``seed_per_user_rpm``, ``seed_global_rpm``).
 ``configure`` on any replica changes them for all, and every request reads them (one
-round trip; ``HSETNX`` seeds an absent hash), so a change applies to the next request
-everywhere. A replica that starts with a setting other than the recorded seed (the
-operator changed ``BLOSSOM_DASH_*_RPM`` and redeployed) makes its value the limit in
-force; one started with the recorded seed keeps what Controls set. Only a start does
+round trip; ``HSETNX`` seeds an absent hash; a request reuses a read at most
+``CONFIG_MAX_AGE_S`` old), so a change applies everywhere within half a second. A
+replica that starts with a setting other than the recorded seed (the operator changed
+``BLOSSOM_DASH_*_RPM`` and redeployed) makes its value the limit in force; one started
+with the recorded seed keeps what Controls set. Only a start does
 this, never a request, so old and new replicas of a rolling deploy do not take turns.
 
 Differences from the in-process ``RateLimiter`` that come from the library's storage:
@@ -29,6 +30,7 @@ Differences from the in-process ``RateLimiter`` that come from the library's sto
 
 from __future__ import annotations
 
+import math
 import time
 
 from limits.storage import RedisStorage
@@ -39,6 +41,11 @@ from .shared import PREFIX, REDIS_ERRORS, Outage, connect
 
 #: Seconds after which a page or a paused batch looks again while Redis is unreachable.
 RETRY_S = 1.0
+#: Seconds a request may use the limits read by an earlier one on this replica: a
+#: limit changed on another replica applies here within this time (pages and
+#: ``configure`` always read Redis). Saves one of the request path's Redis round trips,
+#: each of which costs milliseconds when many threads share the interpreter.
+CONFIG_MAX_AGE_S = 0.5
 
 # At a replica's start: a setting other than the recorded seed (a new environment)
 # replaces the limit in force and becomes the seed; the recorded seed leaves it alone.
@@ -97,6 +104,7 @@ class SharedRateLimiter(RateLimiter):
         self._shared = MovingWindowRateLimiter(self._redis_storage)
         self._config_key = f"{prefix}:limits:config"
         self._config = self._client.register_script(_CONFIG_LUA)
+        self._read_at = -math.inf  # monotonic time of the last config read
         self._outage = Outage(url, "the shared rate-limit store",
                               "requests that need a rate-limit slot are refused until it answers again "
                               "(the limits fail closed)")
@@ -105,14 +113,22 @@ class SharedRateLimiter(RateLimiter):
         except REDIS_ERRORS as exc:  # Redis down at start: requests seed the hash once it answers
             self._outage.failed(exc)
 
-    def _read_limits(self) -> tuple[int, int]:
+    def _read_limits(self, *, max_age_s: float = 0.0) -> tuple[int, int]:
         """``(per_user_rpm, global_rpm)`` from Redis (seeded when absent); remembered as the last read.
+
+        Args:
+            max_age_s: Return the last read instead when it is at most this old (the
+                request path passes ``CONFIG_MAX_AGE_S``: one Redis round trip fewer).
 
         Raises:
             redis.RedisError, OSError: Redis did not answer.
         """
+        if max_age_s and time.monotonic() - self._read_at <= max_age_s:
+            with self._lock:
+                return self._user_item.amount, self._global_item.amount
         user_rpm, global_rpm = (int(v) for v in self._config(keys=[self._config_key], args=list(self._seed)))
         with self._lock:
+            self._read_at = time.monotonic()
             if self._user_item.amount != user_rpm:
                 self._user_item = _Limit(user_rpm, namespace="user")
             if self._global_item.amount != global_rpm:
@@ -142,7 +158,7 @@ class SharedRateLimiter(RateLimiter):
             SharedStateUnavailable: Redis did not answer (nothing was admitted).
         """
         try:
-            user_rpm, global_rpm = self._read_limits()
+            user_rpm, global_rpm = self._read_limits(max_age_s=CONFIG_MAX_AGE_S)
             glob = _Limit(global_rpm, namespace="global")
             mine = _Limit(min(user_rpm, max(1, rpm)) if rpm is not None else user_rpm, namespace="user")
             if not self._shared.test(glob, _GLOBAL_ID):
@@ -174,7 +190,8 @@ class SharedRateLimiter(RateLimiter):
         return status
 
     def configure(self, *, per_user_rpm: int | None = None, global_rpm: int | None = None) -> None:
-        """Change the limits on every replica; they apply to the next request anywhere.
+        """Change the limits on every replica: this one's next request, the others' within
+        ``CONFIG_MAX_AGE_S``.
 
         Requests already made keep counting (see the module docstring for a limit
         lowered and raised again within a minute).
@@ -216,4 +233,4 @@ class SharedRateLimiter(RateLimiter):
         self._client.close()
 
 
-__all__ = ["RETRY_S", "SharedRateLimiter"]
+__all__ = ["CONFIG_MAX_AGE_S", "RETRY_S", "SharedRateLimiter"]
