@@ -220,6 +220,17 @@ class TestParseCsv:
         with pytest.raises(InvalidRequest, match=r"5\.0 MB; the limit is 5 MB"):
             parse_csv(data)
 
+    def test_a_nul_character_is_refused_in_the_preview_and_by_the_service(self, tmp_path: Path) -> None:
+        """A NUL (binary data read as text) is the row's problem, named, not a database failure at submit."""
+        parsed = parse_csv(b"prompt,system\nbin\x00ary,\nfine,be\x00brief\nok,\n")
+        problems = {r.prompt[:3]: "; ".join(r.errors) for r in parsed.rows}
+        assert problems["bin"] == "The prompt contains a NUL character (\\x00)"
+        assert problems["fin"] == "The system prompt contains a NUL character (\\x00)"
+        assert problems["ok"] == ""
+        with make_service(tmp_path) as svc, pytest.raises(InvalidRequest) as err:
+            svc.generate_text("a\x00b")
+        assert "NUL character" in err.value.message and "binary data" in err.value.hint
+
     def test_row_problems(self) -> None:
         """Each invalid row says why; valid rows beside them are kept."""
         data = ("prompt,model,temperature,max_tokens,seed\n"

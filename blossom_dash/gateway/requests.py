@@ -155,6 +155,11 @@ class TextRequest:
             found.append(InvalidRequest(
                 f"The system prompt and the prompt together have {fixed:,} characters; the limit is {limit:,}.",
                 "Shorten the system prompt or the prompt."))
+        for name, text in (("prompt", prompt), ("system prompt", self.system)):
+            if isinstance(text, str) and "\x00" in text:  # PostgreSQL cannot store one; no model reads one
+                found.append(InvalidRequest(f"The {name} contains a NUL character (\\x00).",
+                                            "Remove it: it usually comes from binary data pasted or "
+                                            "uploaded as text."))
         t = self.temperature
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 2.0):
             found.append(InvalidRequest(f"temperature must be between 0.0 and 2.0, not {t!r}.",
