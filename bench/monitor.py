@@ -20,7 +20,7 @@ Run ``python bench/monitor.py`` from the repository root (``--events``, ``--seco
    when the last KPI and the seventh chart left the server, and, for 1 and
    ``--viewers`` viewers at the 5 s and the 2 s refresh, the server process's CPU
    (user + system time over ``--seconds`` of wall time, in % of one core) and how many
-   of the runs the viewers asked for finished (a server that falls behind drops some).
+   of the live refreshes (fragment reruns) the viewers asked for finished.
 
 Targets (issue 9): ``--viewers`` (20) viewers at 5 s cost <= 25 % of one core together;
 all charts within 1.5 s of opening on a warm server with 1M events. Figures, not
@@ -152,7 +152,8 @@ class Viewer:
 
     def __init__(self, url: str, refresh_label: str) -> None:
         self.url, self.refresh_label = url, refresh_label
-        self.asked = self.finished = 0
+        self.asked = self.finished = 0  # fragment reruns (the live refreshes) asked for / finished
+        self.page_runs = 0  # full runs of the page that finished
         self.kpis_s: float | None = None
         self.charts_s: float | None = None
 
@@ -169,8 +170,8 @@ class Viewer:
                 max_msg_size=0) as ws:
             t0 = time.monotonic()
             await ws.send_bytes(_rerun(widgets))
-            self.asked += 1
-            while time.monotonic() < until + drain_s and (time.monotonic() < until or self.finished < self.asked):
+            while time.monotonic() < until + drain_s and (time.monotonic() < until or self.finished < self.asked
+                                                          or not self.page_runs):
                 now = time.monotonic()
                 target = until if now < until else until + drain_s
                 wait = (min(target, next_at) if next_at else target) - now
@@ -201,12 +202,14 @@ class Viewer:
                             widgets[element.selectbox.id] = self.refresh_label
                             if self.refresh_label != "5 s":
                                 await ws.send_bytes(_rerun(widgets))
-                                self.asked += 1
                     elif kind == "auto_rerun":
                         fragment, interval = fm.auto_rerun.fragment_id, fm.auto_rerun.interval
                         next_at = time.monotonic() + interval
                     elif kind == "script_finished":
-                        self.finished += 1
+                        if fm.script_finished == ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY:
+                            self.finished += 1
+                        elif fm.script_finished == ForwardMsg.FINISHED_SUCCESSFULLY:
+                            self.page_runs += 1
                 if next_at and until > time.monotonic() >= next_at:
                     await ws.send_bytes(_rerun(widgets, fragment))
                     self.asked += 1
@@ -222,11 +225,11 @@ def _cpu_s(pid: int) -> float:
 
 async def _watch(url: str, pid: int, n: int, refresh_label: str, seconds: float, settle_s: float = 6.0
                  ) -> tuple[float, int, int]:
-    """``(server CPU % of one core over seconds, runs asked, runs finished)`` of ``n`` viewers.
+    """``(server CPU % of one core over seconds, live refreshes asked, finished)`` of ``n`` viewers.
 
     CPU is sampled over the ``seconds`` after ``settle_s`` (the sessions open and settle
-    on their interval first); the counts cover every run the viewers asked for, the
-    first page runs included, and wait for those still in flight at the end.
+    on their interval first); the counts cover every fragment rerun the viewers asked
+    for and wait for those still in flight at the end.
     """
     viewers = [Viewer(url, refresh_label) for _ in range(n)]
     until = time.monotonic() + settle_s + seconds
@@ -239,9 +242,9 @@ async def _watch(url: str, pid: int, n: int, refresh_label: str, seconds: float,
     return 100 * cpu / wall, sum(v.asked for v in viewers), sum(v.finished for v in viewers)
 
 
-async def _open_once(url: str) -> Viewer:
+async def _open_once(url: str, seconds: float = 2.0) -> Viewer:
     viewer = Viewer(url, "5 s")
-    await viewer.run(time.monotonic() + 8)
+    await viewer.run(time.monotonic() + seconds)
     return viewer
 
 
@@ -249,19 +252,25 @@ def server_figures(data_dir: Path, n_viewers: int, seconds: float, repeat: int) 
     """Print a new session's times on a warm server, then the CPU of 1 and ``n_viewers`` viewers."""
     proc, url = start_server(data_dir)
     try:
-        asyncio.run(_open_once(url))  # warm: the service starts, the store opens, the first snapshot
-        opens = [asyncio.run(_open_once(url)) for _ in range(repeat)]
-        kpis = statistics.median(v.kpis_s or float("nan") for v in opens)
-        charts = statistics.median(v.charts_s or float("nan") for v in opens)
-        print(f"\nreal server, a new Monitor session on the warm server (median of {repeat}): KPIs sent at "
-              f"{kpis:.2f} s, all {CHARTS} charts at {charts:.2f} s (target <= {TARGET_CHARTS_S:g} s)")
+        asyncio.run(_open_once(url, 10.0))  # warm: the service starts, the store opens, the first snapshot
+        firsts, nexts = [], []
+        for _ in range(repeat):
+            time.sleep(5 - time.time() % 5 + 0.05)  # just into a new 5 s interval: this session computes
+            firsts.append(asyncio.run(_open_once(url)))
+            nexts.append(asyncio.run(_open_once(url)))  # 2 s later: the same interval, served shared
+        print(f"\nreal server, a new Monitor session (1 h, 5 s) on the warm server, median of {repeat}, "
+              f"target: all charts <= {TARGET_CHARTS_S:g} s")
+        for label, opens in (("first of its interval", firsts), ("next one", nexts)):
+            kpis = statistics.median(v.kpis_s or float("nan") for v in opens)
+            charts = statistics.median(v.charts_s or float("nan") for v in opens)
+            print(f"  {label:22} KPIs sent at {kpis:.2f} s, all {CHARTS} charts at {charts:.2f} s")
         print(f"server CPU over {seconds:g} s, % of one core (target: {n_viewers} viewers at 5 s <= "
               f"{TARGET_CPU_PCT:g} %)")
         for label in ("5 s", "2 s"):
             for n in (1, n_viewers):
                 pct, asked, done = asyncio.run(_watch(url, proc.pid, n, label, seconds))
                 print(f"  {n:3} viewer{'s' if n > 1 else ' '} at {label}: {pct:6.1f} %   "
-                      f"({done} of the {asked} runs asked finished)")
+                      f"({done} of the {asked} live refreshes asked finished)")
     finally:
         proc.terminate()
         try:
