@@ -26,7 +26,7 @@ def live() -> None:
     with ui.guard("computing the usage figures"):
         head = service.monitor("headline", controls.query(), every_s=controls.every_s)
         q = head.query  # the range moved forward to the refresh interval it is shared for
-        saved = ui.kpi_row(head.kpis, head.previous_kpis, vs=f"vs previous {ui.format_duration(q.span_s)}",
+        saved = ui.kpi_row(head.kpis, head.previous_kpis, vs=f"vs prior {ui.format_duration(q.span_s)}",
                            saved_ms=None)
         slots = ui.chart_slots(loading=loading)
         snap = service.monitor("snapshot", q, every_s=controls.every_s)

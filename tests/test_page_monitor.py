@@ -121,7 +121,7 @@ class TestComparisonAndFilters:
         p95 = next(m for m in at.metric if m.label == "p95 latency")
         assert p95.delta.startswith("+") and p95.proto.color == Metric.MetricColor.RED  # inverse: a rise is bad
         assert requests.proto.color == Metric.MetricColor.GREEN
-        assert p95.proto.delta_description == "vs previous 1 h"
+        assert p95.proto.delta_description == "vs prior 1 h"
 
     def test_filters_change_the_kpis(self, tmp_path: Path) -> None:
         """Filtering by outcome, model or user narrows every KPI."""
@@ -265,3 +265,20 @@ class TestRetention:
         at = app("app_pages/monitor.py").run()
         assert not [b for b in at.button if b.key == "monitor_retention_delete"]
         assert any("all history is kept" in c for c in texts(at, "caption"))
+
+
+def test_large_kpis_fit_their_column_and_keep_the_exact_value_in_the_help(tmp_path: Path) -> None:
+    """A month of a busy team: 409,874,112 tokens read "409.9 M" (exact in the help), a day of saved time "22.2 h"."""
+    from blossom_dash.ui.monitor import format_count, format_saved
+
+    assert [format_count(n) for n in (0, 998_714, 1_000_000, 409_874_112, 2_500_000_000)] == \
+        ["0", "998,714", "1.0 M", "409.9 M", "2.5 B"]
+    assert [format_saved(ms) for ms in (0, 850, 42_000, 12 * 60_000, 22.2 * 3_600_000, 3.4 * 86_400_000)] == \
+        ["—", "850 ms", "42.00 s", "12 min", "22.2 h", "3.4 d"]
+    _seed(tmp_path, [_row(f"big{i}", 30 + i, prompt_tokens=100_000_000, completion_tokens=2_468_528)
+                     for i in range(4)])
+    at = app("app_pages/monitor.py").run(timeout=60)
+    assert not at.exception
+    tokens = next(m for m in at.get("metric") if m.proto.label == "Tokens")
+    assert tokens.proto.body == "409.9 M"
+    assert "409,874,112 tokens" in tokens.proto.help

@@ -136,6 +136,28 @@ def format_duration(seconds: float) -> str:
     return " ".join(p for p in parts if p) or f"{seconds:.0f} s"
 
 
+def format_count(value: int | float) -> str:
+    """A count for a KPI column: exact below a million (``"998,714"``), then
+    ``"409.9 M"`` / ``"1.2 B"``, so it fits a sixth of the page (the help gives it exactly)."""
+    size = abs(value)
+    if size < 1_000_000:
+        return f"{value:,.0f}"
+    return f"{value / 1e9:,.1f} B" if size >= 1_000_000_000 else f"{value / 1e6:,.1f} M"
+
+
+def format_saved(ms: float) -> str:
+    """Time saved, compact for a KPI column: ``"850 ms"``, ``"42.0 s"``, ``"12 min"``,
+    ``"22.2 h"``, ``"3.4 d"``; ``"—"`` for none."""
+    if not ms:
+        return "—"
+    s = ms / 1000
+    if s < 60:
+        return format_ms(ms)
+    if s < 3600:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h" if s < 86_400 else f"{s / 86_400:,.1f} d"
+
+
 def _delta(cur: Any, prev: Any, kind: str) -> str | int | None:
     if cur is None or prev is None:
         return None
@@ -144,7 +166,7 @@ def _delta(cur: Any, prev: Any, kind: str) -> str | int | None:
     if abs(diff) < shown:
         return 0  # a number: st.metric greys a zero delta out
     if kind == "count":
-        return f"{diff:+,}"
+        return ("+" if diff > 0 else "-") + format_count(abs(diff))
     if kind == "rate":
         return f"{diff * 100:+.1f} pp"
     return ("+" if diff > 0 else "-") + format_ms(abs(diff))
@@ -174,7 +196,8 @@ def kpi_row(current: dict[str, Any], previous: dict[str, Any], *, vs: str, saved
                 "value.")
     served = f"Served requests only. {estimate}"
     specs: list[tuple[str, str, str, str, str]] = [
-        ("Requests", f"{current['requests']:,}", "requests", "count", f"{current['rpm']:,.2f} requests per minute"),
+        ("Requests", format_count(current["requests"]), "requests", "count",
+         f"{current['requests']:,} requests, {current['rpm']:,.2f} per minute"),
         ("Error rate", f"{current['error_rate']:.1%}", "error_rate", "rate",
          f"{current['errors']:,} errors (backend and system failures) over all requests. Rejected and "
          "rate-limited requests are not errors."),
@@ -190,8 +213,9 @@ def kpi_row(current: dict[str, Any], previous: dict[str, Any], *, vs: str, saved
         ("p99 latency", format_ms(current["p99_latency_ms"]), "p99_latency_ms", "ms", served),
         ("p50 TTFT (streams)", format_ms(current["p50_ttft_ms"]), "p50_ttft_ms", "ms",
          f"Time to first token of served streamed answers; other kinds have no first token to time. {estimate}"),
-        ("Tokens", f"{current['tokens']:,}", "tokens", "count",
-         f"{current['prompt_tokens']:,} prompt + {current['completion_tokens']:,} completion (served requests)"),
+        ("Tokens", format_count(current["tokens"]), "tokens", "count",
+         f"{current['tokens']:,} tokens: {current['prompt_tokens']:,} prompt + {current['completion_tokens']:,} "
+         "completion (served requests)"),
     ]
     bad_when_up = {"error_rate", "rejected", "rate_limited", "p50_latency_ms", "p95_latency_ms", "p99_latency_ms",
                    "p50_ttft_ms"}
@@ -210,9 +234,9 @@ def kpi_row(current: dict[str, Any], previous: dict[str, Any], *, vs: str, saved
 
 def time_saved_metric(slot: DeltaGenerator, saved_ms: float, unpriced_hits: int = 0) -> None:
     """The "Time saved by cache" KPI (``CacheSavings.saved_ms``, ms) in ``slot``."""
-    saved = "—" if not saved_ms else format_ms(saved_ms) if saved_ms < 60_000 else format_duration(saved_ms / 1000)
-    slot.metric("Time saved by cache", saved,
-                help="Each hit is priced at the median latency of served requests of the same model in this "
+    exact = f"{format_duration(saved_ms / 1000)} in all. " if saved_ms >= 60_000 else ""
+    slot.metric("Time saved by cache", format_saved(saved_ms),
+                help=exact + "Each hit is priced at the median latency of served requests of the same model in this "
                      "range (an estimate)." + (f" {unpriced_hits:,} hits had no such reference." if unpriced_hits
                                                else ""))
 
