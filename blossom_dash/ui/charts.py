@@ -230,3 +230,51 @@ def rate_limited_by_user(limited: pd.DataFrame, *, revision: str = "monitor") ->
     fig.update_layout(hovermode="closest", showlegend=False, yaxis_rangemode="normal",
                       height=max(220, 90 + 28 * len(data)))
     return fig
+
+
+def _pollen(values: pd.Series) -> pd.Series:
+    """Costs (``Decimal`` or None) as floats for plotting only: the sums were made exactly."""
+    return pd.to_numeric(values.map(lambda v: None if v is None else float(v)), errors="coerce").fillna(0.0)
+
+
+def cost_by_model(cost: pd.DataFrame, *, bucket_s: int, span: _SPAN | None = None,
+                  revision: str = "monitor") -> go.Figure:
+    """Spend per bucket (pollen, served requests with a price), stacked by model.
+
+    Args:
+        cost: ``spend.Spend.over_time`` (``ts``, ``model``, ``cost`` as ``Decimal``,
+            ``priced``: how many requests the bucket's cost covers).
+        bucket_s: Bucket width in seconds.
+        span: ``(since_ts, until_ts)`` epoch seconds the x axis spans.
+    """
+    title = f"Cost over time by model ({_per(bucket_s)} buckets)"
+    if cost.empty or int(cost["priced"].sum()) == 0:
+        return _empty(title, _rev("cost", revision), text="No priced requests in this range")
+    fig = go.Figure()
+    for model, part in cost.groupby("model", sort=True):
+        fig.add_bar(x=part["ts"], y=_pollen(part["cost"]), name=str(model), marker_color=model_color(str(model)),
+                    customdata=part["priced"], hovertemplate="%{y:,.4f} pollen (%{customdata:,} priced requests)")
+    fig.update_layout(barmode="stack")
+    return _layout(_span_axis(fig, bucket_s, span), title, "pollen", revision=_rev("cost", revision))
+
+
+def cost_by_user(users: pd.DataFrame, *, revision: str = "monitor", limit: int = 25) -> go.Figure:
+    """Spend per user (horizontal bars, pollen), the priced and unpriced requests in the hover.
+
+    Args:
+        users: ``spend.Spend.by_user`` (``user``, ``cost`` as ``Decimal``, ``priced``,
+            ``unpriced``); the ``limit`` biggest spenders are drawn.
+    """
+    title = "Cost by user"
+    if users.empty or int(users["priced"].sum()) == 0:
+        return _empty(title, _rev("cost_users", revision), text="No priced requests in this range")
+    data = users.assign(pollen=_pollen(users["cost"]))
+    data = data.sort_values(["pollen", "user"], ascending=[False, True]).head(limit).iloc[::-1]
+    fig = go.Figure(go.Bar(y=data["user"], x=data["pollen"], orientation="h", marker_color="#6a1b9a",
+                           customdata=data[["priced", "unpriced"]].to_numpy(),
+                           hovertemplate="%{x:,.4f} pollen · %{customdata[0]:,} priced, "
+                                         "%{customdata[1]:,} unpriced requests"))
+    fig = _layout(fig, title, "", revision=_rev("cost_users", revision))
+    fig.update_layout(hovermode="closest", showlegend=False, yaxis_rangemode="normal",
+                      height=max(220, 90 + 28 * len(data)))
+    return fig
