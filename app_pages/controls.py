@@ -78,10 +78,14 @@ with limit_col:
         """This user's and the global moving windows, counting down live."""
         status = handle.rate_status()
         q = st.columns(2)
-        q[0].metric("Your remaining", f"{status.user.remaining} / {status.user.limit}",
+        down = bool(status.unavailable)  # the shared store is unreachable: no count to show
+        q[0].metric("Your remaining", "—" if down else f"{status.user.remaining} / {status.user.limit}",
                     help="Requests you can still make in the 60 s moving window")
-        q[1].metric("Global remaining", f"{status.global_.remaining} / {status.global_.limit}")
-        if status.user.remaining == 0:
+        q[1].metric("Global remaining", "—" if down else f"{status.global_.remaining} / {status.global_.limit}")
+        if down:
+            st.warning("The rate limits cannot be read: requests are refused until the shared store answers.",
+                       icon="🔌")
+        elif status.user.remaining == 0:
             st.warning(f"You are at your limit: the next slot frees in {status.user.reset_in_s:.0f} s.", icon="⏳")
         elif status.user.reset_in_s:
             st.caption(f"Your oldest request leaves the window in {status.user.reset_in_s:.0f} s.")

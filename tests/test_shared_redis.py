@@ -411,3 +411,9 @@ class TestPagesWhileRedisIsDown:
         warnings = texts(at, "warning")
         assert any("shared response cache" in w and "Nothing is cached meanwhile" in w for w in warnings), warnings
         assert not any("pw-not-shown" in w for w in warnings)
+        # No count that pretends: not "0 / 30" nor "at your limit" while the limits cannot be read.
+        assert any("rate limits cannot be read" in w for w in warnings), warnings
+        assert not any("at your limit" in w for w in warnings)
+        remaining = {m.proto.label: m.proto.body for m in at.get("metric")}
+        assert remaining["Your remaining"] == remaining["Global remaining"] == "—"
+        assert not any("Your quota" in (p.proto.text or "") for p in at.sidebar.get("progress"))

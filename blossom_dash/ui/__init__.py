@@ -268,10 +268,11 @@ def sidebar(handle: SessionHandle) -> None:
         st.markdown(f"**Backend:** {HEALTH_ICONS[health['status']]} {name} · {HEALTH_WORDS[health['status']]}",
                     help=f"{health['label']}: circuit breaker {health['circuit']}; {health['detail']}.")
         status = handle.rate_status()
-        st.progress(status.user.remaining / status.user.limit,
-                    text=f"Your quota: {status.user.remaining}/{status.user.limit} requests per minute")
-        if status.unavailable:  # the shared Redis is down: the limits fail closed
+        if status.unavailable:  # the shared Redis is down: the limits fail closed, no quota to show
             st.warning(f"{status.unavailable} Requests are refused until it answers again.", icon="🔌")
+        else:
+            st.progress(status.user.remaining / status.user.limit,
+                        text=f"Your quota: {status.user.remaining}/{status.user.limit} requests per minute")
         mode = st.session_state.get("_access_mode", "local")
         who = "a kiosk visitor" if mode == "kiosk" else f"`{handle.user}`"
         st.caption(f"Signed in as {who} · **{handle.role}**"
