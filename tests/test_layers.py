@@ -19,7 +19,7 @@ PACKAGE = ROOT / "blossom_dash"
 #: and any lower layer; ``policies`` and ``telemetry`` are siblings and never import
 #: each other (nothing flows sideways).
 LAYERS: list[set[str]] = [
-    {"results", "errors", "settings"},
+    {"results", "errors", "settings", "pricing"},
     {"sdk", "demo_backend", "health"},  # health: the readiness probe, on settings alone
     {"policies", "telemetry"},
     {"gateway"},
