@@ -20,6 +20,7 @@ from .settings import Settings
 from .telemetry import analytics
 from .telemetry.audit import AuditLog
 from .telemetry.collector import MetricsCollector, StorageStatus
+from .telemetry.model_facts import PICKER_KINDS, ModelFacts, model_facts
 from .telemetry.shared import SharedResults
 from .telemetry.store import UsageStore, mask_url
 
@@ -31,6 +32,8 @@ MONITOR_QUERIES = ("snapshot", "headline", "request_log", "request_detail", "fil
 #: refresh interval (``monitor(..., every_s=...)``): the team's aggregates, which are the
 #: same whoever asks (counts per user, model and outcome; no prompt, no request id).
 SHARED_QUERIES = ("snapshot", "headline", "kpis")
+#: How long the pickers' model facts (``model_facts``) are shared before they are read again, seconds.
+FACTS_EVERY_S = 30.0
 #: Shared Monitor results kept at most (one per query, range, filters and interval).
 SHARED_MAX_ENTRIES = 256
 
@@ -210,6 +213,39 @@ class AccessMethods:
         ``computations`` by query (``snapshot``, ``headline``, ``kpis``), ``hits``,
         ``joined`` (callers that waited for another's computation) and ``entries``."""
         return self._monitor_results().stats()
+
+    def model_facts(self, kind: str) -> dict[str, ModelFacts]:
+        """Each model's success rate and p50 latency over the last 24 h, for the pickers.
+
+        From the usage store (every replica's requests; ``telemetry.model_facts``),
+        computed once per kind for every caller of this process and kept
+        ``FACTS_EVERY_S`` (30 s): a figure is at most that much behind. The same for
+        everyone who asks (team-wide counts per model, no user).
+
+        Args:
+            kind: ``"text"`` (plain and streamed answers), ``"image"`` or ``"audio"``.
+
+        Returns:
+            ``{model: ModelFacts}`` for the models with an answered or failed request in
+            the window; ``{}`` when the store cannot be read (the pickers then show no
+            history; it is logged).
+
+        Raises:
+            InvalidRequest: ``kind`` is not one of them.
+        """
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if kind not in PICKER_KINDS:
+            raise InvalidRequest(f"{kind!r} is not a model kind.", f"Use one of {', '.join(PICKER_KINDS)}.")
+        with self._lock:
+            shared = getattr(self, "_facts_results", None)
+            if shared is None:
+                shared = self._facts_results = SharedResults(len(PICKER_KINDS))
+        try:
+            return shared.get(kind, FACTS_EVERY_S, lambda: model_facts(self.store, kind), kind=kind)
+        except SQLAlchemyError:
+            log.exception("could not read the model facts of %s models", kind)
+            return {}
 
     def delete_events_older_than(self, cutoff_ts: float, *, caller: Caller | None = None) -> int:
         """Delete usage history before ``cutoff_ts`` (epoch s), rollups kept exact; returns how many
