@@ -6,6 +6,9 @@ from decimal import Decimal
 
 import pandas as pd
 
+from blossom_dash.features.batch_cost import estimate_batch
+from blossom_dash.features.batch_files import BatchRow
+from blossom_dash.pricing import Price
 from blossom_dash.ui import charts
 
 
@@ -38,3 +41,24 @@ class TestCostCharts:
         fig = charts.cost_by_user(frame)
         assert list(fig.data[0].y) == ["cy", "ann", "bob"]
         assert list(fig.data[0].x) == [0.0, 1.0, 3.0]
+
+
+class TestBatchEstimate:
+    PRICES = {"cheap": Price((("completionTextTokens", Decimal("0.000002")),
+                              ("promptTextTokens", Decimal("0.000001"))))}
+
+    def test_sums_priced_rows_exactly_and_counts_unpriced(self) -> None:
+        """Each priced row at prompt length / 4 and its full max_tokens; unpriced rows counted apart."""
+        rows = [BatchRow(2, "x" * 40, model="cheap", max_tokens=100), BatchRow(3, "y" * 8),
+                BatchRow(4, "z", model="mystery"), BatchRow(5, "bad", errors=("no",))]
+        est = estimate_batch(rows, self.PRICES.get, model="cheap", max_tokens=50)
+        # row 2: 10 prompt + 100 completion; row 3: 2 prompt + 50 completion (the defaults)
+        assert est.total == Decimal("0.000010") + Decimal("0.000200") + Decimal("0.000002") + Decimal("0.000100")
+        assert (est.priced_rows, est.unpriced_rows, est.unpriced_models) == (2, 1, ("mystery",))
+        assert (est.prompt_tokens, est.completion_tokens) == (13, 200)
+        assert "estimate" in est.method and "max_tokens" in est.method
+
+    def test_nothing_priced_is_none_not_zero(self) -> None:
+        """No priced row: the total is None (unpriced), never a 0 that pretends."""
+        est = estimate_batch([BatchRow(2, "hi", model="mystery")], self.PRICES.get)
+        assert est.total is None and est.unpriced_rows == 1
