@@ -50,6 +50,9 @@ class AccessMethods:
     _lock: threading.RLock
     _closed: bool
 
+    def backend_info(self) -> dict[str, Any]:  # provided by BlossomService
+        raise NotImplementedError
+
     # ----- who may do what --------------------------------------------------------------------
 
     def role_for(self, identity: str) -> str | None:
@@ -215,7 +218,7 @@ class AccessMethods:
         return self._monitor_results().stats()
 
     def model_facts(self, kind: str) -> dict[str, ModelFacts]:
-        """Each model's success rate and p50 latency over the last 24 h, for the pickers.
+        """Each model's success rate and p50 latency on the live backend over the last 24 h, for the pickers.
 
         From the usage store (every replica's requests; ``telemetry.model_facts``),
         computed once per kind for every caller of this process and kept
@@ -240,9 +243,11 @@ class AccessMethods:
         with self._lock:
             shared = getattr(self, "_facts_results", None)
             if shared is None:
-                shared = self._facts_results = SharedResults(len(PICKER_KINDS))
+                shared = self._facts_results = SharedResults(4 * len(PICKER_KINDS))
+        backend = str(self.backend_info()["name"])
         try:
-            return shared.get(kind, FACTS_EVERY_S, lambda: model_facts(self.store, kind), kind=kind)
+            return shared.get((kind, backend), FACTS_EVERY_S, lambda: model_facts(self.store, kind, backend=backend),
+                              kind=kind)
         except SQLAlchemyError:
             log.exception("could not read the model facts of %s models", kind)
             return {}

@@ -57,6 +57,8 @@ class TestServiceModelFacts:
             svc.flush_events()
             assert svc.model_facts("text") is first
             assert model_facts(svc.store, "text")["demo-swift"].ok == 1  # the store itself has it
+            assert model_facts(svc.store, "text", backend="demo")["demo-swift"].ok == 1
+            assert model_facts(svc.store, "text", backend="pollinations") == {}  # another backend's history
 
     def test_unknown_kind_is_a_message(self, tmp_path: Path) -> None:
         """A kind that is not text, image or audio is refused in words."""

@@ -94,13 +94,15 @@ def _span(window_s: float) -> str:
     return f"{window_s / 60:.0f} min"
 
 
-def model_facts(store: UsageStore, kind: str, *, window_s: float = DEFAULT_WINDOW_S,
+def model_facts(store: UsageStore, kind: str, *, backend: str | None = None, window_s: float = DEFAULT_WINDOW_S,
                 now: float | None = None) -> dict[str, ModelFacts]:
     """Each model's success rate and p50 latency over the last ``window_s`` seconds.
 
     Args:
         store: The usage store (events already flushed are counted).
         kind: A picker kind, a key of ``PICKER_KINDS`` (``text`` covers streams).
+        backend: Only this backend's requests (the events' ``backend``, e.g. ``demo``,
+            ``pollinations``): one name may be another model elsewhere. None: all.
         window_s: How far back, seconds.
         now: The window's end, epoch seconds (default: the current time).
 
@@ -113,7 +115,8 @@ def model_facts(store: UsageStore, kind: str, *, window_s: float = DEFAULT_WINDO
     """
     if kind not in PICKER_KINDS:
         raise ValueError(f"kind must be one of {', '.join(PICKER_KINDS)}, not {kind!r}")
-    q = MonitorQuery.last(window_s, now=now, kinds=PICKER_KINDS[kind], outcomes=("ok", "error"))
+    q = MonitorQuery.last(window_s, now=now, kinds=PICKER_KINDS[kind], outcomes=("ok", "error"),
+                          backends=(backend,) if backend else ())
     counts = _frame(store, select(E.model, E.outcome, func.count()).where(*_where(q)).group_by(E.model, E.outcome),
                     ["model", "outcome", "requests"])
     if counts.empty:
