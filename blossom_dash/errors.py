@@ -60,6 +60,27 @@ class RateLimited(DashError):
         self.scope = scope
 
 
+class BudgetExceeded(DashError):
+    """A spending budget (``policies.budget``) refused the request unsent.
+
+    The message says what was spent, the budget and when it resets (UTC calendar day
+    or month); the hint what to do. Shown as a warning: the budget resets on its own.
+
+    Args:
+        scope: ``"user"`` (the caller's own budget) or ``"team"`` (everyone's).
+        period: ``"day"`` or ``"month"`` (UTC calendar periods).
+        retry_after_s: Seconds until the period ends and the budget resets (> 0).
+    """
+
+    severity = "warning"
+
+    def __init__(self, message: str, hint: str = "", *, scope: str, period: str, retry_after_s: float) -> None:
+        super().__init__(message, hint)
+        self.scope = scope
+        self.period = period
+        self.retry_after_s = max(float(retry_after_s), 0.001)
+
+
 class BackendUnavailable(DashError):
     """The backend cannot be reached, timed out, or its circuit breaker is open.
 
@@ -142,6 +163,7 @@ class SharedStateUnavailable(DashError):
 __all__ = [
     "AuthenticationFailed",
     "BackendUnavailable",
+    "BudgetExceeded",
     "CircuitOpen",
     "DashError",
     "InvalidRequest",

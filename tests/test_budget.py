@@ -1,0 +1,248 @@
+"""Tests for spending budgets: ``BudgetLedger`` alone on a fake clock (reserve, settle,
+release, UTC period resets, crossings, restore, the refusal's words), then exact under
+threads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from decimal import Decimal
+
+import pytest
+
+from blossom_dash.errors import BudgetExceeded, DashError
+from blossom_dash.policies.budget import BudgetLedger, Budgets, period_end, period_key, pollen
+
+P = Decimal("0.0136")  # a price per request, pollen
+
+
+class FakeClock:
+    """Epoch seconds that move only when told to."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def utc(*args: int) -> float:
+    return dt.datetime(*args, tzinfo=dt.UTC).timestamp()
+
+
+def admit_all(ledger: BudgetLedger, user: str, estimate: Decimal | None, cost: Decimal | None = None) -> int:
+    """Reserve and settle for ``user`` until refused; how many were admitted."""
+    n = 0
+    while True:
+        try:
+            r = ledger.reserve(user, estimate)
+        except BudgetExceeded:
+            return n
+        ledger.settle(r, estimate if cost is None else cost)
+        n += 1
+        assert n < 10_000
+
+
+class TestBudgets:
+    def test_values_checked(self) -> None:
+        """A negative or non-numeric budget is a ValueError naming the field."""
+        with pytest.raises(ValueError, match="user_day"):
+            Budgets(user_day=Decimal(-1))
+        with pytest.raises(ValueError, match="team_day_requests"):
+            Budgets(team_day_requests=-2)
+        assert Budgets(user_day="0.5").user_day == Decimal("0.5")  # type: ignore[arg-type]
+        assert not Budgets().any and Budgets(team_month=Decimal(1)).any
+
+
+class TestPeriods:
+    def test_utc_calendar(self) -> None:
+        """Day and month keys and ends follow the UTC calendar."""
+        t = utc(2026, 12, 31, 23, 59, 30)
+        assert period_key("day", t) == "2026-12-31" and period_key("month", t) == "2026-12"
+        assert period_end("day", t) == utc(2027, 1, 1) and period_end("month", t) == utc(2027, 1, 1)
+        assert period_end("month", utc(2026, 2, 10, 5)) == utc(2026, 3, 1)
+
+    def test_pollen_words(self) -> None:
+        """Amounts are shown without trailing zeros, tiny ones in full."""
+        assert pollen(Decimal("0.013600")) == "0.0136"
+        assert pollen(Decimal("0.000000000001")) == "0.000000000001"
+        assert pollen(Decimal(5)) == "5" and pollen(Decimal(0)) == "0"
+
+
+class TestReserve:
+    def test_exactly_n_requests(self) -> None:
+        """A budget of N x price admits exactly N requests estimated at the price."""
+        ledger = BudgetLedger(Budgets(user_day=P * 7), clock=FakeClock(utc(2026, 12, 1, 12)))
+        assert admit_all(ledger, "ann", P) == 7
+        assert admit_all(ledger, "bob", P) == 7  # a per-user budget
+
+    def test_team_budget_is_shared(self) -> None:
+        """The team budget counts everyone together."""
+        ledger = BudgetLedger(Budgets(team_day=P * 5), clock=FakeClock(utc(2026, 12, 1, 12)))
+        assert admit_all(ledger, "ann", P) == 5
+        with pytest.raises(BudgetExceeded) as info:
+            ledger.reserve("bob", P)
+        assert info.value.scope == "team" and info.value.period == "day"
+
+    def test_no_budget_takes_nothing(self) -> None:
+        """Without a budget reserve returns None and settle(None) is a no-op."""
+        ledger = BudgetLedger()
+        r = ledger.reserve("ann", P)
+        assert r is None
+        ledger.settle(r, P)
+        assert ledger.status("ann").lines == ()
+
+    def test_reservation_then_settle_releases_difference(self) -> None:
+        """In flight, the estimate is held; settling replaces it with the real cost."""
+        ledger = BudgetLedger(Budgets(user_day=Decimal("1")), clock=FakeClock(utc(2026, 12, 1, 12)))
+        r = ledger.reserve("ann", Decimal("0.6"))
+        (line,) = ledger.status("ann").lines
+        assert (line.spent, line.reserved, line.requests) == (0, Decimal("0.6"), 1)
+        with pytest.raises(BudgetExceeded, match="0.6 more is held"):
+            ledger.reserve("ann", Decimal("0.5"))
+        ledger.settle(r, Decimal("0.25"))
+        (line,) = ledger.status("ann").lines
+        assert (line.spent, line.reserved, line.requests) == (Decimal("0.25"), 0, 1)
+        assert ledger.reserve("ann", Decimal("0.5")) is not None
+
+    def test_failed_request_releases(self) -> None:
+        """A released reservation gives its pollen and its request back."""
+        ledger = BudgetLedger(Budgets(user_day=P, user_day_requests=1), clock=FakeClock(utc(2026, 12, 1)))
+        ledger.release(ledger.reserve("ann", P))
+        (line,) = ledger.status("ann").lines
+        assert (line.spent, line.reserved, line.requests) == (0, 0, 0)
+        assert admit_all(ledger, "ann", P) == 1
+
+    def test_unpriced_admitted_until_used_up(self) -> None:
+        """An unpriced request reserves nothing and passes while the budget is not used up."""
+        ledger = BudgetLedger(Budgets(user_day=P * 2), clock=FakeClock(utc(2026, 12, 1)))
+        for _ in range(5):
+            ledger.settle(ledger.reserve("ann", None), None)
+        assert ledger.status("ann").lines[0].spent == 0
+        ledger.settle(ledger.reserve("ann", P), P * 2)  # cost beyond its estimate: the budget is used up
+        with pytest.raises(BudgetExceeded):
+            ledger.reserve("ann", None)
+
+    def test_request_budget(self) -> None:
+        """A request budget admits that many requests, priced or not."""
+        ledger = BudgetLedger(Budgets(team_month_requests=3), clock=FakeClock(utc(2026, 12, 1)))
+        assert admit_all(ledger, "ann", None) == 3
+        with pytest.raises(BudgetExceeded, match="made 3 of the 3 requests the team's monthly budget allows"):
+            ledger.reserve("bob", None)
+
+    def test_zero_budget_refuses_everything(self) -> None:
+        """A budget of 0 pollen admits nothing, not even a free request."""
+        ledger = BudgetLedger(Budgets(user_day=Decimal(0)), clock=FakeClock(utc(2026, 12, 1)))
+        assert admit_all(ledger, "ann", Decimal(0)) == 0
+
+
+class TestRefusal:
+    def test_words(self) -> None:
+        """The refusal says what was spent, the budget, when it resets, and what to do."""
+        clock = FakeClock(utc(2026, 12, 1, 19, 30))
+        ledger = BudgetLedger(Budgets(user_day=Decimal("0.05")), clock=clock)
+        ledger.settle(ledger.reserve("ann", Decimal("0.04")), Decimal("0.04"))
+        with pytest.raises(BudgetExceeded) as info:
+            ledger.reserve("ann", Decimal("0.02"))
+        err = info.value
+        assert isinstance(err, DashError) and err.severity == "warning"
+        assert err.message == ("You have spent 0.04 pollen of your daily budget of 0.05 pollen; this request is "
+                               "estimated at 0.02 pollen. The budget resets at 00:00 UTC (in 4 h 30 min).")
+        assert "Controls" in err.hint and "cheaper model" in err.hint
+        assert err.retry_after_s == 4.5 * 3600
+
+    def test_month_words(self) -> None:
+        """A team's monthly refusal names the team and the 1st of next month."""
+        ledger = BudgetLedger(Budgets(team_month=Decimal("1")), clock=FakeClock(utc(2026, 12, 30)))
+        ledger.settle(ledger.reserve("ann", Decimal(1)), Decimal(1))
+        words = (r"The team has spent 1 pollen of the team's monthly budget of 1 pollen\. "
+                 r"The budget resets at the 1st of next month, 00:00 UTC \(in 2 d 0 h\)")
+        with pytest.raises(BudgetExceeded, match=words):
+            ledger.reserve("bob", P)
+
+
+class TestPeriodReset:
+    def test_day_resets_at_midnight_utc_month_does_not(self) -> None:
+        """A new UTC day starts the daily budget afresh; the month's spending carries on."""
+        clock = FakeClock(utc(2026, 12, 1, 23, 59, 59))
+        ledger = BudgetLedger(Budgets(user_day=P * 2, user_month=P * 3), clock=clock)
+        assert admit_all(ledger, "ann", P) == 2
+        clock.now = utc(2026, 12, 2, 0, 0, 0)
+        assert admit_all(ledger, "ann", P) == 1  # the month allows one more
+        clock.now = utc(2027, 1, 1)
+        assert admit_all(ledger, "ann", P) == 2
+
+    def test_settle_after_period_end(self) -> None:
+        """A request reserved before midnight and settled after counts in neither new period."""
+        clock = FakeClock(utc(2026, 12, 1, 23, 59, 59))
+        ledger = BudgetLedger(Budgets(user_day=P), clock=clock)
+        r = ledger.reserve("ann", P)
+        clock.now = utc(2026, 12, 2, 0, 0, 1)
+        ledger.status("ann")  # the old day's counter is dropped
+        ledger.settle(r, P)
+        assert admit_all(ledger, "ann", P) == 1
+
+
+class TestCrossings:
+    def test_fires_once_per_threshold(self) -> None:
+        """80 % and 100 % are announced once each per counter and period."""
+        seen: list[tuple[object, ...]] = []
+        clock = FakeClock(utc(2026, 12, 1))
+        ledger = BudgetLedger(Budgets(user_day=P * 10, team_day=P * 100), clock=clock,
+                              on_crossing=lambda *a: seen.append(a))
+        assert admit_all(ledger, "ann", P) == 10
+        assert seen == [("user", "ann", "day", 0.8, P * 8, P * 10), ("user", "ann", "day", 1.0, P * 10, P * 10)]
+        clock.now = utc(2026, 12, 2)
+        admit_all(ledger, "ann", P)
+        assert len(seen) == 4  # a new day crosses again
+
+    def test_hook_failure_does_not_fail_the_request(self) -> None:
+        """An exception in the hook is logged, not raised."""
+        def boom(*_: object) -> None:
+            raise RuntimeError("receiver down")
+
+        ledger = BudgetLedger(Budgets(user_day=P), clock=FakeClock(utc(2026, 12, 1)), on_crossing=boom)
+        assert admit_all(ledger, "ann", P) == 1
+
+    def test_restore(self) -> None:
+        """Restored spending counts, for the user and the team, and is not announced again."""
+        seen: list[tuple[object, ...]] = []
+        ledger = BudgetLedger(Budgets(user_day=P * 10, team_month=P * 20), clock=FakeClock(utc(2026, 12, 1)),
+                              on_crossing=lambda *a: seen.append(a))
+        ledger.restore([("ann", "day", P * 9, 9), ("ann", "month", P * 9, 9), ("bob", "month", P * 8, 8)])
+        assert seen == []
+        assert admit_all(ledger, "ann", P) == 1
+        assert seen == [("user", "ann", "day", 1.0, P * 10, P * 10)]
+        status = ledger.status("bob")
+        assert [(x.scope, x.period, x.spent) for x in status.lines] == [("user", "day", 0), ("team", "month", P * 18)]
+        assert status.warnings == (status.lines[1],)
+
+
+class TestThreads:
+    def test_exact_under_50_threads(self) -> None:
+        """50 threads racing on a budget of N x price: exactly N admitted, spent exactly N x price."""
+        n = 37
+        ledger = BudgetLedger(Budgets(user_day=P * n, team_day=P * 1000), clock=FakeClock(utc(2026, 12, 1)))
+        admitted: list[int] = []
+        barrier = threading.Barrier(50)
+
+        def work() -> None:
+            barrier.wait()
+            mine = 0
+            for _ in range(5):
+                try:
+                    r = ledger.reserve("ann", P)
+                except BudgetExceeded:
+                    continue
+                ledger.settle(r, P)
+                mine += 1
+            admitted.append(mine)
+
+        threads = [threading.Thread(target=work) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(admitted) == n
+        line = ledger.status("ann").lines[0]
+        assert line.spent == P * n and line.reserved == 0 and line.requests == n
