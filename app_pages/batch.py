@@ -63,6 +63,7 @@ if upload is not None:
             c1, c2 = st.columns(2)
             default_model = c1.selectbox("Model", models, key="batch_default_model")
             default_tokens = c2.number_input("Max tokens", 1, 8192, 512, step=64, key="batch_default_max_tokens")
+        ui.render_model_facts(service, "text", sorted({r.model or default_model or "" for r in valid}))
         started = st.session_state.get("batch_started_file") == upload.file_id  # no double submit
         if st.button(f"Run {len(valid):,} valid rows", type="primary", icon="▶️", disabled=not valid or started,
                      key="batch_run"):

@@ -65,6 +65,8 @@ with text_tab:
         models = st.multiselect(f"Models (2 to {cmp.MAX_MODELS})", text_models, default=text_models[:3],
                                 max_selections=cmp.MAX_MODELS, accept_new_options=True, key="compare_models",
                                 help="Pick from the list, or type any model name the backend knows.")
+        if not blind:  # prices and success rates would sway a blind vote as the names would
+            ui.render_model_facts(service, "text", models)
         c1, c2 = st.columns(2)
         max_tokens = c1.number_input("Max tokens", 1, 8192, 256, step=64, key="compare_max_tokens")
         seed = c2.number_input("Seed (optional)", 0, 2**31 - 1, value=None, key="compare_seed", placeholder="none")
@@ -86,6 +88,8 @@ with image_tab:
                                     placeholder="A watercolour lighthouse at dawn, soft light")
         picked = st.multiselect(f"Image models (2 to {cmp.MAX_MODELS})", image_models, default=image_models[:3],
                                 max_selections=cmp.MAX_MODELS, accept_new_options=True, key="compare_image_models")
+        if not blind:
+            ui.render_model_facts(service, "image", picked)
         c1, c2 = st.columns(2)
         size = c1.selectbox("Size", list(SIZES), key="compare_image_size")
         image_seed = c2.number_input("Seed (the same for every model)", 0, 2**31 - 1, key="compare_image_seed")

@@ -18,6 +18,7 @@ from ..service import BlossomService, SessionHandle
 from ..settings import Settings
 from . import auth
 from .feedback import guard, history_banner, show_error
+from .model_facts import render_model_facts
 from .safe import code_span
 
 log = logging.getLogger("blossom_dash.ui")
@@ -237,7 +238,9 @@ def backend_badge(service: BlossomService) -> None:
 
 def model_picker(service: BlossomService, kind: str, *, key: str, where: Any = None, label: str = "Model",
                  help: str | None = None) -> str | None:
-    """A model ``selectbox`` over the live backend's list that also takes a typed name.
+    """A model ``selectbox`` over the live backend's list that also takes a typed name, with
+    the chosen model's facts under it (``model_facts.render_model_facts``: price, paid-only,
+    the backend's health, our own success rate and p50 latency).
 
     When the backend could not list its models the picker says so (the names are the
     fallback, or none), so nobody mistakes them for the backend's own.
@@ -255,8 +258,10 @@ def model_picker(service: BlossomService, kind: str, *, key: str, where: Any = N
         where.caption(f"⚠️ {models.detail} Type a model name the backend serves.")
     elif models.source == "recorded":
         where.caption("Replay only: these are the models with recorded answers.")
-    return where.selectbox(label, list(models.names), key=key, accept_new_options=True, help=help,
-                           placeholder="Type a model name")
+    chosen = where.selectbox(label, list(models.names), key=key, accept_new_options=True, help=help,
+                             placeholder="Type a model name")
+    render_model_facts(service, kind, [chosen], where=where)
+    return chosen
 
 
 def sidebar(handle: SessionHandle) -> None:
@@ -344,6 +349,7 @@ __all__ = [
     "model_picker",
     "monitor_controls_ui",
     "monitor_figures",
+    "render_model_facts",
     "render_request_detail",
     "render_request_table",
     "render_users",

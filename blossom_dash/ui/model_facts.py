@@ -1,0 +1,109 @@
+"""Model facts beside every picker: the price, paid-only, the backend's health, and our own history.
+
+One line per model under the Playground, Compare and Batch pickers, for example::
+
+    `openai` · 0.15 / 0.6 pollen per 1k tokens (prompt / completion) · paid only ·
+    backend health: ok · 98 % ok · p50 640 ms (212 requests, 24 h)
+
+The price, paid-only and health come from the backend's model endpoints
+(``BlossomService.model_info``: ``/text/models``, ``/image/models``, ``/audio/models``);
+a model without a price reads "unpriced", never a 0. The history is ours
+(``BlossomService.model_facts``: success rate and p50 latency over the last 24 h, with
+the number of requests behind them; shared per process for 30 s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+import streamlit as st
+
+from ..errors import DashError
+from ..pricing import Price
+from ..service import BlossomService
+from ..telemetry.model_facts import DEFAULT_WINDOW_S, ModelFacts
+from .safe import code_span, safe_markdown
+
+
+def _pollen(value: Decimal) -> str:
+    """``0.15`` (trailing zeros dropped, never exponent notation)."""
+    return format(value.normalize(), "f") if value else "0"
+
+
+def price_text(price: Price | None) -> str:
+    """A price in words: per 1k tokens, per image, per request, or ``unpriced``.
+
+    Args:
+        price: The model's ``pricing.Price``, or None when it publishes none.
+    """
+    if price is None:
+        return "unpriced"
+    if (per_1k := price.per_1k_tokens) is not None:
+        prompt, completion = per_1k
+        return f"{_pollen(prompt)} / {_pollen(completion)} {price.currency} per 1k tokens (prompt / completion)"
+    if (per_image := price.per_image) is not None:
+        return f"{_pollen(per_image)} {price.currency} per image"
+    if price.has("perRequest"):
+        return f"{_pollen(price.get('perRequest'))} {price.currency} per request"
+    if not price.units:
+        return "free"
+    unit, value = price.units[0]
+    return f"{_pollen(value)} {price.currency} per {unit}"
+
+
+def facts_line(model: str, facts: ModelFacts | None, info: Any = None) -> str:
+    """One model's facts as one markdown line (the model name as inert code).
+
+    Args:
+        model: The model's name.
+        facts: Our history of it (``ModelFacts``), or None without requests.
+        info: The backend's ``ModelInfo`` (``price``, ``paid_only``, ``health``), or None
+            when the backend says nothing about the model.
+    """
+    parts = [code_span(model)]
+    price = getattr(info, "price", None)
+    parts.append(price_text(price) + (" (demo prices)" if getattr(price, "source", "") == "demo" else ""))
+    if getattr(info, "paid_only", False):
+        parts.append("paid only")
+    if health := getattr(info, "health", None):
+        parts.append(f"backend health: {safe_markdown(str(health), limit=40)}")
+    summary = facts.summary() if facts is not None else ""
+    window = facts.window_s if facts is not None else DEFAULT_WINDOW_S
+    parts.append(summary or f"no requests here in {int(window // 3600)} h")
+    return " · ".join(parts)
+
+
+def _info(service: BlossomService, kind: str, model: str) -> Any:
+    """The backend's facts about ``model``, None when it gives none (or cannot be asked)."""
+    reader = getattr(service, "model_info", None)  # the catalog's prices, when this service has them
+    if reader is None:
+        return None
+    try:
+        return reader(kind, model)
+    except DashError:
+        return None
+
+
+def render_model_facts(service: BlossomService, kind: str, models: Iterable[str | None], *, where: Any = None) -> None:
+    """A caption under a picker: one ``facts_line`` per chosen model (nothing when none is chosen).
+
+    Args:
+        service: The facade.
+        kind: ``"text"``, ``"image"`` or ``"audio"``.
+        models: The chosen names (None and duplicates skipped).
+        where: The container to draw in (default: the page).
+    """
+    chosen = list(dict.fromkeys(m for m in models if m))
+    if not chosen:
+        return
+    try:
+        history = service.model_facts(kind)
+    except DashError:
+        history = {}
+    lines = [facts_line(m, history.get(m), _info(service, kind, m)) for m in chosen]
+    (where or st).caption("  \n".join(lines))
+
+
+__all__ = ["facts_line", "price_text", "render_model_facts"]
