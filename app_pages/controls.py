@@ -133,6 +133,8 @@ st.caption("Record answers on disk so they survive restarts, then replay them wi
            "demo at the office, export it, import it on stage and turn *replay only* on.")
 admin_ui.replay_ui(service, caller)
 
+with ui.guard("reading the alerts"):
+    admin_ui.alerts_ui(service, caller)
 st.divider()
 with ui.guard("reading the audit log"):
     admin_ui.audit_ui(service, caller)

@@ -100,6 +100,7 @@ class BlossomService(FeatureMethods):
                                    collector=self.metrics, models=ModelCatalog(self._loop))
             attach(self, s.metrics_port)  # Prometheus sink + exporter (once per process)
             attach_logging(self)  # one JSON line per request on stderr
+            self._start_alerts()  # the webhook, the error-rate check, the breaker listener
         except BaseException:
             self.close()
             raise
@@ -456,6 +457,7 @@ class BlossomService(FeatureMethods):
             except Exception:
                 log.debug("error while closing", exc_info=True)
         self._loop.stop()
+        self._stop_alerts()
         self.metrics.close()
         self.store.close()
         for shared in (self.cache, self.limiter):  # the Redis connections, when shared

@@ -18,6 +18,7 @@ from .gateway import Caller
 from .policies.cache import ResponseCache
 from .settings import Settings
 from .telemetry import analytics
+from .telemetry.alerts import AlertSender, ErrorRateWatch, circuit_listener
 from .telemetry.audit import AuditLog
 from .telemetry.collector import MetricsCollector, StorageStatus
 from .telemetry.model_facts import PICKER_KINDS, ModelFacts, model_facts
@@ -108,6 +109,51 @@ class AccessMethods:
         """
         self._admin(caller, "read the audit log")
         return self._audit_log().frame(limit)
+
+    # ----- alerts (telemetry.alerts) --------------------------------------------------------------
+
+    def _start_alerts(self) -> AlertSender:
+        """The webhook sender, the error-rate check every ``alerts.CHECK_S`` and the breaker
+        listener; with Redis, each crossing is claimed there first (``SET NX``), so one
+        replica sends it. Called once by ``__init__`` after the gateway is made."""
+        s = self.settings
+        claim = None
+        if s.redis_url is not None:
+            from .policies.shared import PREFIX, connect
+
+            client = connect(s.redis_url.get_secret_value())
+
+            def claim(key: str) -> bool:  # kept 40 days: longer than any budget period
+                return bool(client.set(f"{PREFIX}:alert:{key}", "1", nx=True, ex=40 * 86400))
+
+        url = s.alert_webhook.get_secret_value() if s.alert_webhook else None
+        sender = self._alert_sender = AlertSender(url, attempts=s.alert_attempts, claim=claim)
+        watch = ErrorRateWatch(lambda: self.metrics.recent(self.settings.metrics_window), sender,
+                               threshold=s.alert_error_rate, min_requests=s.alert_min_requests)
+        sender.every(watch.check)
+        self._error_watch = watch
+        if (gateway := getattr(self, "gateway", None)) is not None:
+            gateway.breaker_listener = circuit_listener(sender)
+        return sender
+
+    def alerts(self, caller: Caller | None = None) -> dict[str, Any]:
+        """The last 50 alerts and where the webhook stands (Controls).
+
+        Returns:
+            ``{"webhook": masked URL or "", "alerts": [AlertRecord, ...] newest first}``.
+
+        Raises:
+            PermissionDenied: the caller is not an admin.
+        """
+        self._admin(caller, "read the alerts")
+        sender: AlertSender | None = getattr(self, "_alert_sender", None)
+        if sender is None:
+            return {"webhook": "", "alerts": []}
+        return {"webhook": sender.shown_url, "alerts": sender.recent()}
+
+    def _stop_alerts(self) -> None:
+        if (sender := getattr(self, "_alert_sender", None)) is not None:
+            sender.close()
 
 
     # ----- usage history (the Monitor page; SQL in telemetry.analytics) ----------------------

@@ -9,6 +9,7 @@ held as a ``SecretStr`` so that it never appears in a repr, a log line or a cach
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -78,6 +79,13 @@ class Settings(BaseSettings):
             anonymous member with a signed random id (never an admin).
         kiosk_secret: HMAC-SHA256 key that signs kiosk ids; unset, a random one per process.
         kiosk_rpm: Requests per minute of each kiosk visitor (capped by ``per_user_rpm``).
+        budget_user_day / budget_user_month / budget_team_day / budget_team_month:
+            Spending budgets in pollen (``policies.budget``): per user or for everyone
+            together, per UTC calendar day or month; unset is no budget. Admins change
+            them on Controls (that then holds on this replica until a restart, or, with
+            Redis, for every replica until one starts with a changed value).
+        budget_user_day_requests (and ``_user_month_``, ``_team_day_``,
+            ``_team_month_requests``): The same budgets counted in requests.
         log_level: Level of the one-JSON-line-per-request log on stderr.
         log_prompts: Include the (truncated) prompt in those log lines.
         metrics_port: Serve Prometheus metrics on this port (off when unset).
@@ -96,6 +104,14 @@ class Settings(BaseSettings):
         batch_lease_s: Seconds a replica holds a claimed batch row (its lease); a row
             whose lease expires without an answer is claimed again by a live replica,
             and the late answer of the stalled one is discarded (fencing token).
+        alert_webhook: URL the alerts are POSTed to as JSON with a Slack-compatible
+            ``text`` field (``telemetry.alerts``); it may carry a token, so it is never
+            shown or logged whole. Unset: alerts are listed on Controls, not sent.
+        alert_error_rate: Error rate over the last 5 minutes (a fraction) that raises
+            an alert, once per crossing, and a "recovered" one when it falls back.
+        alert_min_requests: Fewest requests in those 5 minutes for an error-rate alert.
+        alert_attempts: Most POSTs of one alert (retried with exponential backoff on
+            connection errors, 5xx and 429) before it is marked failed.
     """
 
     model_config = SettingsConfigDict(
@@ -152,6 +168,14 @@ class Settings(BaseSettings):
     allow_anonymous: bool = False
     kiosk_secret: SecretStr | None = None
     kiosk_rpm: int = Field(default=10, ge=1, le=100_000)
+    budget_user_day: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    budget_user_month: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    budget_team_day: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    budget_team_month: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    budget_user_day_requests: int | None = Field(default=None, ge=0)
+    budget_user_month_requests: int | None = Field(default=None, ge=0)
+    budget_team_day_requests: int | None = Field(default=None, ge=0)
+    budget_team_month_requests: int | None = Field(default=None, ge=0)
 
     redis_url: SecretStr | None = None
     db_pool_size: int = Field(default=5, ge=1, le=200)
@@ -159,6 +183,11 @@ class Settings(BaseSettings):
     db_pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
     db_connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
     batch_lease_s: float = Field(default=30.0, ge=1, le=3600)
+
+    alert_webhook: SecretStr | None = None
+    alert_error_rate: float = Field(default=0.2, gt=0, le=1)
+    alert_min_requests: int = Field(default=20, ge=1, le=1_000_000)
+    alert_attempts: int = Field(default=5, ge=1, le=20)
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -198,6 +227,14 @@ class Settings(BaseSettings):
             raise ValueError("expected a comma-separated list or a JSON list")
         return [str(i).strip().lower().lstrip("@") for i in items if str(i).strip()]
 
+    @field_validator("budget_user_day", "budget_user_month", "budget_team_day", "budget_team_month",
+                     "budget_user_day_requests", "budget_user_month_requests", "budget_team_day_requests",
+                     "budget_team_month_requests", mode="before")
+    @classmethod
+    def _blank_budget_is_none(cls, value: object) -> object:
+        """An empty ``BLOSSOM_DASH_BUDGET_*`` is no budget."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("backend")
     @classmethod
     def _check_backend(cls, value: str) -> str:
@@ -212,7 +249,14 @@ class Settings(BaseSettings):
             f"backend must be auto, demo, pollinations or an http(s):// URL, not {value!r}"
         )
 
-    @field_validator("api_key", "redis_url", mode="before")
+    @field_validator("alert_webhook", mode="after")
+    @classmethod
+    def _webhook_is_http(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("BLOSSOM_DASH_ALERT_WEBHOOK must be an http(s):// URL")
+        return value
+
+    @field_validator("api_key", "redis_url", "alert_webhook", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

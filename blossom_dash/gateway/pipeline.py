@@ -131,6 +131,8 @@ class Gateway:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._policy = CallPolicy(settings.retries, settings.retry_max_wait_s, settings.max_response_bytes)
         self.closed = False
+        #: ``listener(where, old, new)`` given to every breaker made from now on (the alerts).
+        self.breaker_listener: Callable[[str, str, str], None] | None = None
 
     # ----- the backend, its breaker and its models -------------------------------------
 
@@ -153,7 +155,8 @@ class Gateway:
             breaker = self._breakers.get(backend.label)
             if breaker is None:
                 breaker = self._breakers[backend.label] = CircuitBreaker(
-                    backend.label, failures=self.settings.breaker_failures, reset_s=self.settings.breaker_reset_s)
+                    backend.label, failures=self.settings.breaker_failures, reset_s=self.settings.breaker_reset_s,
+                    listener=self.breaker_listener)
             return breaker
 
     @property

@@ -18,6 +18,7 @@ CircuitBreaker article describes them.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 from ..errors import CircuitOpen
 
+log = logging.getLogger("blossom_dash")
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 #: How far back ``recent_failures`` counts, seconds.
 RECENT_S = 300.0
@@ -63,11 +65,17 @@ class CircuitBreaker:
         failures: Consecutive failures that open the circuit (>= 1).
         reset_s: Seconds the circuit stays open before one probe (> 0).
         clock: Monotonic clock in seconds (inject a fake one in tests).
+        listener: ``listener(where, old, new)`` on every change of circuit (``closed``,
+            ``open``, ``half-open``), called after the breaker's lock is released, on the
+            thread that caused it (keep it quick: the alerts only queue); its errors are
+            logged, never raised to the request.
     """
 
     def __init__(self, where: str, *, failures: int = 5, reset_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 listener: Callable[[str, str, str], None] | None = None) -> None:
         self.where = where
+        self.listener = listener
         self.failures = max(1, int(failures))
         self.reset_s = float(reset_s)
         self._clock = clock
@@ -80,6 +88,8 @@ class CircuitBreaker:
         self._last_success: float | None = None
         self._last_failure: float | None = None
         self._calls = 0
+        self._changes: list[tuple[str, str]] = []  # (old, new) not yet told to the listener
+        self._notify_lock = threading.Lock()
 
     def admit(self) -> bool:
         """Let a call through, or refuse it at once.
@@ -97,11 +107,17 @@ class CircuitBreaker:
             now = self._clock()
             wait = self._opened_at + self.reset_s - now
             if self._circuit == OPEN and wait <= 0:
+                self._notify_later(OPEN, HALF_OPEN)
                 self._circuit = HALF_OPEN
             if self._circuit == HALF_OPEN and not self._probing:
                 self._probing = True
-                return True
-            failed = self._consecutive
+                probe = True
+            else:
+                probe = False
+                failed = self._consecutive
+        self._notify()
+        if probe:
+            return True
         raise self._refusal(max(wait, 0.0), failed)
 
     def refusal(self) -> CircuitOpen:
@@ -130,7 +146,9 @@ class CircuitBreaker:
             self._last_success = self._clock()
             self._consecutive = 0
             if probe or self._circuit != OPEN:
+                self._notify_later(self._circuit, CLOSED)
                 self._circuit, self._probing = CLOSED, False
+        self._notify()
 
     def failure(self, probe: bool = False) -> None:
         """The backend failed (timeout, connection error, 5xx): count it, maybe open."""
@@ -142,7 +160,27 @@ class CircuitBreaker:
             self._consecutive += 1
             if probe or self._circuit == HALF_OPEN or (self._circuit == CLOSED
                                                         and self._consecutive >= self.failures):
+                self._notify_later(self._circuit, OPEN)
                 self._circuit, self._opened_at, self._probing = OPEN, now, False
+        self._notify()
+
+    def _notify_later(self, old: str, new: str) -> None:
+        """Under the lock: queue a change of circuit for ``_notify``."""
+        if self.listener is not None and old != new:
+            self._changes.append((old, new))
+
+    def _notify(self) -> None:
+        """Outside the breaker's lock: tell the listener the queued changes, in order."""
+        if not self._changes:  # the usual case: nothing changed, no lock taken
+            return
+        with self._notify_lock:  # one teller at a time, so changes arrive in their order
+            with self._lock:
+                changes, self._changes = self._changes, []
+            for old, new in changes:
+                try:
+                    self.listener(self.where, old, new)  # type: ignore[misc]
+                except Exception:
+                    log.exception("the circuit breaker listener of %s failed", self.where)
 
     def release(self, probe: bool) -> None:
         """A call ended without a verdict (stopped before the backend answered)."""

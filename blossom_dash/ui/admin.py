@@ -1,4 +1,4 @@
-"""Controls' team-wide widgets: the backend switch, replay recordings, the audit log.
+"""Controls' team-wide widgets: the backend switch, replay recordings, alerts, the audit log.
 
 Each shows an admin the controls and anyone else what is set; the service refuses a
 non-admin whatever this draws.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 import streamlit as st
 
 from ..gateway import Caller
@@ -15,6 +16,36 @@ from ..policies.replay_zip import MAX_IMPORT_BYTES
 from ..service import BlossomService
 from ..telemetry.export import to_csv
 from .feedback import guard
+
+#: How each delivery status reads on Controls.
+_ALERT_STATUS = {"sent": "✅ sent", "queued": "⏳ queued", "retrying": "🔁 retrying", "failed": "❌ failed",
+                 "not sent": "➖ not sent"}
+
+
+def alerts_ui(service: BlossomService, caller: Caller) -> None:
+    """The last 50 alerts (budget, error rate, circuit) with their delivery status; admins only.
+
+    Draws nothing for anyone else (the service refuses them: ``PermissionDenied``).
+    """
+    if not caller.is_admin:
+        return
+    st.divider()
+    st.subheader("Alerts")
+    found = service.alerts(caller=caller)
+    where = (f"POSTed to `{found['webhook']}` (`BLOSSOM_DASH_ALERT_WEBHOOK`)" if found["webhook"]
+             else "not sent anywhere: set `BLOSSOM_DASH_ALERT_WEBHOOK` to a webhook URL (Slack-compatible JSON)")
+    st.caption(f"Budget 80 % and 100 %, a high error rate over 5 minutes, the circuit breaker opening and closing: "
+               f"{where}. Each crossing is sent once.")
+    if not found["alerts"]:
+        st.info("No alert since this process started.", icon="🔔")
+        return
+    rows = [{"at": pd.Timestamp(a.at, unit="s"), "kind": a.kind, "alert": a.text,
+             "status": _ALERT_STATUS.get(a.status, a.status), "attempts": a.attempts, "reason": a.reason}
+            for a in found["alerts"]]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="controls_alerts_table",
+                 column_config={"at": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+                                "kind": "Kind", "alert": "Alert", "status": "Delivery", "attempts": "Attempts",
+                                "reason": "Why"})
 
 
 def audit_ui(service: BlossomService, caller: Caller) -> None:
