@@ -246,3 +246,105 @@ class TestThreads:
         assert sum(admitted) == n
         line = ledger.status("ann").lines[0]
         assert line.spent == P * n and line.reserved == 0 and line.requests == n
+
+
+class TestSettings:
+    def test_from_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """BLOSSOM_DASH_BUDGET_* become the Budgets; empty is no budget."""
+        from blossom_dash.settings import Settings
+
+        monkeypatch.setenv("BLOSSOM_DASH_BUDGET_USER_DAY", "0.05")
+        monkeypatch.setenv("BLOSSOM_DASH_BUDGET_TEAM_MONTH", "")
+        monkeypatch.setenv("BLOSSOM_DASH_BUDGET_TEAM_DAY_REQUESTS", "100")
+        b = Budgets.from_settings(Settings())
+        assert b == Budgets(user_day=Decimal("0.05"), team_day_requests=100)
+
+
+class TestShared:
+    """Two ``SharedBudgetLedger`` on one real Redis stand for two replicas."""
+
+    def test_exact_across_two_replicas_under_50_threads(self, redis_url: str) -> None:
+        """50 threads over two replicas: exactly N admitted; every crossing announced once."""
+        from blossom_dash.policies.shared_budget import SharedBudgetLedger
+
+        n = 23
+        seen: list[tuple[object, ...]] = []
+        budgets = Budgets(user_day=P * n, team_month=P * 40)
+        clock = FakeClock(utc(2026, 12, 1, 12))
+        a = SharedBudgetLedger(redis_url, budgets, clock=clock, on_crossing=lambda *x: seen.append(x))
+        b = SharedBudgetLedger(redis_url, budgets, clock=clock, on_crossing=lambda *x: seen.append(x))
+        admitted: list[int] = []
+        barrier = threading.Barrier(50)
+
+        def work(ledger: BudgetLedger) -> None:
+            barrier.wait()
+            mine = 0
+            for _ in range(3):
+                try:
+                    r = ledger.reserve("ann", P)
+                except BudgetExceeded:
+                    continue
+                ledger.settle(r, P)
+                mine += 1
+            admitted.append(mine)
+
+        threads = [threading.Thread(target=work, args=(a if i % 2 else b,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(admitted) == n
+        user_day, team_month = b.status("ann").lines
+        assert (user_day.spent, user_day.reserved, user_day.requests) == (P * n, 0, n)
+        assert team_month.spent == P * n and not team_month.warn  # 23 of 40
+        assert sorted(seen, key=str) == sorted([("user", "ann", "day", 0.8, P * 19, P * n),
+                                                ("user", "ann", "day", 1.0, P * n, P * n)], key=str)
+        a.close()
+        b.close()
+
+    def test_config_shared_and_seeded(self, redis_url: str) -> None:
+        """configure on one replica applies on the other; a restart with the same
+        settings keeps it, one with changed settings replaces it."""
+        from blossom_dash.policies.shared_budget import SharedBudgetLedger
+
+        clock = FakeClock(utc(2026, 12, 1, 12))
+        a = SharedBudgetLedger(redis_url, Budgets(user_day=P), clock=clock)
+        b = SharedBudgetLedger(redis_url, Budgets(user_day=P), clock=clock)
+        a.configure(Budgets(user_day=P * 2, team_day_requests=5))
+        assert b.budgets == Budgets(user_day=P * 2, team_day_requests=5)
+        assert admit_all(b, "ann", P) == 2
+        c = SharedBudgetLedger(redis_url, Budgets(user_day=P), clock=clock)  # same seed: Controls' value holds
+        assert c.budgets.user_day == P * 2
+        d = SharedBudgetLedger(redis_url, Budgets(user_day=P * 3), clock=clock)  # a changed setting wins
+        assert a.budgets == Budgets(user_day=P * 3, team_day_requests=5)  # per field: the other stays
+        assert admit_all(a, "ann", P) == 1  # 2 spent of 3
+        a.configure(Budgets())
+        assert a.reserve("ann", P) is None  # no budget: nothing taken
+        for x in (a, b, c, d):
+            x.close()
+
+    def test_release_and_period_reset(self, redis_url: str) -> None:
+        """A released reservation is given back; a new UTC day starts afresh; words as in-process."""
+        from blossom_dash.policies.shared_budget import SharedBudgetLedger
+
+        clock = FakeClock(utc(2026, 12, 1, 19, 30))
+        ledger = SharedBudgetLedger(redis_url, Budgets(user_day=Decimal("0.05")), clock=clock)
+        ledger.release(ledger.reserve("ann", Decimal("0.05")))
+        ledger.settle(ledger.reserve("ann", Decimal("0.04")), Decimal("0.04"))
+        with pytest.raises(BudgetExceeded) as info:
+            ledger.reserve("ann", Decimal("0.02"))
+        assert info.value.message.startswith("You have spent 0.04 pollen of your daily budget of 0.05 pollen")
+        clock.now = utc(2026, 12, 2)
+        assert admit_all(ledger, "ann", Decimal("0.01")) == 5
+        ledger.close()
+
+    def test_redis_down_fails_closed(self, redis_url: str) -> None:
+        """With a budget set and Redis unreachable, a request is refused with SharedStateUnavailable."""
+        from blossom_dash.errors import SharedStateUnavailable
+        from blossom_dash.policies.shared_budget import SharedBudgetLedger
+
+        ledger = SharedBudgetLedger("redis://127.0.0.1:1/0", Budgets(user_day=P))
+        with pytest.raises(SharedStateUnavailable, match="shared budget store"):
+            ledger.reserve("ann", P)
+        assert ledger.status("ann").unavailable
+        ledger.close()

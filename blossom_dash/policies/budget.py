@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 
 from ..errors import BudgetExceeded
+from ..settings import Settings
 
 log = logging.getLogger("blossom_dash.budget")
 
@@ -97,6 +98,11 @@ class Budgets:
                 if not amount.is_finite() or amount < 0:
                     raise ValueError(f"{f.name} must be an amount of pollen, at least 0 (got {value!r})")
                 object.__setattr__(self, f.name, amount)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Budgets:
+        """The ``BLOSSOM_DASH_BUDGET_*`` settings."""
+        return cls(**{f.name: getattr(settings, f"budget_{f.name}") for f in fields(cls)})
 
     def cap(self, scope: str, period: str) -> tuple[Decimal | None, int | None]:
         """``(pollen, requests)`` budget of ``scope`` ("user"/"team") per ``period`` ("day"/"month")."""
