@@ -36,7 +36,7 @@ def row(request_id: str, ago: float, **fields: Any) -> tuple[Any, ...]:
         "prompt": f"prompt of {request_id}",
     }
     values.update(fields)
-    return tuple(values[c] for c in ROW_COLUMNS)
+    return tuple(values.get(c) for c in ROW_COLUMNS)  # cost: None unless given
 
 
 def _limited(rid: str, ago: float) -> tuple[Any, ...]:

@@ -179,7 +179,7 @@ def _row(request_id: str, ts: float, **fields: Any) -> tuple[Any, ...]:
         "prompt": f"question {request_id}",
     }
     values.update(fields)
-    return tuple(values[c] for c in ROW_COLUMNS)
+    return tuple(values.get(c) for c in ROW_COLUMNS)  # cost: None unless given
 
 
 def _interval_start(every_s: int) -> float:

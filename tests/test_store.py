@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pandas as pd
 import pytest
 from helpers import make_service, run_in_threads
 from pydantic import ValidationError
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, func, inspect, select
 from sqlalchemy import text as sql_text
 
 from blossom_dash import Settings
@@ -36,6 +37,7 @@ from blossom_dash.telemetry.store import (
     SCHEMA_LOCK_KEY,
     SCHEMA_VERSION,
     UsageStore,
+    events,
     mask_url,
     rollup_hour,
     upgrade_row,
@@ -67,6 +69,7 @@ def row(request_id: str, ts: float, **fields: Any) -> tuple[Any, ...]:
         "ts": ts, "request_id": request_id, "user": "u", "session": "s", "kind": "text", "model": "demo-swift",
         "backend": "demo", "outcome": "ok", "error_type": "", "status_code": 200, "latency_ms": 12.5,
         "ttft_ms": 12.5, "prompt_tokens": 3, "completion_tokens": 9, "bytes": 40, "prompt": "hello",
+        "cost": None,
     }
     values.update(fields)
     return tuple(values[c] for c in ROW_COLUMNS)
@@ -308,6 +311,8 @@ def random_rows(n: int, seed: int, start: float = DAY0 - 3600 * 5, span_s: float
                        "status_code": 429 if outcome == "rate_limited" else 200, "latency_ms": 0.5,
                        "ttft_ms": 0.5 if fields["kind"] == "stream" else None, "prompt_tokens": 7,
                        "completion_tokens": 9}
+        if outcome in ("ok", "cache_hit") and rng.random() < 0.7:  # priced, to 1e-12; else unpriced
+            fields["cost"] = Decimal(rng.randint(0, 10**9)).scaleb(-12)
         rows.append(row(f"{prefix}{seed}-{i}", ts, **fields))
     return rows
 
@@ -323,6 +328,7 @@ def legacy_rows(n: int, seed: int) -> list[tuple[Any, ...]]:
             fields["outcome"] = "error"
         if fields["outcome"] in ("ok", "cache_hit") and fields["kind"] != "stream":
             fields["ttft_ms"] = fields["latency_ms"]
+        fields["cost"] = None  # before schema 5 nothing was priced
         out.append(tuple(fields[c] for c in ROW_COLUMNS))
     return out
 
@@ -340,16 +346,20 @@ def expected_rollups(url: str) -> dict[str, list[tuple[Any, ...]]]:
     lat_hour: dict[tuple[Any, ...], int] = {}
     lat_day: dict[tuple[Any, ...], int] = {}
 
-    def add(acc: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], ts: float, pt: Any, ct: Any) -> None:
-        n, p, c, last = acc.get(key, [0, 0, 0, -math.inf])
-        acc[key] = [n + 1, p + (pt or 0), c + (ct or 0), max(last, ts)]
+    def add(acc: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...], ts: float, pt: Any, ct: Any,
+            cost: Any) -> None:
+        n, p, c, last, spent, priced = acc.get(key, [0, 0, 0, -math.inf, 0, 0])
+        acc[key] = [n + 1, p + (pt or 0), c + (ct or 0), max(last, ts), spent + (cost or 0),
+                    priced + (cost is not None)]
 
+    # cost as stored: whole steps of 1e-12 pollen (schema.Pollen), summed as integers
     events = sql(url, 'SELECT ts, "user", model, kind, backend, outcome, error_type, status_code, latency_ms,'
-                 " ttft_ms, prompt_tokens, completion_tokens FROM events")
-    for ts, user, model, kind, backend, outcome, etype, status, lat, ttft, pt, ct in events:
+                 " ttft_ms, prompt_tokens, completion_tokens, cost FROM events")
+    for ts, user, model, kind, backend, outcome, etype, status, lat, ttft, pt, ct, cost in events:
         h, d = math.floor(ts / 3600), math.floor(ts / 86_400)
-        add(hour, (h, model, kind, backend, outcome, etype, NO_STATUS if status is None else status), ts, pt, ct)
-        add(user_day, (d, user, model, kind, backend, outcome), ts, pt, ct)
+        add(hour, (h, model, kind, backend, outcome, etype, NO_STATUS if status is None else status), ts, pt, ct,
+            cost)
+        add(user_day, (d, user, model, kind, backend, outcome), ts, pt, ct, cost)
         if outcome != "ok":
             continue
         for which, value in (("latency", lat), ("ttft", ttft)):
@@ -446,7 +456,7 @@ class TestRollups:
         sql(path, "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         events_before = sql(path, "SELECT * FROM events ORDER BY id")
         again = UsageStore(path)
-        assert again.schema_version() == SCHEMA_VERSION == 4
+        assert again.schema_version() == SCHEMA_VERSION == 5
         again.write_many([upgrade_row(r) for r in rows[350:]])  # 50 replayed, 100 new
         indexes = {i["name"] for i in inspect(again.engine).get_indexes("events")}
         again.close()
@@ -462,10 +472,10 @@ class TestRollups:
         legacy = legacy_rows(60, seed=6)
         with sqlite3.connect(path) as conn:
             conn.executescript(SCHEMA_1_DDL)
-            conn.executemany(f"INSERT INTO events ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * 16)})",
-                             [*legacy, legacy[0]])
+            conn.executemany(f"INSERT INTO events ({', '.join(ROW_COLUMNS[:-1])}) VALUES ({', '.join('?' * 16)})",
+                             [r[:-1] for r in (*legacy, legacy[0])])  # schema 1 had no cost
         store = UsageStore(sqlite_url(path))
-        assert (store.schema_version(), store.count()) == (4, 60)
+        assert (store.schema_version(), store.count()) == (SCHEMA_VERSION, 60)
         store.close()
         with sqlite3.connect(path) as conn:
             stored = conn.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM events ORDER BY id").fetchall()
@@ -501,7 +511,7 @@ class TestRollups:
                    )[0][0] > 0
         assert sql(path, "SELECT count(*) FROM rollup_hour WHERE outcome = 'rejected'") == [(0,)]
         again = UsageStore(path)
-        assert again.schema_version() == 4 and again.count() == 608
+        assert again.schema_version() == SCHEMA_VERSION and again.count() == 608
         df = again.frame().set_index("request_id")
         assert df.loc[["nr", "ir", "ir400", "up", "rl"], "outcome"].tolist() == [
             "rejected", "rejected", "error", "error", "rate_limited"]
@@ -524,7 +534,7 @@ class TestRollups:
         legacy = legacy_rows(50, seed=10)
         journal = tmp_path / "journal" / f"journal-{dead}-0000.jsonl"
         journal.parent.mkdir()
-        journal.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in legacy))
+        journal.write_bytes(b"".join(orjson.dumps(r[:-1]) + b"\n" for r in legacy))  # lines without cost
         store = UsageStore(database_url)
         collector = MetricsCollector(store, journal.parent)
         collector.close()
@@ -758,3 +768,53 @@ class TestSettings:
         """database_url, when set, replaces the default SQLite file."""
         url = sqlite_url(tmp_path / "other.db")
         assert Settings(database_url=url).resolved_database_url() == url
+
+
+class TestCost:
+    def test_cost_is_stored_exactly_and_unpriced_stays_null(self, database_url: str) -> None:
+        """A cost to 1e-12 pollen reads back as the same Decimal; an unpriced event reads None."""
+        store = UsageStore(database_url)
+        store.write_many([row("c1", DAY0, cost=Decimal("0.000138000001")), row("c2", DAY0 + 1),
+                          row("c3", DAY0 + 2, cost=Decimal("1234567.123456789012"))])
+        df = store.frame().set_index("request_id")
+        store.close()
+        assert df.loc["c1", "cost"] == Decimal("0.000138000001")
+        assert df.loc["c2", "cost"] is None
+        assert df.loc["c3", "cost"] == Decimal("1234567.123456789012")
+
+    def test_rollup_cost_sums_equal_the_scan(self, database_url: str) -> None:
+        """Rollup cost sums and priced counts equal the events' (random costs, unpriced ones, a duplicate)."""
+        store = UsageStore(database_url)
+        rows = random_rows(700, seed=21)
+        for i in range(0, 700, 101):
+            store.write_many(rows[i:i + 101])
+        store.write_many(rows[:50])  # replayed: counted once
+        with store.engine.connect() as conn:
+            spent = conn.execute(select(func.sum(rollup_hour.c.cost)).where(rollup_hour.c.outcome == "ok")).scalar()
+            scan = conn.execute(select(func.sum(events.c.cost)).where(events.c.outcome == "ok")).scalar()
+        store.close()
+        assert isinstance(spent, Decimal) and spent == scan
+        assert spent == sum((r[-1] for r in rows if r[ROW_COLUMNS.index("outcome")] == "ok" and r[-1] is not None),
+                            Decimal(0))
+        assert_rollups_exact(database_url)
+
+    def test_schema_4_database_gains_cost_columns(self, database_url: str) -> None:
+        """Schema 4 -> 5: the events gain a NULL cost, the rollups cost 0 and priced 0, and
+        later priced writes add up exactly."""
+        store = UsageStore(database_url)
+        store.write_many(random_rows(200, seed=22, prefix="old"))
+        store.close()
+        sql(database_url, "UPDATE events SET cost = NULL")
+        for table in ("events", "rollup_hour", "rollup_user_day"):
+            sql(database_url, f"ALTER TABLE {table} DROP COLUMN cost")
+        for table in ("rollup_hour", "rollup_user_day"):
+            sql(database_url, f"ALTER TABLE {table} DROP COLUMN priced")
+        sql(database_url, "UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        again = UsageStore(database_url)
+        assert again.schema_version() == SCHEMA_VERSION == 5 and again.count() == 200
+        assert sql(database_url, "SELECT count(*) FROM events WHERE cost IS NOT NULL") == [(0,)]
+        assert sql(database_url, "SELECT sum(cost), sum(priced) FROM rollup_hour") == [(0, 0)]
+        again.write_many(random_rows(300, seed=23, prefix="new"))
+        again.close()
+        assert_rollups_exact(database_url)
+        assert sql(database_url, "SELECT sum(priced) FROM rollup_user_day")[0][0] > 0

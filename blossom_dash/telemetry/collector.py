@@ -48,6 +48,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -61,6 +62,13 @@ log = logging.getLogger("blossom_dash.metrics")
 #: ``rejected``: the user's own invalid request (refused before sending) or a replay-only
 #: refusal; ``error``: a backend or system failure; ``rate_limited``: our own limits.
 OUTCOMES = ("ok", "cache_hit", "rate_limited", "rejected", "error")
+
+
+def _json_default(value: Any) -> str:
+    """Journal lines carry a ``Decimal`` cost as its exact decimal string."""
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot journal {type(value).__name__}")
 
 
 _ID_PREFIX = os.urandom(5).hex()
@@ -161,6 +169,10 @@ class Event(NamedTuple):
             when a stream was stopped before the backend's usage arrived).
         bytes: Size of the response payload.
         prompt: The prompt, truncated to 200 characters; None when absent.
+        cost: Pollen (``pricing.request_cost``: usage x the model's price, exact); for
+            a ``cache_hit``, the cost the hit saved (what the answer cost when it was
+            fetched). None when the model is unpriced or nothing was served. Journaled
+            as a decimal string.
     """
 
     ts: float
@@ -179,6 +191,7 @@ class Event(NamedTuple):
     completion_tokens: int | None = None
     bytes: int | None = None
     prompt: str | None = None
+    cost: Decimal | None = None
 
 
 assert Event._fields == ROW_COLUMNS
@@ -301,7 +314,7 @@ class MetricsCollector:
         Raises:
             ValueError: the collector is closed.
         """
-        line = orjson.dumps(tuple(event)) + b"\n"
+        line = orjson.dumps(tuple(event), default=_json_default) + b"\n"
         with self._lock:
             if self._closed:
                 raise ValueError("the metrics collector is closed")
@@ -511,7 +524,7 @@ class MetricsCollector:
                 raise OSError(errno.ENOENT, "no journal folder")
             journal = Journal.create(self._dir)
             for ev in events:
-                journal.append(orjson.dumps(tuple(ev)) + b"\n")
+                journal.append(orjson.dumps(tuple(ev), default=_json_default) + b"\n")
                 saved += 1
         except OSError as exc:
             log.error("%d events kept in memory could not be journaled at close and are lost (%s)",

@@ -134,7 +134,8 @@ class Journal:
                 row = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # empty or torn line: its result never returned
-            if isinstance(row, list) and len(row) == len(ROW_COLUMNS):
+            # One column short: a line written before schema 5 (no cost; upgrade_row adds it).
+            if isinstance(row, list) and len(row) in (len(ROW_COLUMNS), len(ROW_COLUMNS) - 1):
                 rows.append(tuple(row))
         return rows
 

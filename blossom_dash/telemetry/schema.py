@@ -7,7 +7,9 @@ events sorts all of them). Four tables, keyed by a whole UTC hour or day and the
 filterable dimensions the Monitor's passes group or filter by:
 
 - ``rollup_hour``: ``hour, model, kind, backend, outcome, error_type, status_code ->
-  requests, prompt_tokens, completion_tokens, last_ts``. Feeds the per-bucket cube,
+  requests, prompt_tokens, completion_tokens, last_ts, cost, priced`` (schema 5: ``cost``
+  the exact sum of the events' costs, 0 when none is priced, and ``priced`` how many
+  events had one, so "unpriced" is told from "free"). Feeds the per-bucket cube,
   the totals, the errors table and the filter lists. ``status_code`` -1 stands for
   "no response" (a NULL would never match itself in a unique key, so upserts could
   not find the row); error type and status follow the outcome, so they add few rows.
@@ -22,7 +24,7 @@ filterable dimensions the Monitor's passes group or filter by:
   The two histograms are kept apart, not joint: every reader wants one of them, and a
   joint histogram would hold ~bins x bins rows per hour.
 - ``rollup_user_day``: ``day, user, model, kind, backend, outcome -> requests,
-  prompt_tokens, completion_tokens, last_ts``. The per-user table and the user filter
+  prompt_tokens, completion_tokens, last_ts, cost, priced``. The per-user table and the user filter
   list. By day, not hour: a team's hundreds of users make an hourly table nearly as
   long as the events themselves (few users are active in the same hour with the same
   model), while a day groups their requests; the readers take the partial days at a
@@ -38,15 +40,21 @@ replicas starting at the same moment on an empty database do not collide.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.types import TypeDecorator
+
+from ..pricing import COST_QUANTUM
 
 #: 1: first schema. 2: ``request_id`` unique (journal replays must not duplicate).
 #: 3: rollup tables and an index on ``(user, ts)``. 4: outcome ``rejected`` and TTFT
-#: for streams only, with the history brought to both (``upgrade_row``).
-SCHEMA_VERSION = 4
+#: for streams only, with the history brought to both (``upgrade_row``). 5: ``cost`` on
+#: the events (``Pollen``) and ``cost`` and ``priced`` on ``rollup_hour`` and
+#: ``rollup_user_day`` (earlier events are unpriced: NULL, so the sums start at 0).
+SCHEMA_VERSION = 5
 
 #: Latency histogram resolution: bin ``k`` holds ``[e^(k/N), e^((k+1)/N))`` ms, so one
 #: bin spans a factor ``e^(1/16) ≈ 1.0645`` (6.45 %); bin ``-1`` holds ``[0, 1)`` ms.
@@ -58,14 +66,48 @@ DAY_S = 86_400
 #: ``status_code`` of a rollup row whose events got no response (NULL in ``events``).
 NO_STATUS = -1
 
-#: The columns of one event, in DESIGN.md's order ("One event per request").
-EVENT_COLUMNS: tuple[str, ...] = (
+_BASE_COLUMNS: tuple[str, ...] = (
     "ts", "request_id", "user", "session", "kind", "model", "backend", "outcome",
     "error_type", "status_code", "latency_ms", "ttft_ms", "prompt_tokens",
     "completion_tokens", "bytes",
 )
-#: What a stored row holds: the event columns, then the (truncated) prompt.
-ROW_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "prompt")
+#: The columns of one event, in DESIGN.md's order ("One event per request"), then its
+#: ``cost`` (schema 5).
+EVENT_COLUMNS: tuple[str, ...] = (*_BASE_COLUMNS, "cost")
+#: What a stored row holds: the event columns before schema 5, the (truncated) prompt,
+#: then ``cost`` (last, so rows and journals of earlier versions are a prefix of it).
+ROW_COLUMNS: tuple[str, ...] = (*_BASE_COLUMNS, "prompt", "cost")
+
+
+class Pollen(TypeDecorator[Decimal]):
+    """An amount of pollen, stored exactly as a whole number of ``COST_QUANTUM`` steps
+    (1e-12 pollen) in a ``BIGINT``; read back as a ``Decimal`` with 12 decimals.
+
+    Why not ``Numeric``: SQLite has no decimal type (a ``NUMERIC`` column stores a float,
+    and its ``SUM`` adds floats), while integers add exactly on every database. A
+    ``BIGINT`` holds up to about 9.2 million pollen per row or rollup cell. SQLAlchemy
+    reads a ``sum()``/``coalesce()`` of the column back as ``Decimal`` too (the function
+    takes the column's type); raw SQL outside SQLAlchemy sees the integer steps (divide
+    by 10**12).
+
+    Binds a ``Decimal``, an ``int`` or a decimal string (journal lines carry costs as
+    strings); values finer than 1e-12 are rounded half up. None stays NULL (unpriced).
+    """
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        amount = value if isinstance(value, Decimal) else Decimal(str(value))
+        return int(amount.scaleb(12).to_integral_value(rounding="ROUND_HALF_UP"))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return (Decimal(int(value)) * COST_QUANTUM).quantize(COST_QUANTUM)
+
 
 metadata = MetaData()
 
@@ -89,6 +131,9 @@ events = Table(
     Column("completion_tokens", Integer, nullable=True),
     Column("bytes", Integer, nullable=True),
     Column("prompt", Text, nullable=True),
+    # Pollen (``Pollen``): usage x price; for a cache hit, the cost the hit saved (what
+    # the same answer cost from the backend). NULL when the model is unpriced.
+    Column("cost", Pollen(), nullable=True),
     # Unique so that replaying a journal after a crash never duplicates an event.
     Index("ix_events_request_id", "request_id", unique=True),
     # The Monitor's user filter reads one user's range of events without a full scan.
@@ -106,15 +151,18 @@ _COL = {name: i for i, name in enumerate(ROW_COLUMNS)}
 
 
 def upgrade_row(row: Sequence[Any]) -> tuple[Any, ...]:
-    """An event row (``ROW_COLUMNS`` order) recorded before schema 4, in today's terms.
+    """An event row (``ROW_COLUMNS`` order) recorded before schema 4 or 5, in today's terms.
 
-    Its outcome becomes ``rejected`` where ``LEGACY_REJECTED`` says so, and its
+    A row without ``cost`` (before schema 5: one column short) gets ``cost`` None. Its
+    outcome becomes ``rejected`` where ``LEGACY_REJECTED`` says so, and its
     ``ttft_ms`` None unless it is a stream (earlier versions recorded the whole
     latency as the TTFT of other kinds). A row already in today's terms is returned
     unchanged. The migration applies the same rules in SQL; journals replayed after a
     crash (``MetricsCollector.recover``) may predate it.
     """
     out = list(row)
+    if len(out) == len(ROW_COLUMNS) - 1:
+        out.append(None)
     outcome, error_type = out[_COL["outcome"]], out[_COL["error_type"]]
     if outcome == "error" and (error_type == "NotRecorded"
                                or (error_type == "InvalidRequest" and out[_COL["status_code"]] is None)):
@@ -183,6 +231,8 @@ rollup_hour = Table(
     Column("prompt_tokens", BigInteger, nullable=False),
     Column("completion_tokens", BigInteger, nullable=False),
     Column("last_ts", Float, nullable=False),  # the newest event's ts
+    Column("cost", Pollen(), nullable=False, server_default="0"),  # sum over the priced events
+    Column("priced", BigInteger, nullable=False, server_default="0"),  # how many events had a cost
     **_CLUSTERED,
 )
 
@@ -220,6 +270,8 @@ rollup_user_day = Table(
     Column("prompt_tokens", BigInteger, nullable=False),
     Column("completion_tokens", BigInteger, nullable=False),
     Column("last_ts", Float, nullable=False),
+    Column("cost", Pollen(), nullable=False, server_default="0"),
+    Column("priced", BigInteger, nullable=False, server_default="0"),
     **_CLUSTERED,
 )
 
@@ -290,6 +342,7 @@ __all__ = [
     "LEGACY_REJECTED",
     "NO_STATUS",
     "ROLLUPS",
+    "Pollen",
     "ROW_COLUMNS",
     "SCHEMA_LOCK_KEY",
     "SCHEMA_VERSION",

@@ -15,7 +15,11 @@ instead of a million events; their tables, and the others of the usage database,
 defined in ``schema.py``.
 
 Token sums count every event of the key (NULL as 0); readers keep the ``ok`` rows,
-as the raw aggregations do. Hours and days are ``floor(ts / 3600)`` and
+as the raw aggregations do. Cost (schema 5, ``schema.Pollen``: exact steps of 1e-12
+pollen) is summed the same way, with ``priced`` counting the events that had one:
+spend is the sum of ``cost`` over outcome ``ok``; the cache's saving is the sum over
+``cache_hit`` (a hit's ``cost`` is what the same answer cost from the backend, which
+was not paid again); a ``priced`` of 0 means unpriced, not free. Hours and days are ``floor(ts / 3600)`` and
 ``floor(ts / 86400)``, computed in SQL by the same expression as the Monitor's time
 buckets, so a rollup row holds exactly the events ``unit * k <= ts < unit * (k + 1)``
 (see ``floor_int``).
@@ -89,6 +93,7 @@ from .schema import (
     ROW_COLUMNS,
     SCHEMA_LOCK_KEY,
     SCHEMA_VERSION,
+    Pollen,
     ensure_tables,
     events,
     fit_row,
@@ -189,7 +194,8 @@ def _rollup_select(table: Table, where: ColumnElement[bool], is_sqlite: bool) ->
         keys = [unit, E.model, E.kind, E.backend, E.outcome, E.error_type, func.coalesce(E.status_code, NO_STATUS)]
     else:
         keys = [unit, E.user, E.model, E.kind, E.backend, E.outcome]
-    values = [func.count(), _sum0(E.prompt_tokens), _sum0(E.completion_tokens), func.max(E.ts)]
+    values = [func.count(), _sum0(E.prompt_tokens), _sum0(E.completion_tokens), func.max(E.ts),
+              _sum0(E.cost), func.count(E.cost)]
     return select(*keys, *values).where(where).group_by(*keys).order_by(*keys)
 
 
@@ -303,6 +309,8 @@ class UsageStore:
             lock_schema(conn)
             fresh = not inspect(conn).has_table("events")
             metadata.create_all(conn)
+            if not fresh:
+                self._add_cost_columns(conn)  # schema 5, before any step below reads them
             row = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
             version = SCHEMA_VERSION if fresh else int(row[0]) if row else 1
             if version < 2:
@@ -325,6 +333,21 @@ class UsageStore:
             elif version != SCHEMA_VERSION:
                 conn.execute(update(meta_table).where(meta_table.c.key == "schema_version")
                              .values(value=str(SCHEMA_VERSION)))
+
+    @staticmethod
+    def _add_cost_columns(conn: Connection) -> None:
+        """Schema 5: ``events.cost`` (NULL: the history is unpriced) and the rollups'
+        ``cost`` and ``priced`` (0, which is exact for unpriced events), on the tables
+        that lack them (``create_all`` adds no column to a table that exists)."""
+        found = inspect(conn)
+        for table, columns in ((events, ("cost",)), (rollup_hour, ("cost", "priced")),
+                               (rollup_user_day, ("cost", "priced"))):
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for name in columns:
+                if name in have:
+                    continue
+                kind = "BIGINT" if table is events else "BIGINT NOT NULL DEFAULT 0"
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
 
     def _upgrade_events(self, conn: Connection) -> list[int]:
         """Schema 4 on the events (``upgrade_row``'s rules, in SQL).
@@ -474,6 +497,7 @@ __all__ = [
     "LATENCY_BINS_PER_E",
     "NO_STATUS",
     "ROLLUPS",
+    "Pollen",
     "ROW_COLUMNS",
     "SCHEMA_LOCK_KEY",
     "SCHEMA_VERSION",
