@@ -21,7 +21,7 @@ import pytest
 from pages_helpers import app, texts
 
 from blossom_dash import BlossomService, Settings
-from blossom_dash.telemetry.alerts import AlertSender, ErrorRateWatch, circuit_listener, shown_url
+from blossom_dash.telemetry.alerts import AlertSender, ErrorRateWatch, budget_listener, circuit_listener, shown_url
 from blossom_dash.telemetry.collector import Event
 
 
@@ -241,6 +241,37 @@ class TestErrorRate:
             svc.close()
         [body] = receiver.bodies
         assert body["kind"] == "error_rate" and body["details"]["errors"] == 3
+
+
+class TestBudget:
+    def test_ledger_crossings_are_one_alert_each(self, receiver: Receiver) -> None:
+        """A user's daily budget of 1 pollen crossed at 80 % and at 100 % (and the team's at 80 %): one POST each,
+        however many requests settle past them; the text says what was spent, the budget and when it resets."""
+        from decimal import Decimal
+
+        from blossom_dash.policies.budget import BudgetLedger, Budgets
+
+        now = 1796083200.0 + 3600  # 2026-12-01 01:00 UTC
+        sender = sender_for(receiver.url)
+        ledger = BudgetLedger(Budgets(user_day=Decimal("1"), team_day=Decimal("2")), clock=lambda: now,
+                              on_crossing=budget_listener(sender, clock=lambda: now))
+        for _ in range(5):  # 0.3 each: 0.9 (80 %), then refused at 1.2 > 1
+            try:
+                ledger.settle(ledger.reserve("alice", Decimal("0.3")), Decimal("0.3"))
+            except Exception:  # noqa: BLE001 - BudgetExceeded once the next one would pass it
+                break
+        ledger.settle(ledger.reserve("alice", Decimal("0.1")), Decimal("0.1"))  # exactly 1.0: used up
+        for _ in range(3):
+            ledger.settle(ledger.reserve("bob", Decimal("0.2")), Decimal("0.2"))  # team 1.6 of 2: 80 %
+        assert sender.wait_idle()
+        sender.close()
+        keys = sorted(b["key"] for b in receiver.bodies)
+        assert keys == ["budget|team:all|day|2026-12-01|80%", "budget|user:alice|day|2026-12-01|100%",
+                        "budget|user:alice|day|2026-12-01|80%"]
+        full = next(b for b in receiver.bodies if b["key"].endswith("alice|day|2026-12-01|100%"))
+        assert full["text"] == ("Budget: alice has used up their daily budget (1 of 1 pollen); it resets at "
+                                "2026-12-02T00:00Z. alice's requests are refused until then.")
+        assert full["details"]["spent"] == "1" and full["details"]["unit"] == "pollen"
 
 
 class TestCircuit:

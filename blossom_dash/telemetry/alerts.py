@@ -34,6 +34,7 @@ threshold in the last 5 minutes" and "recovered" alerts; ``circuit_listener`` tu
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import logging
 import queue
@@ -42,6 +43,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -417,6 +419,59 @@ class ErrorRateWatch:
         return None
 
 
+def _amount(value: Decimal | int) -> str:
+    """Pollen up to 6 decimals (trailing zeros dropped), or a request count."""
+    if isinstance(value, int):
+        return str(value)
+    text = f"{value.quantize(Decimal('0.000001')):f}" if abs(value) >= Decimal("0.000001") else f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _period_bounds(period: str, ts: float) -> tuple[str, str]:
+    """The UTC calendar period holding ``ts`` (``2026-12-01`` / ``2026-12``, as
+    ``policies.budget.period_key``) and when it ends, ISO 8601 UTC."""
+    d = dt.datetime.fromtimestamp(ts, dt.UTC)
+    if period == "day":
+        end = d.replace(hour=0, minute=0, second=0, microsecond=0) + dt.timedelta(days=1)
+        return d.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%dT%H:%MZ")
+    nxt = d.replace(year=d.year + 1, month=1) if d.month == 12 else d.replace(month=d.month + 1)
+    end = nxt.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return d.strftime("%Y-%m"), end.strftime("%Y-%m-%dT%H:%MZ")
+
+
+def budget_listener(sender: AlertSender, *, clock: Callable[[], float] = time.time
+                    ) -> Callable[[str, str, str, float, Decimal | int, Decimal | int], None]:
+    """A ``policies.budget.BudgetLedger.on_crossing`` hook raising "budget 80 % / 100 %" alerts.
+
+    Returns:
+        ``hook(scope, who, period, fraction, spent, budget)`` (the ledger's
+        ``OnCrossing``: ``scope`` "user" or "team", ``period`` "day" or "month",
+        ``fraction`` 0.8 or 1.0, ``spent`` and ``budget`` in pollen as ``Decimal`` or in
+        requests as ``int``). The crossing key is ``budget|<scope>:<who>|<period>|
+        <UTC period>|<80%|100%>``, the same on every replica, so with Redis one
+        replica sends it.
+    """
+
+    def hook(scope: str, who: str, period: str, fraction: float, spent: Decimal | int,
+             budget: Decimal | int) -> None:
+        pkey, resets = _period_bounds(period, clock())
+        pct = f"{round(fraction * 100)}%"
+        unit = "requests" if isinstance(budget, int) else "pollen"
+        whose = "the team" if scope == "team" else who
+        daily = "daily" if period == "day" else "monthly"
+        state = "has used up" if fraction >= 1 else f"has used {round(fraction * 100)} % of"
+        text = (f"Budget: {whose} {state} {'its' if scope == 'team' else 'their'} {daily} budget "
+                f"({_amount(spent)} of {_amount(budget)} {unit}); it resets at {resets}.")
+        if fraction >= 1:
+            text += " Requests are refused until then." if scope == "team" else \
+                f" {who}'s requests are refused until then."
+        sender.send("budget", ("budget", f"{scope}:{who}", period, pkey, pct), text, {
+            "scope": scope, "who": who, "period": period, "period_key": pkey, "threshold": pct,
+            "spent": _amount(spent), "budget": _amount(budget), "unit": unit, "resets_at": resets})
+
+    return hook
+
+
 def circuit_listener(sender: AlertSender) -> Callable[[str, str, str], None]:
     """A ``CircuitBreaker`` transition listener raising "open" and "closed" alerts.
 
@@ -459,6 +514,7 @@ __all__ = [
     "AlertRecord",
     "AlertSender",
     "ErrorRateWatch",
+    "budget_listener",
     "circuit_listener",
     "shown_url",
 ]
