@@ -18,7 +18,7 @@ from .gateway import Caller
 from .policies.cache import ResponseCache
 from .settings import Settings
 from .telemetry import analytics
-from .telemetry.alerts import AlertSender, ErrorRateWatch, circuit_listener
+from .telemetry.alerts import AlertSender, ErrorRateWatch, budget_listener, circuit_listener
 from .telemetry.audit import AuditLog
 from .telemetry.collector import MetricsCollector, StorageStatus
 from .telemetry.model_facts import PICKER_KINDS, ModelFacts, model_facts
@@ -113,15 +113,16 @@ class AccessMethods:
     # ----- alerts (telemetry.alerts) --------------------------------------------------------------
 
     def _start_alerts(self) -> AlertSender:
-        """The webhook sender, the error-rate check every ``alerts.CHECK_S`` and the breaker
-        listener; with Redis, each crossing is claimed there first (``SET NX``), so one
-        replica sends it. Called once by ``__init__`` after the gateway is made."""
+        """The webhook sender, the error-rate check every ``alerts.CHECK_S``, the breaker
+        listener and the budget ledger's ``on_crossing``; with Redis, each crossing is
+        claimed there first (``SET NX``), so one replica sends it. Called once by
+        ``__init__`` after the gateway is made."""
         s = self.settings
         claim = None
         if s.redis_url is not None:
             from .policies.shared import PREFIX, connect
 
-            client = connect(s.redis_url.get_secret_value())
+            client = self._alert_redis = connect(s.redis_url.get_secret_value())
 
             def claim(key: str) -> bool:  # kept 40 days: longer than any budget period
                 return bool(client.set(f"{PREFIX}:alert:{key}", "1", nx=True, ex=40 * 86400))
@@ -134,6 +135,8 @@ class AccessMethods:
         self._error_watch = watch
         if (gateway := getattr(self, "gateway", None)) is not None:
             gateway.breaker_listener = circuit_listener(sender)
+            if (ledger := getattr(gateway, "budget", None)) is not None:  # policies.budget.BudgetLedger
+                ledger.on_crossing = budget_listener(sender)
         return sender
 
     def alerts(self, caller: Caller | None = None) -> dict[str, Any]:
@@ -154,6 +157,8 @@ class AccessMethods:
     def _stop_alerts(self) -> None:
         if (sender := getattr(self, "_alert_sender", None)) is not None:
             sender.close()
+        if (client := getattr(self, "_alert_redis", None)) is not None:
+            client.close()
 
 
     # ----- usage history (the Monitor page; SQL in telemetry.analytics) ----------------------
