@@ -17,7 +17,7 @@ from .errors import DashError, InvalidRequest, PermissionDenied, StorageUnavaila
 from .gateway import Caller
 from .policies.cache import ResponseCache
 from .settings import Settings
-from .telemetry import analytics
+from .telemetry import analytics, spend
 from .telemetry.alerts import AlertSender, ErrorRateWatch, budget_listener, circuit_listener
 from .telemetry.audit import AuditLog
 from .telemetry.collector import MetricsCollector, StorageStatus
@@ -28,11 +28,13 @@ from .telemetry.store import UsageStore, mask_url
 log = logging.getLogger("blossom_dash")
 #: The read-only ``telemetry.analytics`` functions pages may run (``BlossomService.monitor``).
 MONITOR_QUERIES = ("snapshot", "headline", "request_log", "request_detail", "filter_options", "count_older_than",
-                   "export_log", "kpis")
+                   "export_log", "kpis", "spend")
 #: The Monitor reads one result of which may serve every viewer of the process for a
 #: refresh interval (``monitor(..., every_s=...)``): the team's aggregates, which are the
 #: same whoever asks (counts per user, model and outcome; no prompt, no request id).
-SHARED_QUERIES = ("snapshot", "headline", "kpis")
+SHARED_QUERIES = ("snapshot", "headline", "kpis", "spend")
+#: Monitor queries outside ``telemetry.analytics``, by name.
+_QUERY_FUNCTIONS: dict[str, Any] = {"spend": spend.spend}
 #: How long the pickers' model facts (``model_facts``) are shared before they are read again, seconds.
 FACTS_EVERY_S = 30.0
 #: Shared Monitor results kept at most (one per query, range, filters and interval).
@@ -196,7 +198,9 @@ class AccessMethods:
 
         Everyone reads the team's aggregates; only an admin reads other people's
         requests: for anyone else the request log and its export hold their own
-        requests only, and another person's request detail is not found.
+        requests only, another person's request detail is not found, and the
+        ``spend`` per user holds their own row (``Spend.only_user``; the team's
+        totals and per-model costs stay whole).
 
         With ``every_s``, one of ``SHARED_QUERIES`` is computed once per range,
         filters and interval for every caller of this process (``SharedResults``):
@@ -211,7 +215,8 @@ class AccessMethods:
         Args:
             query: One of ``MONITOR_QUERIES`` (``snapshot``, ``headline``,
                 ``request_log``, ``request_detail``, ``filter_options``,
-                ``count_older_than``, ``export_log``, ``kpis``).
+                ``count_older_than``, ``export_log``, ``kpis``; ``spend`` from
+                ``telemetry.spend``).
             *args / **kwargs: That function's arguments after the store (a
                 ``MonitorQuery`` first for all but ``request_detail``).
             caller: Who asks (None: the process's owner, an admin).
@@ -226,11 +231,14 @@ class AccessMethods:
             raise InvalidRequest(f"{query!r} is not a Monitor query.", f"Use one of {', '.join(MONITOR_QUERIES)}.")
         caller = caller or Caller("local")
         if every_s and every_s > 0 and query in SHARED_QUERIES and args:
-            return self._shared_monitor(query, args[0].rounded(every_s), args[1:], kwargs, every_s)
+            result = self._shared_monitor(query, args[0].rounded(every_s), args[1:], kwargs, every_s)
+            return result.only_user(caller.user) if query == "spend" and not caller.is_admin else result
         if not caller.is_admin and query in ("request_log", "export_log") and args:
             q = args[0]
             args = (dataclasses.replace(q, users=(caller.user,)), *args[1:])  # their own requests only
-        result = getattr(analytics, query)(self.store, *args, **kwargs)
+        result = (_QUERY_FUNCTIONS.get(query) or getattr(analytics, query))(self.store, *args, **kwargs)
+        if query == "spend" and not caller.is_admin:
+            return result.only_user(caller.user)
         if query == "request_detail" and result is not None and not caller.is_admin and \
                 result.get("user") != caller.user:
             return None  # another person's request: as if unknown
@@ -245,7 +253,7 @@ class AccessMethods:
         caller's visibility in this key).
         """
         key = (query, q, rest, tuple(sorted(kwargs.items())), every_s)
-        fn = getattr(analytics, query)
+        fn = _QUERY_FUNCTIONS.get(query) or getattr(analytics, query)
         if query == "snapshot" and "headline" not in kwargs:
             def compute() -> Any:
                 head = self._shared_monitor("headline", q, (), {}, every_s)

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import math
+import random
+import time
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import pytest
+from sqlalchemy import event as sa_event
 
 from blossom_dash.features.batch_cost import estimate_batch
 from blossom_dash.features.batch_files import BatchRow
+from blossom_dash.gateway import Caller
 from blossom_dash.pricing import Price
+from blossom_dash.service import BlossomService
+from blossom_dash.settings import Settings
+from blossom_dash.telemetry import query as Q
+from blossom_dash.telemetry import spend as S
+from blossom_dash.telemetry.query import MonitorQuery
+from blossom_dash.telemetry.store import ROW_COLUMNS, UsageStore
 from blossom_dash.ui import charts
 
 
@@ -32,7 +47,7 @@ class TestCostCharts:
         frame = pd.DataFrame({"ts": _ts(0), "model": ["a"], "cost": [None], "priced": [0]})
         fig = charts.cost_by_model(frame, bucket_s=60)
         assert not fig.data
-        assert "No priced requests" in fig.layout.annotations[0].text
+        assert "No requests with a price" in fig.layout.annotations[0].text
 
     def test_cost_by_user_biggest_spender_on_top(self) -> None:
         """Bars sorted so the biggest spender is drawn at the top (plotly draws bottom-up)."""
@@ -62,3 +77,147 @@ class TestBatchEstimate:
         """No priced row: the total is None (unpriced), never a 0 that pretends."""
         est = estimate_batch([BatchRow(2, "hi", model="mystery")], self.PRICES.get)
         assert est.total is None and est.unpriced_rows == 1
+
+
+# ----- the spend analytics -----------------------------------------------------------------
+
+NOW = 1_699_999_200.0  # a whole hour
+HOUR = 3600.0
+
+
+def event(rid: str, ago: float, **fields: Any) -> tuple[Any, ...]:
+    """One event ``ago`` seconds before NOW, in ``ROW_COLUMNS`` order (cost None by default)."""
+    values: dict[str, Any] = {
+        "ts": NOW - ago, "request_id": rid, "user": "alice", "session": "s1", "kind": "text", "model": "m-a",
+        "backend": "demo", "outcome": "ok", "error_type": "", "status_code": 200, "latency_ms": 100.0,
+        "ttft_ms": None, "prompt_tokens": 10, "completion_tokens": 20, "bytes": 64, "prompt": "p", "cost": None,
+    }
+    values.update(fields)
+    return tuple(values[c] for c in ROW_COLUMNS)
+
+
+EVENTS = [
+    event("a1", 3000, cost=Decimal("0.000000000001")),
+    event("a2", 2000, cost=Decimal("0.1"), latency_ms=300.0),
+    event("a3", 1000, model="m-free", cost=Decimal(0)),
+    event("a4", 900, model="m-none"),  # served, unpriced
+    event("a5", 800, outcome="cache_hit", cost=Decimal("0.05"), latency_ms=0.5),
+    event("a6", 700, outcome="error", error_type="UpstreamError", status_code=500, prompt_tokens=None,
+          completion_tokens=None),
+    event("b1", 600, user="bob", model="m-b", cost=Decimal("1.25")),
+    event("b2", 500, user="bob", model="m-none"),
+    event("p1", 5000, cost=Decimal("0.3")),  # the previous hour
+]
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[UsageStore]:
+    s = UsageStore(database_url)
+    s.write_many(EVENTS)
+    yield s
+    s.close()
+
+
+def last_hour(**filters: Any) -> MonitorQuery:
+    return MonitorQuery.last(HOUR, now=NOW, **filters)
+
+
+class TestSpend:
+    def test_totals_are_exact_and_unpriced_is_counted(self, store: UsageStore) -> None:
+        """Spend sums served costs exactly (1e-12 survives); unpriced served requests are
+        counted, not summed; the cache's saving is the hits' cost; the prior hour apart."""
+        s = S.spend(store, last_hour())
+        assert s.spend == S.Total(Decimal("1.350000000001"), priced=4, unpriced=2)
+        assert s.cache_saved == S.Total(Decimal("0.05"), priced=1, unpriced=0)
+        assert s.previous == S.Total(Decimal("0.3"), priced=1, unpriced=0)
+
+    def test_by_user_and_by_model(self, store: UsageStore) -> None:
+        """Per user: served requests, cost, priced and unpriced; per model: every outcome's
+        requests, error rate, served tokens, p50 and the cost, unpriced models as None."""
+        s = S.spend(store, last_hour())
+        users = s.by_user.set_index("user")
+        assert users.loc["bob", "cost"] == Decimal("1.25") and users.loc["bob", "unpriced"] == 1
+        assert users.loc["alice", "cost"] == Decimal("0.100000000001") and users.loc["alice", "priced"] == 3
+        models = s.by_model.set_index("model")
+        assert list(s.by_model["model"])[0] == "m-b"  # dearest first
+        assert models.loc["m-none", "cost"] is None and models.loc["m-none", "unpriced"] == 2
+        assert models.loc["m-free", "cost"] == Decimal(0)  # free is 0, unpriced is None
+        assert models.loc["m-a", "requests"] == 4 and models.loc["m-a", "errors"] == 1
+        assert models.loc["m-a", "error_rate"] == 0.25 and models.loc["m-a", "tokens"] == 60
+        assert models.loc["m-a", "cache_saved"] == Decimal("0.05")
+        assert 90 < models.loc["m-a", "p50_ms"] < 320
+
+    def test_over_time_and_members_see_their_own_row(self, store: UsageStore) -> None:
+        """Cost per bucket and model of served requests; ``only_user`` keeps one user's row."""
+        s = S.spend(store, last_hour(), bucket_s=600)
+        assert sum(c for c in s.over_time["cost"] if c is not None) == Decimal("1.350000000001")
+        assert s.over_time["unpriced"].sum() == 2
+        mine = s.only_user("bob")
+        assert list(mine.by_user["user"]) == ["bob"] and mine.spend == s.spend
+
+    def test_empty_range(self, store: UsageStore) -> None:
+        """No events: every total is unpriced (None), never 0; empty frames."""
+        s = S.spend(store, MonitorQuery(NOW + 10 * HOUR, NOW + 11 * HOUR))
+        assert s.spend == S.Total(None, 0, 0) and s.by_model.empty and s.by_user.empty and s.over_time.empty
+
+
+def random_costed(n: int, seed: int, since: float, until: float) -> list[tuple[Any, ...]]:
+    """``n`` events over ``[since, until)``: every outcome, four models, one unpriced, exact costs."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        outcome = rng.choices(["ok", "cache_hit", "error", "rate_limited"], weights=[70, 15, 10, 5])[0]
+        model = rng.choice(["m-a", "m-b", "m-c", "m-none"])
+        cost = None if model == "m-none" or outcome in ("error", "rate_limited") else \
+            Decimal(rng.randint(0, 10**9)) * Decimal("1e-12")
+        out.append(event(f"r{seed}-{i}", NOW - (since + rng.random() * (until - since)), outcome=outcome,
+                         model=model, user=f"u{rng.randrange(5)}", cost=cost, latency_ms=rng.uniform(1, 5000)))
+    return out
+
+
+class TestSpendRollups:
+    def test_rollups_equal_the_scan(self, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Long ranges read the rollups (cost, priced) and equal the scan exactly, with and
+        without filters, on SQLite and PostgreSQL."""
+        s = UsageStore(database_url)
+        s.write_many(random_costed(3000, 3, NOW - 10 * 86_400 - 1234.5, NOW - 77.25))
+        queries = [MonitorQuery(NOW - 11 * 86_400, NOW), MonitorQuery(NOW - 7 * 86_400 - 999.5, NOW - 3333.25),
+                   MonitorQuery(NOW - 5 * 86_400, NOW, models=("m-a", "m-none")),
+                   MonitorQuery(NOW - 4 * 86_400, NOW - 86_400, users=("u1", "u3"), outcomes=("ok", "cache_hit"))]
+        seen: list[str] = []
+        listen = sa_event.listens_for(s.engine, "before_cursor_execute")
+        listen(lambda _c, _k, sql, *_a: seen.append(sql))
+        rolled = [S.spend(s, q) for q in queries]
+        assert any("rollup_hour" in sql for sql in seen) and any("rollup_user_day" in sql for sql in seen)
+        monkeypatch.setattr(Q, "ROLLUP_MIN_SPAN_S", math.inf)
+        scanned = [S.spend(s, q) for q in queries]
+        for a, b in zip(rolled, scanned, strict=True):
+            assert (a.spend, a.previous, a.cache_saved) == (b.spend, b.previous, b.cache_saved)
+            for name in ("over_time", "by_user"):
+                pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), obj=name)
+            cols = [c for c in S.MODEL_COLUMNS if c != "p50_ms"]  # p50: hourly vs raw bins agree anyway
+            pd.testing.assert_frame_equal(a.by_model[cols], b.by_model[cols], obj="by_model")
+        assert rolled[0].spend.priced > 1000 and rolled[0].spend.unpriced > 0
+        s.close()
+
+
+class TestServiceSpend:
+    def test_a_member_sees_their_own_cost_row_the_admin_everyone(self, tmp_path: Path) -> None:
+        """``monitor("spend")``: the team's totals for all; per user, a member's own row
+        (shared or not), an admin's every row."""
+        with BlossomService(Settings(backend="demo", demo_latency=False, data_dir=tmp_path)) as svc:
+            svc.store.write_many([event("x1", 10, user="mo", cost=Decimal("0.2"), ts=time.time() - 10),
+                                  event("x2", 10, user="ada", cost=Decimal("0.3"), ts=time.time() - 20)])
+            q = MonitorQuery.last(3600)
+            for every_s in (None, 5.0):
+                mine = svc.monitor("spend", q, caller=Caller("mo", role="member"), every_s=every_s)
+                everyone = svc.monitor("spend", q, caller=Caller("ada", role="admin"), every_s=every_s)
+                assert list(mine.by_user["user"]) == ["mo"] and mine.spend.cost == Decimal("0.5")
+                assert list(everyone.by_user["user"]) == ["ada", "mo"]
+
+    def test_estimate_batch_through_the_service(self, tmp_path: Path) -> None:
+        """The facade estimates a batch at the catalog's prices; without them, rows are unpriced."""
+        with BlossomService(Settings(backend="demo", demo_latency=False, data_dir=tmp_path)) as svc:
+            est = svc.estimate_batch([BatchRow(2, "hello there")], model=svc.list_models("text")[0], max_tokens=64)
+            assert est.priced_rows + est.unpriced_rows == 1
+            assert (est.total is None) == (est.priced_rows == 0)

@@ -249,7 +249,7 @@ def cost_by_model(cost: pd.DataFrame, *, bucket_s: int, span: _SPAN | None = Non
     """
     title = f"Cost over time by model ({_per(bucket_s)} buckets)"
     if cost.empty or int(cost["priced"].sum()) == 0:
-        return _empty(title, _rev("cost", revision), text="No priced requests in this range")
+        return _empty(title, _rev("cost", revision), text="No requests with a price in this range")
     fig = go.Figure()
     for model, part in cost.groupby("model", sort=True):
         fig.add_bar(x=part["ts"], y=_pollen(part["cost"]), name=str(model), marker_color=model_color(str(model)),
@@ -267,7 +267,7 @@ def cost_by_user(users: pd.DataFrame, *, revision: str = "monitor", limit: int =
     """
     title = "Cost by user"
     if users.empty or int(users["priced"].sum()) == 0:
-        return _empty(title, _rev("cost_users", revision), text="No priced requests in this range")
+        return _empty(title, _rev("cost_users", revision), text="No requests with a price in this range")
     data = users.assign(pollen=_pollen(users["cost"]))
     data = data.sort_values(["pollen", "user"], ascending=[False, True]).head(limit).iloc[::-1]
     fig = go.Figure(go.Bar(y=data["user"], x=data["pollen"], orientation="h", marker_color="#6a1b9a",
