@@ -6,6 +6,7 @@ import streamlit as st
 
 from blossom_dash import ui
 from blossom_dash.telemetry import analytics
+from blossom_dash.ui import spend as spend_view
 
 PAGE_SIZE = 50
 
@@ -34,6 +35,9 @@ def live() -> None:
         figures = ui.monitor_figures(snap)
         for name, slot in slots.items():
             slot.plotly_chart(figures[name], key=f"monitor_chart_{name}")
+        spend_view.render_spend(service.monitor("spend", q, caller=handle.caller, every_s=controls.every_s),
+                                vs=f"vs prior {ui.format_duration(q.span_s)}", own_only=not handle.caller.is_admin,
+                                price_of=spend_view.price_labels(service))
         st.subheader("Users")
         left, right = st.columns([3, 2])
         with left:

@@ -327,7 +327,7 @@ class TestPageViewers:
         first = session(refresh_s=30).run()  # starts the service; another interval, so another key
         assert not first.exception
         service = ui.get_service()
-        assert service.monitor_stats()["computations"] == {"headline": 1, "snapshot": 1}
+        assert service.monitor_stats()["computations"] == {"headline": 1, "snapshot": 1, "spend": 1}
         builds = ui_monitor.figure_builds
         results: list[Any] = []
         lock = threading.Lock()
@@ -339,6 +339,6 @@ class TestPageViewers:
 
         assert not run_in_threads(viewer, VIEWERS, timeout_s=240)
         assert all(not at.exception for at in results)
-        assert all(len(at.get("plotly_chart")) == 7 for at in results)
-        assert service.monitor_stats()["computations"] == {"headline": 2, "snapshot": 2}
+        assert all(len(at.get("plotly_chart")) == 9 for at in results)
+        assert service.monitor_stats()["computations"] == {"headline": 2, "snapshot": 2, "spend": 2}
         assert ui_monitor.figure_builds == builds + 1

@@ -62,7 +62,7 @@ def _chart_specs(at: AppTest) -> dict[str, str]:
     return {c.key: c.proto.spec for c in at.get("plotly_chart")}
 
 
-CHARTS = 7
+CHARTS = 9
 
 
 class TestMonitor:

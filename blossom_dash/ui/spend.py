@@ -1,0 +1,146 @@
+"""The Monitor's spend panel: the Spend KPI against the previous period, the cache's saving,
+cost over time by model, cost by user, and the per-model table (``telemetry.spend``).
+
+Amounts are pollen (``Decimal``, summed exactly in SQL and ``telemetry.spend``); floats
+appear only in the charts' bar heights. Unpriced requests (their model has no price)
+are counted and named, never drawn or summed as 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import streamlit as st
+
+from ..errors import DashError
+from ..telemetry.spend import Spend
+from . import charts
+from .model_facts import price_text
+
+
+def format_pollen(value: Decimal | None) -> str:
+    """Pollen for people: ``"1.2345 pollen"``, ``"0.000136 pollen"``, ``"12,345 pollen"``;
+    ``"unpriced"`` for None.
+
+    Four decimals from 1 pollen up (whole pollen from 10,000 up), else four significant
+    digits; never exponent notation, trailing zeros dropped below 1.
+    """
+    if value is None:
+        return "unpriced"
+    if value == 0:
+        return "0 pollen"
+    size = abs(value)
+    if size >= 10_000:
+        return f"{value:,.0f} pollen"
+    if size >= 1:
+        return f"{value:,.4f} pollen"
+    step = Decimal(1).scaleb(size.adjusted() - 3)  # four significant digits
+    text = format(value.quantize(step).normalize(), "f")
+    return f"{text} pollen"
+
+
+def _delta(current: Decimal | None, previous: Decimal | None) -> str | int | None:
+    if current is None or previous is None:
+        return None
+    diff = current - previous
+    if diff == 0:
+        return 0
+    return ("+" if diff > 0 else "-") + format_pollen(abs(diff))
+
+
+def _unpriced_note(n: int, what: str) -> str:
+    return f"{n:,} {what} unpriced (their model has no price): not in the figure." if n else ""
+
+
+def spend_kpis(s: Spend, *, vs: str) -> None:
+    """Spend (with its change against the previous period), the cache's saving, and the
+    priced/unpriced counts behind them, in one row of four metrics."""
+    cols = st.columns(4)
+    prev = s.previous
+    cols[0].metric("Spend", format_pollen(s.spend.cost),
+                   _delta(s.spend.cost, prev.cost) if prev.priced else None, delta_color="inverse",
+                   delta_description=vs if prev.priced else None,
+                   help=f"Cost of served requests: {s.spend.priced:,} priced. Prior period: "
+                        f"{format_pollen(prev.cost)}. {_unpriced_note(s.spend.unpriced, 'served requests')}")
+    cols[1].metric("Saved by cache", format_pollen(s.cache_saved.cost),
+                   help=f"What {s.cache_saved.priced:,} cache hits would have cost from the backend. "
+                        f"{_unpriced_note(s.cache_saved.unpriced, 'hits')}")
+    per = (s.spend.cost / s.spend.priced) if s.spend.cost is not None and s.spend.priced else None
+    cols[2].metric("Per served request", format_pollen(per), help="Spend over the priced served requests.")
+    cols[3].metric("Unpriced", f"{s.spend.unpriced:,}",
+                   help="Served requests whose model has no price: counted here, never summed as 0.")
+    if s.spend.unpriced:
+        st.caption(f"{s.spend.unpriced:,} served requests unpriced: their models publish no price (set "
+                   "BLOSSOM_DASH_PRICES for them); the spend covers the other {:,}.".format(s.spend.priced))
+
+
+def price_labels(service: Any) -> Callable[[str], str]:
+    """Model -> its price in words (``model_facts.price_text``) from the catalog
+    (``service.model_info``, text, then image, then audio models); ``""`` when this
+    service publishes no model facts, ``"unpriced"`` when the model has no price."""
+    reader = getattr(service, "model_info", None)
+
+    def label(model: str) -> str:
+        if reader is None:
+            return ""
+        for kind in ("text", "image", "audio"):
+            try:
+                info = reader(kind, model)
+            except DashError:
+                info = None
+            if info is not None:
+                return price_text(info.price)
+        return "unpriced"
+
+    return label
+
+
+def _floats(frame: Any, column: str) -> Any:
+    return frame[column].map(lambda v: None if v is None else float(v))
+
+
+def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str], str] | None = None) -> None:
+    """The whole spend panel for ``s`` (``BlossomService.monitor("spend", ...)``).
+
+    Args:
+        s: The spend result.
+        vs: The previous period's label, as the KPI row's ("vs prior 1 h").
+        own_only: The caller is a member: the per-user chart holds their own row only.
+        price_of: Model -> its price in words (the catalog's), for the table's price column.
+    """
+    st.subheader("Spend")
+    spend_kpis(s, vs=vs)
+    q = s.query
+    left, right = st.columns(2)
+    left.plotly_chart(charts.cost_by_model(s.over_time, bucket_s=s.bucket_s, span=(q.since_ts, q.until_ts)),
+                      key="monitor_chart_cost")
+    users = charts.cost_by_user(s.by_user)
+    if own_only:
+        users.update_layout(title_text="Your cost (members see their own)")
+    right.plotly_chart(users, key="monitor_chart_cost_users")
+    table = s.by_model
+    if table.empty:
+        st.info("No requests in this range.", icon="🪙")
+        return
+    table = table.assign(price=[price_of(m) if price_of else "" for m in table["model"]],
+                         cost=_floats(table, "cost"), cache_saved=_floats(table, "cache_saved"))
+    num = st.column_config.NumberColumn
+    st.dataframe(table, key="monitor_spend_models", hide_index=True, placeholder="unpriced",
+                 height=min(420, 38 + 35 * len(table)),
+                 column_order=("model", "price", "requests", "tokens", "cost", "unpriced", "p50_ms", "error_rate",
+                               "cache_saved"),
+                 column_config={"model": "Model", "price": st.column_config.TextColumn("Price", width="medium"),
+                                "requests": num("Requests", format="localized", help="Every outcome"),
+                                "tokens": num("Tokens", format="localized", help="Served requests"),
+                                "cost": num("Cost (pollen)", format="%.6f", help="Served requests with a price; "
+                                            "empty when none had one"),
+                                "unpriced": num("Unpriced", help="Served requests without a price"),
+                                "p50_ms": num("p50 latency", format="%.0f ms", help="Served requests"),
+                                "error_rate": num("Error rate", format="percent", help="Errors over requests"),
+                                "cache_saved": num("Saved by cache (pollen)", format="%.6f")})
+    st.caption("Feedback per model: none recorded yet.")
+
+
+__all__ = ["format_pollen", "price_labels", "render_spend", "spend_kpis"]

@@ -1,0 +1,43 @@
+"""Monitor page, spend panel: the Spend KPI against the prior period, the cache's saving,
+the unpriced requests named, cost charts and the per-model table (AppTest)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from pages_helpers import app, texts
+from test_page_monitor import _metric, _row, _seed
+
+
+class TestSpendPanel:
+    def test_spend_kpi_saving_unpriced_charts_and_table(self, tmp_path: Path) -> None:
+        """Seeded costs read as pollen: spend with its change, the cache's saving, the
+        unpriced served request counted apart, both cost charts, and the per-model table."""
+        _seed(tmp_path, [
+            _row("s1", 60, cost=Decimal("0.0125")), _row("s2", 120, cost=Decimal("0.0005"), user="erin"),
+            _row("s3", 180, model="demo-deep"),  # unpriced
+            _row("h1", 240, outcome="cache_hit", cost=Decimal("0.0125")),
+            _row("p1", 3600 + 60, cost=Decimal("0.01")),  # the prior hour
+        ])
+        at = app("app_pages/monitor.py").run()
+        assert not at.exception and not at.error
+        assert _metric(at, "Spend") == "0.013 pollen"
+        spend = next(m for m in at.metric if m.label == "Spend")
+        assert "0.003 pollen" in str(spend.proto.delta)
+        assert _metric(at, "Saved by cache") == "0.0125 pollen"
+        assert _metric(at, "Unpriced") == "1"
+        assert any("1 served requests unpriced" in c for c in texts(at, "caption"))
+        keys = {c.key for c in at.get("plotly_chart")}
+        assert {"monitor_chart_cost", "monitor_chart_cost_users"} <= keys
+        table = next(d.value for d in at.dataframe if "cache_saved" in d.value.columns)
+        rows = table.set_index("model")
+        assert rows.loc["demo-swift", "cost"] == 0.013 and rows.loc["demo-deep", "unpriced"] == 1
+        assert "price" in table.columns  # the catalog's price in words, where the service has model_info
+
+    def test_empty_store_says_no_priced_requests(self) -> None:
+        """No requests: Spend reads unpriced, and the cost charts say so instead of a zero."""
+        at = app("app_pages/monitor.py").run()
+        assert not at.exception
+        assert _metric(at, "Spend") == "unpriced"
+        assert any(i == "No requests in this range." for i in texts(at, "info"))
