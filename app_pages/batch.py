@@ -64,6 +64,7 @@ if upload is not None:
             default_model = c1.selectbox("Model", models, key="batch_default_model")
             default_tokens = c2.number_input("Max tokens", 1, 8192, 512, step=64, key="batch_default_max_tokens")
         ui.render_model_facts(service, "text", sorted({r.model or default_model or "" for r in valid}))
+        batch_view.render_estimate(service.estimate_batch(valid, model=default_model, max_tokens=int(default_tokens)))
         started = st.session_state.get("batch_started_file") == upload.file_id  # no double submit
         if st.button(f"Run {len(valid):,} valid rows", type="primary", icon="▶️", disabled=not valid or started,
                      key="batch_run"):

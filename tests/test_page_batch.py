@@ -74,6 +74,14 @@ class TestUploadAndPreview:
         at.toggle(key="batch_only_invalid").set_value(True).run()
         assert list(at.dataframe[0].value["row"]) == [3, 4, 5]
 
+    def test_preview_estimates_the_cost(self) -> None:
+        """Before it runs, the preview estimates the job's cost (or says it is unpriced) and how."""
+        at = upload(app("app_pages/batch.py").run(), csv(3))
+        assert not at.exception and not at.error
+        assert any(m.startswith("**Estimated cost:") for m in texts(at, "markdown"))
+        assert any("An estimate, not a bill" in c and "max_tokens" in c for c in texts(at, "caption")) or \
+            any("unpriced" in m for m in texts(at, "markdown"))
+
     def test_unknown_model_is_flagged(self) -> None:
         """A model the backend does not list makes its row invalid."""
         at = upload(app("app_pages/batch.py").run(), b"prompt,model\nhi,demo-swift\nhey,gpt-9\n")

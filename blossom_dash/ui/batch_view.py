@@ -5,6 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from ..features.batch import BatchStatus
+from ..features.batch_cost import BatchEstimate
+from ..pricing import format_cost
 
 
 def _duration(seconds: float | None) -> str:
@@ -15,6 +17,21 @@ def _duration(seconds: float | None) -> str:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
+
+def render_estimate(estimate: BatchEstimate) -> None:
+    """The job's estimated cost before it runs, how it was made, and the unpriced rows."""
+    if estimate.priced_rows == 0 and estimate.unpriced_rows == 0:
+        return
+    models = ", ".join(estimate.unpriced_models[:5]) + ("…" if len(estimate.unpriced_models) > 5 else "")
+    if estimate.priced_rows == 0:
+        st.markdown(f"**Estimated cost: unpriced**: no price is known for {models} "
+                    f"({estimate.unpriced_rows:,} rows).")
+        return
+    text = f"**Estimated cost: up to {format_cost(estimate.total)}** for {estimate.priced_rows:,} priced rows"
+    if estimate.unpriced_rows:
+        text += f"; {estimate.unpriced_rows:,} rows unpriced (no price for {models}), not in the estimate"
+    st.markdown(text + ".")
+    st.caption(estimate.method)
 
 
 def render_status(status: BatchStatus) -> None:
