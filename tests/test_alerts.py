@@ -322,6 +322,17 @@ class TestRedisDedupe:
         assert len(receiver.bodies) == 1
 
 
+class TestAccess:
+    def test_only_an_admin_reads_the_alerts(self, demo_service: BlossomService) -> None:
+        """A member asking for the alert list is refused in words; an admin gets it, the URL masked."""
+        from blossom_dash.errors import PermissionDenied
+        from blossom_dash.gateway import Caller
+
+        with pytest.raises(PermissionDenied, match="Only an admin may read the alerts"):
+            demo_service.alerts(caller=Caller("bob@team.org", role="member"))
+        assert demo_service.alerts(caller=Caller("local"))["webhook"] == ""
+
+
 class TestControlsPage:
     def test_alerts_listed_with_their_status(self, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
         """The circuit opening on the demo backend is listed on Controls as sent, the URL masked."""
