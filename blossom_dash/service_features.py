@@ -20,11 +20,14 @@ from .features.batch_cost import BatchEstimate, estimate_batch
 from .features.compare import Comparison, ComparisonStore, TextComparison, Vote, check_request, image_panel, run_all
 from .features.conversations import Conversation, ConversationError, ConversationStore
 from .gateway import Caller, Gateway, TextRequest, TextStream
+from .gateway.account import AccountReader
 from .gateway.requests import SEED_MAX
 from .policies.cache import CacheStats
 from .policies.replay import ImportReport, RecordError
 from .results import ImageResult
+from .sdk.account import Account
 from .sdk.backend import Backend
+from .sdk.loop import LoopThread
 from .service_access import AccessMethods
 
 log = logging.getLogger("blossom_dash")
@@ -33,6 +36,8 @@ log = logging.getLogger("blossom_dash")
 
 class FeatureMethods(AccessMethods):
     """Compare, Batch, replay and conversation methods; mixed into ``BlossomService``."""
+
+    _loop: LoopThread  # the service's event loop, set by BlossomService
 
     @property
     def _gw(self) -> Gateway:  # provided by BlossomService
@@ -50,6 +55,29 @@ class FeatureMethods(AccessMethods):
 
     def generate_image(self, prompt: str, **kwargs: Any) -> ImageResult:  # provided by BlossomService
         raise NotImplementedError
+
+    # ----- the backend's account (key type and balance; gateway/account.py) -------------------
+
+    def account(self, *, refresh: bool = False) -> Account | None:
+        """What the live backend says about its own key: type (sk_/pk_), name, budget, balance.
+
+        Read through ``gateway.account.AccountReader`` (``GET /account/key`` and
+        ``GET /account/balance``), kept 60 s per backend and key, so every page may ask.
+        The same for everyone (it is the server's key; a member's own key is not read).
+
+        Args:
+            refresh: Ask the backend now (the Controls page's refresh button).
+
+        Returns:
+            ``sdk.account.Account`` (parts it could not read are None, with why in
+            ``detail``), or None when the backend has no key of its own (the demo) or
+            no account API (a non-Pollinations server that answers neither endpoint).
+        """
+        with self._lock:
+            reader = getattr(self, "_account_reader", None)
+            if reader is None:
+                reader = self._account_reader = AccountReader(self._loop)
+        return reader.get(self.backend, refresh=refresh)
 
     # ----- comparisons (the Compare page; logic in compare.py) ---------------------------
 

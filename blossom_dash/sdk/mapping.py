@@ -13,6 +13,7 @@ import concurrent.futures
 import html
 import json
 import re
+from decimal import Decimal
 
 import httpx
 from blossom_ai import BlossomError, EmptyResponseError
@@ -26,6 +27,7 @@ from ..errors import (
     RateLimited,
     UpstreamError,
 )
+from .account import payment_required_figures
 from .transport import Observation
 
 #: Longest upstream summary quoted in a message.
@@ -68,6 +70,26 @@ def _one_line(text: str) -> str:
     text = " ".join(text.split())
     text = _TAG_RE.sub("", text) if "<" in text else text
     return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1].rstrip() + "…"
+
+
+def _payment_required(where: str, model: str, body: str | None, said: str) -> UpstreamError:
+    """A 402 in words: what the model costs and what the balance is, when the backend said
+    (``account.payment_required_figures``; only the two numbers are read, so they are
+    shown even for a backend whose words are never quoted)."""
+    cost, balance = payment_required_figures(body)
+    if cost is not None or balance is not None:
+        costs = f"{model!r} costs about {_figure(cost)} pollen per request" if cost is not None else \
+            f"{model!r} costs more than the balance"
+        left = f"the key's balance is {_figure(balance)} pollen" if balance is not None else "the balance is too low"
+        message = f"Not enough pollen on {where}: {costs} and {left} (HTTP 402 Payment Required)."
+    else:
+        message = f"{where} says the account has no balance left (HTTP 402 Payment Required).{said}"
+    return UpstreamError(message, "Top up the key's balance at enter.pollinations.ai, use another key, "
+                                  "or pick a cheaper or free model.", status_code=402)
+
+
+def _figure(value: Decimal | None) -> str:
+    return format(value, "f") if value is not None else "?"
 
 
 def _dash_error_in(exc: BaseException) -> DashError | None:
@@ -123,11 +145,7 @@ def to_dash_error(exc: BaseException, obs: Observation | None, *, where: str, mo
                 status_code=status,
             )
         if status == 402:
-            return UpstreamError(
-                f"{where} says the account has no balance left (HTTP 402 Payment Required).{said}",
-                "Top up the key's balance at enter.pollinations.ai, use another key, or pick a free model.",
-                status_code=402,
-            )
+            return _payment_required(where, model, obs.error_body if obs is not None else "", said)
         if status in (400, 404, 422) and ("model" in detail.lower() or status == 404):
             return InvalidRequest(
                 f"Model {model!r} is not available on {where} (HTTP {status}).{said}",

@@ -1,0 +1,135 @@
+"""The Pollinations account: key type and balance from /account/key and /account/balance; a 402 in words.
+
+A loopback server speaks Pollinations' account endpoints and its 402 body; the service
+is switched to it with a fake ``sk_`` key (as an admin gives a backend its own key).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from helpers import make_service
+
+from blossom_dash.errors import UpstreamError
+from blossom_dash.sdk.account import key_type_of, payment_required_figures
+
+FAKE_KEY = "sk_fake_account_key_0123456789"
+POLLINATIONS_402 = {"status": 402, "success": False, "error": {
+    "code": "PAYMENT_REQUIRED",
+    "message": "This model costs ~0.0136 pollen per request, but your available balance is 0.0000"}}
+
+
+class _Pollinations(BaseHTTPRequestHandler):
+    seen: list[tuple[str, str]] = []
+    key_body: dict[str, object] | None = {"valid": True, "type": "secret", "name": "team key", "pollenBudget": None}
+    balance_body: dict[str, object] | None = {"balance": 12.5}
+
+    def _send(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        _Pollinations.seen.append((self.path, self.headers.get("Authorization") or ""))
+        if self.path == "/v1/models":
+            self._send(200, {"object": "list", "data": [{"id": "paid-model"}]})
+        elif self.path == "/account/key":
+            self._send(200, self.key_body) if self.key_body is not None else self._send(403, {"error": "no"})
+        elif self.path == "/account/balance":
+            self._send(200, self.balance_body) if self.balance_body is not None else self._send(404, {})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        _Pollinations.seen.append((self.path, self.headers.get("Authorization") or ""))
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self._send(402, POLLINATIONS_402)
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture()
+def pollinations() -> Iterator[str]:
+    """The URL of a loopback stand-in for gen.pollinations.ai's account endpoints."""
+    _Pollinations.seen = []
+    _Pollinations.key_body = {"valid": True, "type": "secret", "name": "team key", "pollenBudget": None}
+    _Pollinations.balance_body = {"balance": 12.5}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pollinations)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+class TestFigures:
+    def test_402_figures_are_read(self) -> None:
+        """Pollinations' 402 wording gives the cost per request and the balance, as Decimals."""
+        assert payment_required_figures(json.dumps(POLLINATIONS_402)) == (Decimal("0.0136"), Decimal("0.0000"))
+        assert payment_required_figures("Insufficient balance") == (None, None)
+        assert payment_required_figures(None) == (None, None)
+
+    def test_key_type_from_the_backend_or_the_prefix(self) -> None:
+        """The backend's 'secret'/'publishable' wins; else the key's own sk_/pk_ prefix."""
+        assert key_type_of("pk_x", "secret") == "sk"
+        assert key_type_of("pk_abc", None) == "pk" and key_type_of("sk_abc", "weird") == "sk"
+        assert key_type_of(None, None) is None
+
+
+class TestAccount:
+    def test_key_type_and_balance_from_the_backend(self, tmp_path: Path, pollinations: str) -> None:
+        """With its own sk_ key the backend is asked once; the answer is kept for the next reads."""
+        with make_service(tmp_path) as svc:
+            svc.switch_backend(pollinations, api_key=FAKE_KEY)
+            account = svc.account()
+            assert account is not None and account.key_type == "sk" and account.key_name == "team key"
+            assert account.valid is True and account.balance == Decimal("12.5") and account.detail == ""
+            assert "spends the balance" in account.key_words
+            asked = [p for p, _ in _Pollinations.seen if p.startswith("/account")]
+            assert asked == ["/account/key", "/account/balance"]
+            assert all(auth == f"Bearer {FAKE_KEY}" for p, auth in _Pollinations.seen if p.startswith("/account"))
+            assert svc.account() is account  # kept: no second request
+            assert len([p for p, _ in _Pollinations.seen if p.startswith("/account")]) == 2
+            _Pollinations.balance_body = {"balance": "3.25"}
+            assert svc.account(refresh=True).balance == Decimal("3.25")
+
+    def test_what_could_not_be_read_is_said(self, tmp_path: Path, pollinations: str) -> None:
+        """A key that may not read its details and a backend without a balance: None parts, and why."""
+        _Pollinations.key_body = None
+        _Pollinations.balance_body = None
+        with make_service(tmp_path) as svc:
+            svc.switch_backend(pollinations, api_key="pk_fake_account_key_0123456789")
+            assert svc.account() is None  # not Pollinations and no account API answered: nothing to show
+        _Pollinations.balance_body = {"balance": 1}
+        with make_service(tmp_path / "again") as svc:
+            svc.switch_backend(pollinations, api_key="pk_fake_account_key_0123456789")
+            account = svc.account()
+            assert account is not None and account.key_type == "pk" and account.balance == Decimal("1")
+            assert "may not read its key's details (HTTP 403)" in account.detail
+
+    def test_no_key_no_account(self, tmp_path: Path) -> None:
+        """The demo backend has no key and no account."""
+        with make_service(tmp_path) as svc:
+            assert svc.account() is None
+
+
+class TestPaymentRequired:
+    def test_402_says_cost_and_balance_in_words(self, tmp_path: Path, pollinations: str) -> None:
+        """Pollinations' 402 becomes 'costs about 0.0136 pollen per request and the key's balance is 0.0000'."""
+        with make_service(tmp_path) as svc:
+            svc.switch_backend(pollinations, api_key=FAKE_KEY)
+            with pytest.raises(UpstreamError) as info:
+                svc.generate_text("hello", model="paid-model")
+            message = info.value.message
+            assert "'paid-model' costs about 0.0136 pollen per request" in message
+            assert "the key's balance is 0.0000 pollen" in message and "HTTP 402" in message
+            assert "Top up" in info.value.hint
