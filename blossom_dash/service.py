@@ -27,6 +27,7 @@ from .policies.ratelimit import LimitStatus, RateLimiter
 from .results import AudioResult, ImageResult, TextResult
 from .sdk.backend import Backend
 from .sdk.loop import LoopThread
+from .service_budget import BudgetMethods, make_ledger, restore_ledger
 from .service_features import FeatureMethods
 from .settings import POLLINATIONS_URL, Settings
 from .telemetry.collector import MetricsCollector
@@ -56,7 +57,7 @@ def _cache_and_limiter(s: Settings) -> tuple[ResponseCache, RateLimiter]:
             SharedRateLimiter(url, per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm))
 
 
-class BlossomService(FeatureMethods):
+class BlossomService(FeatureMethods, BudgetMethods):
     """The process-wide service: one client on one loop, cache, limits, metrics.
 
     Args:
@@ -97,7 +98,8 @@ class BlossomService(FeatureMethods):
         try:
             backend = self._make_backend(s.backend, key, startup=True)
             self.gateway = Gateway(s, self._loop, backend, cache=self.cache, limiter=self.limiter,
-                                   collector=self.metrics, models=ModelCatalog(self._loop))
+                                   collector=self.metrics, models=ModelCatalog(self._loop), budget=make_ledger(s))
+            restore_ledger(self.gateway.budget, self.store)  # this period's spending (no-op on Redis)
             attach(self, s.metrics_port)  # Prometheus sink + exporter (once per process)
             attach_logging(self)  # one JSON line per request on stderr
             self._start_alerts()  # the webhook, the error-rate check, the breaker listener
@@ -460,7 +462,7 @@ class BlossomService(FeatureMethods):
         self._stop_alerts()
         self.metrics.close()
         self.store.close()
-        for shared in (self.cache, self.limiter):  # the Redis connections, when shared
+        for shared in (self.cache, self.limiter, self.gateway and self.gateway.budget):  # Redis connections
             if (close := getattr(shared, "close", None)) is not None:
                 close()
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from helpers import demo_stats, make_service, run_in_threads
 
 from blossom_dash.errors import BudgetExceeded, DashError
 from blossom_dash.policies.budget import BudgetLedger, Budgets, period_end, period_key, pollen
@@ -348,3 +350,100 @@ class TestShared:
             ledger.reserve("ann", P)
         assert ledger.status("ann").unavailable
         ledger.close()
+
+
+class TestGateway:
+    """Budgets through the service and the demo backend over loopback HTTP, at a stub price."""
+
+    @staticmethod
+    def priced(svc: object, per_request: Decimal) -> None:
+        """Every model of ``svc`` costs ``per_request`` pollen a call (pricing's perRequest unit)."""
+        from blossom_dash.pricing import Price
+
+        svc.gateway.prices = lambda kind, model: Price((("perRequest", per_request),))  # type: ignore[attr-defined]
+
+    def test_exactly_n_under_50_threads(self, tmp_path: Path) -> None:
+        """A daily budget of N x price admits exactly N of 50 concurrent requests; the others are
+        refused unsent with BudgetExceeded and recorded as rejected."""
+        n = 17
+        with make_service(tmp_path, budget_user_day=P * n) as svc:
+            self.priced(svc, P)
+            answered: list[int] = []
+            refused: list[BudgetExceeded] = []
+
+            def work(k: int) -> None:
+                try:
+                    svc.generate_text(f"hello {k}", user="ann")
+                    answered.append(k)
+                except BudgetExceeded as err:
+                    refused.append(err)
+
+            assert run_in_threads(work, 50) == []
+            assert len(answered) == n and len(refused) == 50 - n
+            assert all(f"of your daily budget of {pollen(P * n)} pollen" in e.message for e in refused)
+            (line,) = svc.budget_status("ann").lines
+            assert (line.spent, line.reserved, line.requests) == (P * n, 0, n)
+            assert demo_stats(svc).get("chat", 0) == n
+            svc.flush_events()
+            frame = svc.store.frame()
+            assert (frame.outcome == "ok").sum() == n
+            rejected = frame[frame.outcome == "rejected"]
+            assert len(rejected) == 50 - n and set(rejected.error_type) == {"BudgetExceeded"}
+
+    def test_failed_request_releases_and_cache_hit_is_free(self, tmp_path: Path) -> None:
+        """A backend error gives the reservation back; a cache hit spends nothing."""
+        with make_service(tmp_path, budget_user_day=P) as svc:
+            self.priced(svc, P)
+            with pytest.raises(DashError):
+                svc.generate_text("x", model="fault-500", user="ann")
+            (line,) = svc.budget_status("ann").lines
+            assert (line.spent, line.reserved, line.requests) == (0, 0, 0)
+            svc.generate_text("same", user="ann")
+            svc.generate_text("same", user="ann")  # from the cache
+            with pytest.raises(BudgetExceeded):
+                svc.generate_text("other", user="ann")
+
+    def test_unpriced_is_admitted_and_spends_nothing(self, tmp_path: Path) -> None:
+        """With no price known, requests pass and the budget stays at 0 (never a pretend cost)."""
+        with make_service(tmp_path, budget_user_day=P) as svc:
+            for k in range(3):
+                svc.generate_text(f"u{k}", user="ann")
+            (line,) = svc.budget_status("ann").lines
+            assert (line.spent, line.requests) == (0, 3)
+
+    def test_restart_restores_spending(self, tmp_path: Path) -> None:
+        """A restarted service starts from what the usage store says was spent today."""
+        with make_service(tmp_path, budget_user_day=P * 3) as svc:
+            self.priced(svc, P)
+            svc.generate_text("a", user="ann")
+            svc.generate_text("b", user="ann")
+            svc.flush_events()
+            if "cost" not in svc.store.frame().columns or svc.store.frame().cost.isna().all():
+                pytest.skip("events do not carry their cost yet")
+        with make_service(tmp_path, budget_user_day=P * 3) as svc:
+            self.priced(svc, P)
+            (line,) = svc.budget_status("ann").lines
+            assert (line.spent, line.requests) == (P * 2, 2)
+            svc.generate_text("c", user="ann")
+            with pytest.raises(BudgetExceeded):
+                svc.generate_text("d", user="ann")
+
+    def test_configure_is_admin_and_audited(self, tmp_path: Path) -> None:
+        """Only an admin changes budgets; the change is audited; members read only their own."""
+        from blossom_dash import Caller
+        from blossom_dash.errors import InvalidRequest, PermissionDenied
+
+        with make_service(tmp_path) as svc:
+            member = Caller("bob", role="member")
+            with pytest.raises(PermissionDenied):
+                svc.configure_budgets(member, user_day=P)
+            with pytest.raises(InvalidRequest, match="Budgets not applied"):
+                svc.configure_budgets(None, user_day=Decimal(-1))
+            assert svc.configure_budgets(None, user_day=P, team_month_requests=9) == Budgets(
+                user_day=P, team_month_requests=9)
+            assert svc.configure_budgets(None, user_day=None) == Budgets(team_month_requests=9)
+            entries = svc.audit_entries()
+            assert list(entries.action[:2]) == ["configure_budgets", "configure_budgets"]
+            assert [x.scope for x in svc.budget_status("bob", caller=member).lines] == ["team"]
+            with pytest.raises(PermissionDenied):
+                svc.budget_status("ann", caller=member)

@@ -19,12 +19,13 @@ PACKAGE = ROOT / "blossom_dash"
 #: and any lower layer; ``policies`` and ``telemetry`` are siblings and never import
 #: each other (nothing flows sideways).
 LAYERS: list[set[str]] = [
-    {"results", "errors", "settings", "pricing"},
+    {"pricing"},  # prices and costs, on the standard library alone (settings checks its file)
+    {"results", "errors", "settings"},
     {"sdk", "demo_backend", "health"},  # health: the readiness probe, on settings alone
     {"policies", "telemetry"},
     {"gateway"},
     {"features"},
-    {"service", "service_features", "service_access"},
+    {"service", "service_features", "service_access", "service_budget"},
     {"ui"},
 ]
 
@@ -98,9 +99,11 @@ class TestLayers:
                     if target == "blossom_dash":
                         wrong.append(f"{module}:{line} imports the package root")
                     continue
-                # the facade and its two base classes: service -> service_features -> service_access
+                # the facade and its base classes: service -> service_features -> service_access,
+                # service -> service_budget
                 same_layer_ok = (unit, other) in {("service", "service_features"), ("service", "service_access"),
-                                                  ("service_features", "service_access")}
+                                                  ("service_features", "service_access"),
+                                                  ("service", "service_budget")}
                 if _layer(other) > _layer(unit) or (_layer(other) == _layer(unit) and not same_layer_ok):
                     wrong.append(f"{module}:{line} imports {target} ({other} is not below {unit})")
         assert not wrong, "\n".join(wrong)

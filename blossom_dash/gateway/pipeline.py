@@ -3,7 +3,7 @@
 Every request, of every kind, from every page, feature and script:
 
     validate -> resolve the model -> key (the backend's identity applied once) -> cache
-    -> admit (replay-only, rate limit, circuit breaker) -> sdk.call (deadline,
+    -> admit (replay-only, rate limit, budgets, circuit breaker) -> sdk.call (deadline,
     retries, error mapping) -> verify -> record ONE event -> cache -> result
 
 One event per request by construction: a request's ``_Ticket`` records at most once,
@@ -24,10 +24,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from ..errors import (
     BackendUnavailable,
+    BudgetExceeded,
     CircuitOpen,
     DashError,
     InvalidRequest,
@@ -37,9 +39,11 @@ from ..errors import (
     UpstreamError,
 )
 from ..policies.breaker import CircuitBreaker
+from ..policies.budget import BudgetLedger, Reservation
 from ..policies.cache import ResponseCache, backend_identity, request_key
 from ..policies.ratelimit import RateLimiter
 from ..policies.replay import not_recorded
+from ..pricing import Price, request_cost
 from ..results import AudioResult, ImageResult, TextResult, Usage
 from ..sdk.backend import Backend, StreamChunk
 from ..sdk.call import CallPolicy, call, retry_stream, timeout_error
@@ -68,10 +72,12 @@ def outcome_of(err: DashError) -> str:
     """The event outcome of a request that ended with ``err``.
 
     ``rejected`` for the user's own invalid request (no backend status: refused before
-    sending) and for replay-only refusals; ``rate_limited`` for our own limits;
+    sending), for replay-only refusals and for a spending budget's refusal
+    (``BudgetExceeded``: its ``error_type`` tells it apart; a new outcome would split
+    every Monitor figure that sums outcomes); ``rate_limited`` for our own limits;
     ``error`` for every backend or system failure (an upstream 429 included).
     """
-    if isinstance(err, NotRecorded) or (isinstance(err, InvalidRequest) and err.status_code is None):
+    if isinstance(err, NotRecorded | BudgetExceeded) or (isinstance(err, InvalidRequest) and err.status_code is None):
         return "rejected"
     if isinstance(err, RateLimited) and err.scope in ("user", "global"):
         return "rate_limited"
@@ -102,6 +108,9 @@ class _Ticket:
     backend: str
     model: str = ""
     recorded: bool = False
+    #: The model's price as admitted (None: unpriced), and what the budgets hold for it.
+    price: Price | None = None
+    reservation: Reservation | None = None
 
 
 class Gateway:
@@ -116,10 +125,16 @@ class Gateway:
         collector: Where each request's one event goes.
         models: The model lists.
         recorded_models: Models with recordings of a kind (replay-only offers only those).
+        budget: The spending budgets (none set when omitted).
+
+    Attributes:
+        prices: ``prices(kind, model) -> Price | None``, the live backend's price of a
+            model (None: unpriced); what a budget reserves and the real cost use.
     """
 
     def __init__(self, settings: Settings, loop: LoopThread, backend: Backend, *, cache: ResponseCache,
-                 limiter: RateLimiter, collector: MetricsCollector, models: ModelCatalog) -> None:
+                 limiter: RateLimiter, collector: MetricsCollector, models: ModelCatalog,
+                 budget: BudgetLedger | None = None) -> None:
         self.settings = settings
         self._loop = loop
         self._backend = backend
@@ -127,6 +142,8 @@ class Gateway:
         self._limiter = limiter
         self._collector = collector
         self._models = models
+        self.budget = budget or BudgetLedger()
+        self.prices: Callable[[str, str], Price | None] = lambda kind, model: None
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._policy = CallPolicy(settings.retries, settings.retry_max_wait_s, settings.max_response_bytes)
@@ -220,6 +237,7 @@ class Gateway:
             log.error("request %s tried to record a second event", ticket.request_id)
             return
         ticket.recorded = True
+        self._settle(ticket, outcome, usage)  # the budgets first: they hold whatever the journal does
         s = self.settings
         if status_code is None and error is not None:
             status_code = error.status_code
@@ -234,6 +252,22 @@ class Gateway:
             # The answer is still good; a failed journal write must not lose it.
             self._collector.store_errors += 1
             log.exception("could not journal event %s", ticket.request_id)
+
+    def _settle(self, ticket: _Ticket, outcome: str, usage: Usage | None) -> Decimal | None:
+        """The cost of an answered request (None: unpriced, or not answered); settles or
+        releases its budget reservation."""
+        cost = None
+        if outcome == "ok" and ticket.price is not None:
+            cost = request_cost(ticket.price, prompt_tokens=usage.prompt_tokens if usage else 0,
+                                completion_tokens=usage.completion_tokens if usage else 0,
+                                images=1 if ticket.kind == "image" else 0)
+        if ticket.reservation is not None:
+            if outcome == "ok":
+                self.budget.settle(ticket.reservation, cost)
+            else:
+                self.budget.release(ticket.reservation)
+            ticket.reservation = None
+        return cost
 
     def _failed(self, ticket: _Ticket, err: DashError) -> DashError:
         if not ticket.recorded:
@@ -264,12 +298,15 @@ class Gateway:
         return ticket, prepared, key, deadline
 
     def _admit(self, ticket: _Ticket, prepared: Prepared, breaker: CircuitBreaker) -> bool:
-        """Replay-only, then the rate limit, then the breaker; returns whether this is its probe."""
+        """Replay-only, then the rate limit, then the budgets (the estimate reserved), then
+        the breaker; returns whether this is its probe."""
         try:
             if self._cache.replay_only:  # every cache miss passes here before the network: refuse it unsent
                 raise not_recorded(ticket.kind, ticket.prompt, prepared.model)
             caller = ticket.caller
             self._limiter.acquire(caller.user, rpm=self.settings.kiosk_rpm if caller.is_kiosk else None)
+            ticket.price = self.prices(prepared.kind, prepared.model)
+            ticket.reservation = self.budget.reserve(caller.user, prepared.estimated_cost(ticket.price, ticket.prompt))
             return breaker.admit()
         except DashError as err:
             raise self._failed(ticket, err) from None

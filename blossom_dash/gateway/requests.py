@@ -9,12 +9,15 @@ the cache-key parts (the backend's identity is added once, by the pipeline).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
 from ..errors import InvalidRequest
+from ..pricing import Price, estimate_cost
 from ..sdk.speech import MAX_SPEECH_CHARS, speech_body, validate_speech
 
 MAX_TOKENS_LIMIT = 8192
@@ -28,6 +31,9 @@ MODEL_NAME_CHARS = 128
 #: Identities of kiosk visitors (anonymous, signed random ids) start with this; they
 #: are members with their own lower rate limit (``Settings.kiosk_rpm``).
 KIOSK_PREFIX = "kiosk-"
+#: Characters per prompt token in a budget's estimate before the call: OpenAI's rule of
+#: thumb, as ``features.batch_cost``; the real cost settles from the answer's usage.
+CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,21 @@ class Prepared:
     key_parts: dict[str, Any]
     random_parts: tuple[str, ...] = ()
     wire: dict[str, Any] = field(default_factory=dict)
+
+    def estimated_cost(self, price: Price | None, prompt: str | None) -> Decimal | None:
+        """An upper bound of this request's cost in pollen before it runs (what a budget
+        reserves; ``pricing.estimate_cost``): a text request's messages at
+        ``CHARS_PER_TOKEN`` characters per token and its full ``max_tokens``; an image
+        as one image plus its ``prompt``'s tokens; speech at its ``prompt``'s tokens only
+        (the audio's length is unknown before). None when ``price`` is None (unpriced).
+        """
+        if self.kind == "text":
+            chars = sum(len(str(m.get("content") or "")) for m in self.wire.get("messages", []))
+            max_tokens = int(self.wire.get("max_tokens") or 0)
+        else:
+            chars, max_tokens = len(prompt or ""), 0
+        return estimate_cost(price, prompt_tokens=math.ceil(chars / CHARS_PER_TOKEN), max_tokens=max_tokens,
+                             images=1 if self.kind == "image" else 0)
 
 
 def check_model(model: Any) -> str | None:
@@ -335,6 +356,7 @@ class SpeechRequest:
 Request = TextRequest | ImageRequest | SpeechRequest
 
 __all__ = [
-    "DEFAULT_MAX_TOKENS", "IMAGE_MAX_PX", "IMAGE_MIN_PX", "IMAGE_PROMPT_URL_CHARS", "KIOSK_PREFIX", "MAX_TOKENS_LIMIT",
+    "CHARS_PER_TOKEN", "DEFAULT_MAX_TOKENS", "IMAGE_MAX_PX", "IMAGE_MIN_PX", "IMAGE_PROMPT_URL_CHARS", "KIOSK_PREFIX",
+    "MAX_TOKENS_LIMIT",
     "SEED_MAX", "Caller", "ImageRequest", "Prepared", "Request", "SpeechRequest", "TextRequest", "check_model",
 ]

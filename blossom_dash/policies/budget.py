@@ -275,6 +275,9 @@ class BudgetLedger:
             also settable later as the attribute of that name.
     """
 
+    #: Whether the counters live outside this process (``restore`` has nothing to do).
+    shared = False
+
     def __init__(self, budgets: Budgets | None = None, *, clock: Callable[[], float] = time.time,
                  on_crossing: OnCrossing | None = None) -> None:
         self._budgets = budgets or Budgets()

@@ -186,6 +186,8 @@ class SharedBudgetLedger(BudgetLedger):
         ValueError: a URL redis-py does not accept.
     """
 
+    shared = True
+
     def __init__(self, url: str, budgets: Budgets | None = None, *, clock: Callable[[], float] = time.time,
                  on_crossing: OnCrossing | None = None, prefix: str = PREFIX) -> None:
         super().__init__(budgets, clock=clock, on_crossing=on_crossing)  # keeps the last read
