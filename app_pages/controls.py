@@ -3,6 +3,7 @@
 import streamlit as st
 
 from blossom_dash import ui
+from blossom_dash.ui import account as account_ui
 from blossom_dash.ui import admin as admin_ui
 
 handle = ui.session_handle()
@@ -126,6 +127,9 @@ with key_col:
         c1, c2 = st.columns(2)
         c1.form_submit_button("Use this key", on_click=_use_key)
         c2.form_submit_button("Forget my key", on_click=_use_key, kwargs={"clear": True})
+    st.markdown("**The server key's account**")
+    with ui.guard("reading the account"):
+        account_ui.render_account_controls(service)
 
 st.divider()
 st.subheader("Replay")

@@ -17,6 +17,7 @@ from ..errors import DashError
 from ..service import BlossomService, SessionHandle
 from ..settings import Settings
 from . import auth
+from .account import render_account_sidebar
 from .feedback import guard, history_banner, show_error
 from .model_facts import render_model_facts
 from .safe import code_span
@@ -265,7 +266,8 @@ def model_picker(service: BlossomService, kind: str, *, key: str, where: Any = N
 
 
 def sidebar(handle: SessionHandle) -> None:
-    """The shared sidebar: backend, who is signed in with which role and key, the quota, sign-out."""
+    """The shared sidebar: backend, who is signed in with which role and key, the server key's type and
+    balance (``account.render_account_sidebar``), the quota, sign-out."""
     service = handle.service
     health = service.health()
     with st.sidebar:
@@ -284,6 +286,7 @@ def sidebar(handle: SessionHandle) -> None:
                    + (" (local mode)" if mode == "local" else ""))
         st.caption("🔑 Your requests use **your own key**." if handle.has_session_key
                    else "Your requests use **the server's key**.")
+        render_account_sidebar(service)  # the server key's type and balance, when the backend reports them
         if mode == "team" and st.button("Sign out", key="sidebar_signout", icon=":material/logout:"):
             st.logout()
 

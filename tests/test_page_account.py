@@ -1,0 +1,50 @@
+"""The server key's account on Controls and in the sidebar (AppTest), from a loopback Pollinations stand-in."""
+
+from __future__ import annotations
+
+from pages_helpers import app, texts
+from streamlit.testing.v1 import AppTest
+from test_account import FAKE_KEY, _Pollinations, pollinations  # noqa: F401 - the fixture, used by name
+
+from blossom_dash import ui
+
+
+def _sidebar_only() -> None:
+    from blossom_dash import ui
+
+    ui.sidebar(ui.session_handle())
+
+
+def _switch(url: str) -> None:
+    ui.get_service().switch_backend(url, api_key=FAKE_KEY)
+
+
+class TestAccount:
+    def test_controls_shows_key_type_and_balance(self, pollinations: str) -> None:  # noqa: F811
+        """Controls names the key type in words and the balance; Refresh asks again."""
+        at = app("app_pages/controls.py").run()
+        _switch(pollinations)
+        at.run()
+        assert not at.exception
+        body = " ".join(str(m.value) for m in at.markdown)
+        assert "secret key (sk_): spends the balance, no rate limit" in body and "`team key`" in body
+        assert "**Balance:** 12.5 pollen." in body
+        _Pollinations.balance_body = {"balance": "0.75"}
+        at.button(key="controls_account_refresh").click().run()
+        assert "**Balance:** 0.75 pollen." in " ".join(str(m.value) for m in at.markdown)
+
+    def test_sidebar_line(self, pollinations: str) -> None:  # noqa: F811
+        """The sidebar says which kind of key the server uses and its balance."""
+        at = AppTest.from_function(_sidebar_only, default_timeout=30).run()
+        _switch(pollinations)
+        at.run()
+        assert not at.exception
+        assert "🔑 secret key (sk_) · balance 12.5 pollen" in texts(at.sidebar, "caption")
+
+    def test_demo_has_no_account(self) -> None:
+        """On the demo backend (no key) Controls says there is no account to show; the sidebar draws none."""
+        at = app("app_pages/controls.py").run()
+        assert not at.exception
+        assert any("No account to show" in c for c in texts(at, "caption"))
+        side = AppTest.from_function(_sidebar_only, default_timeout=30).run()
+        assert not any("🔑 secret" in c or "publishable" in c for c in texts(side.sidebar, "caption"))
