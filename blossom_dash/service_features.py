@@ -62,8 +62,10 @@ class FeatureMethods(AccessMethods):
         """What the live backend says about its own key: type (sk_/pk_), name, budget, balance.
 
         Read through ``gateway.account.AccountReader`` (``GET /account/key`` and
-        ``GET /account/balance``), kept 60 s per backend and key, so every page may ask.
-        The same for everyone (it is the server's key; a member's own key is not read).
+        ``GET /account/balance``, 3 s each at most), kept 60 s per backend and key, so
+        every page may ask; not asked while the backend's circuit breaker is open (the
+        last answer is given). The same for everyone (it is the server's key; a
+        member's own key is not read).
 
         Args:
             refresh: Ask the backend now (the Controls page's refresh button).
@@ -77,7 +79,8 @@ class FeatureMethods(AccessMethods):
             reader = getattr(self, "_account_reader", None)
             if reader is None:
                 reader = self._account_reader = AccountReader(self._loop)
-        return reader.get(self.backend, refresh=refresh)
+        offline = self._gw.breaker().state().circuit == "open"
+        return reader.get(self.backend, refresh=refresh, offline=offline)
 
     # ----- comparisons (the Compare page; logic in compare.py) ---------------------------
 

@@ -17,7 +17,10 @@ import pytest
 from helpers import make_service
 
 from blossom_dash.errors import UpstreamError
+from blossom_dash.gateway.account import AccountReader
 from blossom_dash.sdk.account import key_type_of, payment_required_figures
+from blossom_dash.sdk.backend import Backend
+from blossom_dash.sdk.loop import LoopThread
 
 FAKE_KEY = "sk_fake_account_key_0123456789"
 POLLINATIONS_402 = {"status": 402, "success": False, "error": {
@@ -133,3 +136,25 @@ class TestPaymentRequired:
             assert "'paid-model' costs about 0.0136 pollen per request" in message
             assert "the key's balance is 0.0000 pollen" in message and "HTTP 402" in message
             assert "Top up" in info.value.hint
+
+
+class TestAccountReader:
+    def test_kept_a_minute_and_not_asked_while_offline(self, pollinations: str) -> None:
+        """One read per minute (fake clock); an open circuit gives the last answer, or None before any."""
+        loop = LoopThread()
+        backend = Backend(name="custom", base_url=pollinations, api_key=FAKE_KEY, timeout_s=5)
+        now = [0.0]
+        try:
+            reader = AccountReader(loop, clock=lambda: now[0])
+            assert reader.get(backend, offline=True) is None  # nothing kept yet, and not asked
+            first = reader.get(backend)
+            now[0] = 59.0
+            assert reader.get(backend) is first and reader.get(backend, offline=True) is first
+            asked = len([p for p, _ in _Pollinations.seen if p.startswith("/account")])
+            assert asked == 2
+            now[0] = 61.0
+            assert reader.get(backend) is not first
+            assert len([p for p, _ in _Pollinations.seen if p.startswith("/account")]) == 4
+        finally:
+            loop.run(backend.close(), timeout=5)
+            loop.stop()

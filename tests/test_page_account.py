@@ -39,7 +39,7 @@ class TestAccount:
         _switch(pollinations)
         at.run()
         assert not at.exception
-        assert "🔑 secret key (sk_) · balance 12.5 pollen" in texts(at.sidebar, "caption")
+        assert "🔑 Server key: secret key (sk_) · balance 12.5 pollen" in texts(at.sidebar, "caption")
 
     def test_demo_has_no_account(self) -> None:
         """On the demo backend (no key) Controls says there is no account to show; the sidebar draws none."""
@@ -47,4 +47,4 @@ class TestAccount:
         assert not at.exception
         assert any("No account to show" in c for c in texts(at, "caption"))
         side = AppTest.from_function(_sidebar_only, default_timeout=30).run()
-        assert not any("🔑 secret" in c or "publishable" in c for c in texts(side.sidebar, "caption"))
+        assert not any("Server key:" in c for c in texts(side.sidebar, "caption"))

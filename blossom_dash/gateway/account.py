@@ -37,12 +37,16 @@ class AccountReader:
         self._lock = threading.Lock()
         self._kept: dict[tuple[str, str], tuple[float, Account | None]] = {}
 
-    def get(self, backend: Backend, *, refresh: bool = False, timeout_s: float = 5.0) -> Account | None:
+    def get(self, backend: Backend, *, refresh: bool = False, offline: bool = False,
+            timeout_s: float = 3.0) -> Account | None:
         """The account behind ``backend``'s own key.
 
         Args:
             refresh: Ask now even when an answer is kept.
-            timeout_s: Longest wait per endpoint, seconds.
+            offline: Do not ask (the backend's circuit is open): the last answer kept,
+                however old, or None.
+            timeout_s: Longest wait per endpoint, seconds (short: the sidebar waits for it
+                once a minute).
 
         Returns:
             ``Account``, or None when the backend has no key of its own or reports no
@@ -56,6 +60,8 @@ class AccountReader:
         now = self._clock()
         with self._lock:
             kept = self._kept.get(ident)
+            if offline:
+                return kept[1] if kept else None
             if kept and not refresh and now < kept[0]:
                 return kept[1]
         try:

@@ -29,11 +29,12 @@ def pollen_text(value: Decimal | None) -> str:
 
 
 def account_line(account: Account) -> str:
-    """One sidebar line: ``🔑 secret key (sk_) · balance 12.5 pollen``."""
+    """One sidebar line: ``🔑 Server key: secret key (sk_) · balance 12.5 pollen`` (the server's
+    key, also when this session uses its own)."""
     kind = _TYPE_SHORT.get(account.key_type or "", "key of unknown type")
     balance = f"balance {pollen_text(account.balance)}" if account.balance is not None else "balance not given"
     warn = " · ⚠️ the backend says the key is **not valid**" if account.valid is False else ""
-    return f"🔑 {kind} · {balance}{warn}"
+    return f"🔑 Server key: {kind} · {balance}{warn}"
 
 
 def render_account_sidebar(service: BlossomService) -> None:
