@@ -447,3 +447,28 @@ class TestGateway:
             assert [x.scope for x in svc.budget_status("bob", caller=member).lines] == ["team"]
             with pytest.raises(PermissionDenied):
                 svc.budget_status("ann", caller=member)
+
+
+class TestBatch:
+    def test_batch_pauses_on_budget_and_resumes(self, tmp_path: Path) -> None:
+        """A batch over budget waits (no row fails) and resumes when an admin raises the budget."""
+        import time
+
+        def wait_for(check: object, what: str) -> None:
+            deadline = time.monotonic() + 30
+            while not check():  # type: ignore[operator]
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                time.sleep(0.02)
+
+        with make_service(tmp_path, budget_user_day=P * 4) as svc:
+            TestGateway.priced(svc, P)
+            job = svc.submit_batch([{"prompt": f"row {i}"} for i in range(7)], user="ann")
+            wait_for(lambda: svc.batch_status(job).waiting_s > 0 and svc.batch_status(job).running == 0,
+                     "the job to wait for the budget")
+            status = svc.batch_status(job)
+            assert (status.status, status.done, status.failed, status.remaining) == ("running", 4, 0, 3)
+            assert "spending budget" in status.wait_reason
+            svc.configure_budgets(None, user_day=P * 10)
+            wait_for(lambda: not svc.batch_status(job).active, "the job to finish")
+            status = svc.batch_status(job)
+            assert (status.done, status.failed) == (7, 0)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from ..errors import DashError, RateLimited
+from ..errors import BudgetExceeded, DashError, RateLimited
 from ..gateway.requests import Caller, TextRequest
 from .batch_files import BatchRow
 from .batch_leases import Claim, RowLeases
@@ -71,7 +71,8 @@ MAX_RATE_LIMIT_WAITS = 30
 #: on the Controls page resumes the job at once).
 LIMIT_POLL_S = 1.0
 _WAIT_REASONS = {"user": "your requests-per-minute limit", "global": "the limit for all users",
-                 "upstream": "the backend's rate limit (HTTP 429)"}
+                 "upstream": "the backend's rate limit (HTTP 429)",
+                 "budget": "a spending budget used up (until it resets or an admin raises it)"}
 
 
 # ----- the runner ----------------------------------------------------------------------
@@ -94,6 +95,7 @@ class _Active:
     waits: Counter[int] = field(default_factory=Counter)
     limited: bool = False  # has met our own limiter (the ETA then respects the RPM)
     shared_wait: tuple[float | None, str | None] = (None, None)  # what we wrote to the job's row
+    budget_seen: Any = None  # the budgets in force when one refused a row (a change resumes the job)
     ended: bool = False
 
     @property
@@ -122,6 +124,8 @@ class BatchRunner:
     ``MAX_WAIT_S``); an upstream 429 pauses the job on every replica (``wait_until``)
     and halves this replica's concurrency for it (Pollinations' publishable keys allow
     one request at a time). A row refused ``MAX_RATE_LIMIT_WAITS`` times fails.
+    A spending budget's refusal (``BudgetExceeded``) hands the row back and pauses the
+    job until the budget's period resets or an admin changes the budgets; no row fails on it.
 
     A job submitted or resumed with the user's own API key is worked only by the
     replica that was given the key (it is never stored); if that replica stops, the
@@ -378,6 +382,9 @@ class BatchRunner:
             self._order.rotate(-1)
             if job.cancelled or job.drained or len(job.in_flight) + job.reserved >= job.parallel:
                 continue
+            if job.wait_scope == "budget" and now < job.not_before and self._gateway.budget.budgets == job.budget_seen:
+                wait = _sooner(wait, min(LIMIT_POLL_S, job.not_before - now))
+                continue
             if now < job.not_before and job.wait_scope == "upstream":
                 wait = _sooner(wait, job.not_before - now)
                 continue
@@ -478,6 +485,12 @@ class BatchRunner:
             if job.waits[claim.idx] <= MAX_RATE_LIMIT_WAITS:
                 return None
             return _error_values(err)
+        except BudgetExceeded as err:  # the job waits for its period to reset (or a raised budget); no row fails
+            with self._cond:
+                if not self._stopping and not job.cancelled:
+                    job.not_before = max(job.not_before, self._clock() + err.retry_after_s)
+                    job.wait_scope, job.budget_seen = "budget", self._gateway.budget.budgets
+            return {"status": ROW_CANCELLED} if job.cancelled and not self._stopping else None
         except DashError as err:
             return None if self._stopping else _error_values(err)
         return {"status": ROW_OK, "answer": result.text, "answered_by": result.model,
