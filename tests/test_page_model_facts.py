@@ -40,6 +40,12 @@ class TestLines:
         assert price_text(text) == "0.15 / 0.6 pollen per 1k tokens (prompt / completion)"
         assert price_text(Price((("completionImageTokens", Decimal("0.0125")),))) == "0.0125 pollen per image"
         assert price_text(None) == "unpriced"
+        speech = Price((("promptTextTokens", Decimal("0.0000002")), ("completionAudioTokens", Decimal("0.000008"))))
+        assert price_text(speech) == ("0.0002 / 0 pollen per 1k tokens (prompt / completion) + "
+                                      "0.008 pollen per 1k audio tokens (completion)")
+        assert price_text(Price((("completionVideoSeconds", Decimal("0.05")),))) == \
+            "0.05 pollen per video second (completion)"
+        assert price_text(Price(())) == "free"  # a pricing map with every unit omitted (all zero)
 
     def test_line_holds_every_fact(self) -> None:
         """Price, paid-only, the backend's health and our history on one line."""

@@ -14,6 +14,7 @@ the number of requests behind them; shared per process for 30 s).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
@@ -33,24 +34,44 @@ def _pollen(value: Decimal) -> str:
 
 
 def price_text(price: Price | None) -> str:
-    """A price in words: per 1k tokens, per image, per request, or ``unpriced``.
+    """A price in words: per 1k tokens, per image, per request, per 1k audio tokens…, or ``unpriced``.
+
+    Text tokens read as ``prompt / completion`` per 1k; an image as per image; any other
+    priced unit (audio tokens, video seconds, a flat per-request price) follows, in words
+    (at most two of them). Cached-prompt prices are left to the Monitor's table.
 
     Args:
         price: The model's ``pricing.Price``, or None when it publishes none.
     """
     if price is None:
         return "unpriced"
+    cur = price.currency
+    parts = []
     if (per_1k := price.per_1k_tokens) is not None:
         prompt, completion = per_1k
-        return f"{_pollen(prompt)} / {_pollen(completion)} {price.currency} per 1k tokens (prompt / completion)"
+        parts.append(f"{_pollen(prompt)} / {_pollen(completion)} {cur} per 1k tokens (prompt / completion)")
     if (per_image := price.per_image) is not None:
-        return f"{_pollen(per_image)} {price.currency} per image"
-    if price.has("perRequest"):
-        return f"{_pollen(price.get('perRequest'))} {price.currency} per request"
-    if not price.units:
-        return "free"
-    unit, value = price.units[0]
-    return f"{_pollen(value)} {price.currency} per {unit}"
+        parts.append(f"{_pollen(per_image)} {cur} per image")
+    shown = {"promptTextTokens", "completionTextTokens", "completionImageTokens", "promptCachedTokens"}
+    others = [(u, v) for u, v in price.units if u not in shown and v]
+    for unit, value in others[:2]:
+        if unit == "perRequest":
+            parts.append(f"{_pollen(value)} {cur} per request")
+        elif unit.endswith("Tokens"):
+            parts.append(f"{_pollen(value * 1000)} {cur} per 1k {_unit_words(unit)}")
+        else:
+            parts.append(f"{_pollen(value)} {cur} per {_unit_words(unit)}")
+    return " + ".join(parts) if parts else "free"
+
+
+def _unit_words(unit: str) -> str:
+    """``completionAudioTokens`` -> ``audio tokens (completion)``; ``completionVideoSeconds`` ->
+    ``video second (completion)``."""
+    words = re.findall(r"[A-Z]?[a-z]+", unit)
+    if len(words) < 2:
+        return unit
+    side, rest = words[0].lower(), " ".join(w.lower() for w in words[1:])
+    return f"{rest.removesuffix('s') if rest.endswith('seconds') else rest} ({side})"
 
 
 def facts_line(model: str, facts: ModelFacts | None, info: Any = None) -> str:
