@@ -211,7 +211,7 @@ class TestExport:
         _seed(tmp_path, [_row("evil", 10, prompt="=HYPERLINK(\"http://x\")", user="@admin"), _row("fine", 20)])
         at = app("app_pages/monitor.py").run()
         assert {b.label for b in at.get("download_button")} == {
-            "Log (2 rows) CSV", "Log (2 rows) JSON", "Aggregates CSV", "Aggregates JSON"}
+            "Log (2 rows) CSV", "Log (2 rows) JSON", "Aggregates CSV", "Aggregates JSON", "Spend CSV", "Spend JSON"}
         log = pd.read_csv(io.BytesIO(files["blossom-requests.csv"]()))
         evil = log[log["request_id"] == "evil"].iloc[0]
         assert evil["prompt"] == "'=HYPERLINK(\"http://x\")" and evil["user"] == "'@admin"
@@ -220,6 +220,9 @@ class TestExport:
         assert "'@admin" in users["user"].tolist()
         doc = json.loads(files["blossom-aggregates.json"]())
         assert doc["kpis"][0]["requests"] == 2 and doc["query"]["since"]
+        spend = json.loads(files["blossom-spend.json"]())
+        assert spend["spend_kpis"][0]["unpriced"] == 2 and spend["query"]["since"]
+        assert list(pd.read_csv(io.BytesIO(files["blossom-spend.csv"]()))["model"]) == ["demo-swift"]
 
 
 class TestRetention:

@@ -34,6 +34,7 @@ class TestSpendPanel:
         rows = table.set_index("model")
         assert rows.loc["demo-swift", "cost"] == 0.013 and rows.loc["demo-deep", "unpriced"] == 1
         assert "price" in table.columns  # the catalog's price in words, where the service has model_info
+        assert {"Spend CSV", "Spend JSON"} <= {d.label for d in at.get("download_button")}
 
     def test_empty_store_says_no_priced_requests(self) -> None:
         """No requests: Spend reads unpriced, and the cost charts say so instead of a zero."""

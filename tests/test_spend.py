@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -221,3 +222,17 @@ class TestServiceSpend:
             est = svc.estimate_batch([BatchRow(2, "hello there")], model=svc.list_models("text")[0], max_tokens=64)
             assert est.priced_rows + est.unpriced_rows == 1
             assert (est.total is None) == (est.priced_rows == 0)
+
+
+class TestSpendExport:
+    def test_exports_keep_costs_exact(self, store: UsageStore) -> None:
+        """JSON and CSV carry costs as exact decimal strings (1e-12 survives), unpriced as empty/null."""
+        s = S.spend(store, last_hour())
+        data = json.loads(S.export_spend(s, "json"))
+        assert set(data) == {"query", *S.SPEND_TABLES}
+        kpis = {r["figure"]: r for r in data["spend_kpis"]}
+        assert kpis["spend"]["cost"] == "1.350000000001" and kpis["spend"]["unpriced"] == 2
+        models = {r["model"]: r for r in data["cost_by_model"]}
+        assert models["m-none"]["cost"] is None and models["m-free"]["cost"] == "0.000000000000"
+        csv_text = S.export_spend(s, "csv", "cost_by_user").decode()
+        assert "0.100000000001" in csv_text and "1.250000000000" in csv_text

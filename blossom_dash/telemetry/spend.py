@@ -29,10 +29,12 @@ from sqlalchemy import case, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from .analytics import latency_by_model, model_latency_summary
+from .export import encode, to_json
 from .query import (
     E,
     MonitorQuery,
     _bucket,
+    _iso,
     _parallel,
     _plan,
     _rollup_where,
@@ -254,4 +256,49 @@ def spend(store: UsageStore, q: MonitorQuery, *, bucket_s: int | None = None) ->
                  _by_model(flat, model_latency_summary(hist)), as_of, time.perf_counter() - t0)
 
 
-__all__ = ["MODEL_COLUMNS", "Spend", "Total", "spend", "to_pollen"]
+#: The tables ``spend_frames`` builds, by name (``spend_kpis`` first).
+SPEND_TABLES: tuple[str, ...] = ("spend_kpis", "cost_by_model", "cost_by_user", "cost_over_time")
+
+
+def _exact(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with its cost ``columns`` as exact decimal strings (``"0.000136"``), None kept."""
+    out = frame.copy()
+    for c in columns:
+        out[c] = out[c].map(lambda v: None if v is None else format(to_pollen(v), "f")).astype(object)
+    return out
+
+
+def spend_frames(s: Spend) -> dict[str, pd.DataFrame]:
+    """A ``Spend`` as export-ready frames, named as in ``SPEND_TABLES``, costs as exact
+    decimal strings in pollen (a float would round them; None where unpriced).
+
+    ``spend_kpis`` has one row per figure (``spend``, ``previous_spend``,
+    ``cache_saved``) with ``since``, ``until``, ``cost``, ``priced``, ``unpriced``.
+    """
+    q, prev = s.query, s.query.previous()
+    kpis = pd.DataFrame([
+        {"figure": name, "since": _iso(a.since_ts), "until": _iso(a.until_ts), "cost": t.cost, "priced": t.priced,
+         "unpriced": t.unpriced}
+        for name, t, a in (("spend", s.spend, q), ("previous_spend", s.previous, prev),
+                           ("cache_saved", s.cache_saved, q))])
+    return {"spend_kpis": _exact(kpis, ["cost"]),
+            "cost_by_model": _exact(s.by_model, ["cost", "cache_saved"]),
+            "cost_by_user": _exact(s.by_user, ["cost"]),
+            "cost_over_time": _exact(s.over_time, ["cost"])}
+
+
+def export_spend(s: Spend, fmt: str = "json", table: str = "cost_by_model") -> bytes:
+    """A ``Spend``'s tables: all as one JSON object (with the query), or one table (one
+    of ``SPEND_TABLES``) as CSV (formulas neutralised, as every export).
+
+    Raises:
+        ValueError: ``fmt`` is neither ``csv`` nor ``json``.
+        KeyError: ``table`` is not one of ``SPEND_TABLES``.
+    """
+    frames = spend_frames(s)
+    if fmt == "json":
+        return to_json({"query": s.query.describe(), **frames})
+    return encode(frames[table], fmt)
+
+
+__all__ = ["MODEL_COLUMNS", "SPEND_TABLES", "Spend", "Total", "export_spend", "spend", "spend_frames", "to_pollen"]

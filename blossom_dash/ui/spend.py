@@ -15,9 +15,10 @@ from typing import Any
 import streamlit as st
 
 from ..errors import DashError
-from ..telemetry.spend import Spend
+from ..telemetry.spend import SPEND_TABLES, Spend, export_spend
 from . import charts
 from .model_facts import price_text
+from .monitor import download_buttons
 
 
 def format_pollen(value: Decimal | None) -> str:
@@ -141,6 +142,12 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
                                 "error_rate": num("Error rate", format="percent", help="Errors over requests"),
                                 "cache_saved": num("Saved by cache (pollen)", format="%.6f")})
     st.caption("Feedback per model: none recorded yet.")
+    t1, t2 = st.columns([2, 3], vertical_alignment="bottom")
+    which = t1.selectbox("Spend table to export as CSV (JSON has them all)", SPEND_TABLES, index=1,
+                         key="monitor_spend_export_table", format_func=lambda t: t.replace("_", " "))
+    with t2:
+        download_buttons("blossom-spend", key="monitor_export_spend", label="Spend",
+                         csv=lambda: export_spend(s, "csv", which), json=lambda: export_spend(s, "json"))
 
 
 __all__ = ["format_pollen", "price_labels", "render_spend", "spend_kpis"]
