@@ -274,6 +274,33 @@ class TestBudget:
         assert full["details"]["spent"] == "1" and full["details"]["unit"] == "pollen"
 
 
+    def test_a_user_hits_their_daily_budget_through_the_service(self, receiver: Receiver, tmp_path: Path) -> None:
+        """On the demo backend at 0.0136 pollen a request and a daily budget of 5 requests' worth: the 4th
+        request sends the 80 % alert, the 5th the 100 % one, the 6th is refused and sends nothing more."""
+        from decimal import Decimal
+
+        from blossom_dash.errors import BudgetExceeded
+        from blossom_dash.pricing import Price
+
+        price = Decimal("0.0136")
+        svc = BlossomService(Settings(backend="demo", demo_latency=False, data_dir=tmp_path,
+                                      alert_webhook=receiver.url, budget_user_day=price * 5))
+        try:
+            svc.gateway.prices = lambda kind, model: Price((("perRequest", price),))
+            for i in range(5):
+                svc.generate_text(f"question {i}", user="alice")
+            with pytest.raises(BudgetExceeded):
+                svc.generate_text("one too many", user="alice")
+            assert svc._alert_sender.wait_idle()
+            listed = svc.alerts()["alerts"]
+        finally:
+            svc.close()
+        assert [b["details"]["threshold"] for b in receiver.bodies] == ["80%", "100%"]
+        assert all(b["key"].startswith("budget|user:alice|day|") for b in receiver.bodies)
+        assert receiver.bodies[1]["details"]["spent"] == "0.068" and receiver.bodies[1]["details"]["budget"] == "0.068"
+        assert [a.status for a in listed] == ["sent", "sent"]
+
+
 class TestCircuit:
     def test_listener_open_and_closed(self) -> None:
         """closed -> open and back to closed are two alerts; open <-> half-open probes raise nothing."""
