@@ -5,6 +5,7 @@ import streamlit as st
 from blossom_dash import ui
 from blossom_dash.ui import account as account_ui
 from blossom_dash.ui import admin as admin_ui
+from blossom_dash.ui import budget as budget_ui
 
 handle = ui.session_handle()
 service = handle.service
@@ -136,6 +137,10 @@ st.subheader("Replay")
 st.caption("Record answers on disk so they survive restarts, then replay them with no backend at all: record a "
            "demo at the office, export it, import it on stage and turn *replay only* on.")
 admin_ui.replay_ui(service, caller)
+
+st.divider()
+with ui.guard("reading the budgets"):
+    budget_ui.budgets_ui(service, caller)
 
 with ui.guard("reading the alerts"):
     admin_ui.alerts_ui(service, caller)

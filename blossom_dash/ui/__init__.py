@@ -18,6 +18,7 @@ from ..service import BlossomService, SessionHandle
 from ..settings import Settings
 from . import auth
 from .account import render_account_sidebar
+from .budget import render_budget_sidebar
 from .feedback import guard, history_banner, show_error
 from .model_facts import render_model_facts
 from .safe import code_span
@@ -280,6 +281,7 @@ def sidebar(handle: SessionHandle) -> None:
         else:
             st.progress(status.user.remaining / status.user.limit,
                         text=f"Your quota: {status.user.remaining}/{status.user.limit} requests per minute")
+        render_budget_sidebar(service, handle.caller)  # a line per budget set; a warning from 80 %
         mode = st.session_state.get("_access_mode", "local")
         who = "a kiosk visitor" if mode == "kiosk" else f"`{handle.user}`"
         st.caption(f"Signed in as {who} · **{handle.role}**"

@@ -1,0 +1,40 @@
+"""Budgets on the pages: Controls sets them (admin), the Playground refuses over budget in
+words, the sidebar warns from 80 %; bad input is a message, not a traceback."""
+
+from __future__ import annotations
+
+from pages_helpers import app, texts
+
+
+def _apply(at, **boxes: str):  # type: ignore[no-untyped-def]
+    for key, value in boxes.items():
+        at.text_input(key=f"controls_budget_{key}").set_value(value)
+    return next(b for b in at.button if b.label == "Apply budgets").click().run()
+
+
+class TestBudgetControls:
+    def test_a_daily_request_budget_refuses_the_next_request(self) -> None:
+        """A budget of 2 requests a day: two prompts answered, the sidebar warns, the third is refused in words."""
+        at = _apply(app("app_pages/controls.py").run(), user_day_requests="2")
+        assert not at.exception
+        assert any("Your daily budget: 0 of 2 requests (0%)" in c for c in texts(at, "caption")), texts(at, "caption")
+        chat = app("app_pages/playground.py").run()
+        chat.chat_input(key="playground_prompt").set_value("one").run()
+        chat.chat_input(key="playground_prompt").set_value("two").run()
+        chat.chat_input(key="playground_prompt").set_value("three").run()
+        assert not chat.exception
+        warnings = texts(chat, "warning")
+        assert any("You have made 2 of the 2 requests your daily budget allows" in w and "resets at 00:00 UTC" in w
+                   for w in warnings), warnings
+        at = app("app_pages/controls.py").run()
+        assert any("Your daily budget: 2 of 2 requests (100%)" in e for e in texts(at, "error"))
+        home = app("app.py").run()  # the shared sidebar
+        assert any("Your daily budget: 2 of 2 requests (100%)" in e for e in texts(home, "error")), texts(home, "error")
+
+    def test_bad_input_is_a_message(self) -> None:
+        """A budget that is not a number is refused with what to do; nothing changes."""
+        at = _apply(app("app_pages/controls.py").run(), team_day="lots")
+        assert not at.exception
+        assert any("Budgets not applied: team day: 'lots' is not a number" in e for e in texts(at, "error"))
+        at = _apply(at, team_day="-1")
+        assert any("must be at least 0" in e for e in texts(at, "error"))
