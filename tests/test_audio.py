@@ -178,7 +178,7 @@ class TestValidation:
 FAULTS: list[tuple[str, type[DashError], str]] = [
     ("429", RateLimited, "HTTP 429"),
     ("401", AuthenticationFailed, "rejected the API key"),
-    ("402", UpstreamError, "no balance left"),
+    ("402", UpstreamError, "costs about 0.0136 pollen per request and the key's balance is 0.0000 pollen"),
     ("500", UpstreamError, "HTTP 500"),
     ("503", UpstreamError, "HTTP 503"),
     ("malformed", UpstreamError, "could not be read"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pages_helpers import app, texts
+from pages_helpers import app, queue_fault, texts
 from streamlit.testing.v1 import AppTest
 from test_account import FAKE_KEY, _Pollinations, pollinations  # noqa: F401 - the fixture, used by name
 
@@ -48,3 +48,15 @@ class TestAccount:
         assert any("No account to show" in c for c in texts(at, "caption"))
         side = AppTest.from_function(_sidebar_only, default_timeout=30).run()
         assert not any("Server key:" in c for c in texts(side.sidebar, "caption"))
+
+
+class TestPaymentRequired:
+    def test_playground_402_names_cost_and_balance(self) -> None:
+        """The demo's 402 (Pollinations' wording) reads on the Playground as what the model costs and what is left."""
+        at = app("app_pages/playground.py").run()
+        queue_fault(at, "402")
+        at.chat_input(key="playground_prompt").set_value("an expensive question").run()
+        assert not at.exception
+        errors = texts(at, "error")
+        assert any("costs about 0.0136 pollen per request" in e and "balance is 0.0000 pollen" in e
+                   for e in errors), errors

@@ -20,7 +20,9 @@ DEFAULT_DELAY_S = 120.0
 _CLIENT_ERRORS: dict[int, tuple[str, str]] = {
     400: ("BAD_REQUEST", "Invalid request parameters (demo backend: injected fault)"),
     401: ("UNAUTHORIZED", "Invalid or missing API key"),
-    402: ("PAYMENT_REQUIRED", "Insufficient balance: add pollen to continue (demo fault)"),
+    # Pollinations' own wording, whose two figures the client reads (sdk.account).
+    402: ("PAYMENT_REQUIRED", "This model costs ~0.0136 pollen per request, but your available balance is 0.0000 "
+                              "(demo backend: injected fault)"),
     403: ("FORBIDDEN", "This key may not use this model (demo backend: injected fault)"),
 }
 
