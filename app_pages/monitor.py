@@ -35,9 +35,7 @@ def live() -> None:
         figures = ui.monitor_figures(snap)
         for name, slot in slots.items():
             slot.plotly_chart(figures[name], key=f"monitor_chart_{name}")
-        spend_view.render_spend(service.monitor("spend", q, caller=handle.caller, every_s=controls.every_s),
-                                vs=f"vs prior {ui.format_duration(q.span_s)}", own_only=not handle.caller.is_admin,
-                                price_of=spend_view.price_labels(service))
+        spend_view.spend_panel(service, handle.caller, q, every_s=controls.every_s)
         st.subheader("Users")
         left, right = st.columns([3, 2])
         with left:

@@ -236,3 +236,18 @@ class TestSpendExport:
         assert models["m-none"]["cost"] is None and models["m-free"]["cost"] == "0.000000000000"
         csv_text = S.export_spend(s, "csv", "cost_by_user").decode()
         assert "0.100000000001" in csv_text and "1.250000000000" in csv_text
+
+
+class TestFeedbackLabels:
+    def test_compare_votes_per_model_and_none_when_unreadable(self) -> None:
+        """The Compare leaderboard as the per-model feedback; an unreadable board gives none."""
+        from blossom_dash.errors import StorageUnavailable
+        from blossom_dash.ui import spend as view
+
+        class Board:
+            def leaderboard(self, kind: str) -> pd.DataFrame:
+                if kind == "image":
+                    raise StorageUnavailable("the database could not be read")
+                return pd.DataFrame({"model": ["m-a", "m-b"], "votes": [10, 0], "wins": [6, 0]})
+
+        assert view.feedback_labels(Board()) == {"m-a": "60% won (6 of 10 votes)"}

@@ -18,7 +18,7 @@ from ..errors import DashError
 from ..telemetry.spend import SPEND_TABLES, Spend, export_spend
 from . import charts
 from .model_facts import price_text
-from .monitor import download_buttons
+from .monitor import download_buttons, format_duration
 
 
 def format_pollen(value: Decimal | None) -> str:
@@ -98,11 +98,28 @@ def price_labels(service: Any) -> Callable[[str], str]:
     return label
 
 
+def feedback_labels(service: Any) -> dict[str, str]:
+    """Model -> its blind-vote record on Compare (``leaderboard``, text and image, all
+    time): ``"60 % won (6 of 10 votes)"``. The only per-model feedback the dashboard
+    records; models never voted on are absent, and an unreadable board gives none."""
+    out: dict[str, str] = {}
+    for kind in ("text", "image"):
+        try:
+            board = service.leaderboard(kind)
+        except DashError:
+            continue
+        for row in board.itertuples():
+            if row.votes and row.model not in out:
+                out[row.model] = f"{row.wins / row.votes:.0%} won ({row.wins:,} of {row.votes:,} votes)"
+    return out
+
+
 def _floats(frame: Any, column: str) -> Any:
     return frame[column].map(lambda v: None if v is None else float(v))
 
 
-def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str], str] | None = None) -> None:
+def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str], str] | None = None,
+                 feedback: dict[str, str] | None = None) -> None:
     """The whole spend panel for ``s`` (``BlossomService.monitor("spend", ...)``).
 
     Args:
@@ -110,6 +127,7 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
         vs: The previous period's label, as the KPI row's ("vs prior 1 h").
         own_only: The caller is a member: the per-user chart holds their own row only.
         price_of: Model -> its price in words (the catalog's), for the table's price column.
+        feedback: Model -> its Compare vote record (``feedback_labels``), where present.
     """
     st.subheader("Spend")
     spend_kpis(s, vs=vs)
@@ -125,13 +143,15 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
     if table.empty:
         st.info("No requests in this range.", icon="🪙")
         return
+    feedback = feedback or {}
     table = table.assign(price=[price_of(m) if price_of else "" for m in table["model"]],
+                         feedback=[feedback.get(m) for m in table["model"]],
                          cost=_floats(table, "cost"), cache_saved=_floats(table, "cache_saved"))
     num = st.column_config.NumberColumn
     st.dataframe(table, key="monitor_spend_models", hide_index=True, placeholder="unpriced",
                  height=min(420, 38 + 35 * len(table)),
                  column_order=("model", "price", "requests", "tokens", "cost", "unpriced", "p50_ms", "error_rate",
-                               "cache_saved"),
+                               "cache_saved", "feedback"),
                  column_config={"model": "Model", "price": st.column_config.TextColumn("Price", width="medium"),
                                 "requests": num("Requests", format="localized", help="Every outcome"),
                                 "tokens": num("Tokens", format="localized", help="Served requests"),
@@ -140,8 +160,12 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
                                 "unpriced": num("Unpriced", help="Served requests without a price"),
                                 "p50_ms": num("p50 latency", format="%.0f ms", help="Served requests"),
                                 "error_rate": num("Error rate", format="percent", help="Errors over requests"),
-                                "cache_saved": num("Saved by cache (pollen)", format="%.6f")})
-    st.caption("Feedback per model: none recorded yet.")
+                                "cache_saved": num("Saved by cache (pollen)", format="%.6f"),
+                                "feedback": st.column_config.TextColumn(
+                                    "Compare votes", help="Blind votes on the Compare page, all time: the share "
+                                    "of voted comparisons the model won")})
+    if not feedback:
+        st.caption("Compare votes: none recorded yet (vote on the Compare page to rate models).")
     t1, t2 = st.columns([2, 3], vertical_alignment="bottom")
     which = t1.selectbox("Spend table to export as CSV (JSON has them all)", SPEND_TABLES, index=1,
                          key="monitor_spend_export_table", format_func=lambda t: t.replace("_", " "))
@@ -150,4 +174,13 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
                          csv=lambda: export_spend(s, "csv", which), json=lambda: export_spend(s, "json"))
 
 
-__all__ = ["format_pollen", "price_labels", "render_spend", "spend_kpis"]
+def spend_panel(service: Any, caller: Any, q: Any, *, every_s: float | None) -> None:
+    """The Monitor's spend panel for ``q`` as ``caller`` sees it: the shared ``spend``
+    read (a member's per-user rows are their own), the catalog's prices and the
+    Compare votes per model."""
+    s = service.monitor("spend", q, caller=caller, every_s=every_s)
+    render_spend(s, vs=f"vs prior {format_duration(s.query.span_s)}", own_only=not caller.is_admin,
+                 price_of=price_labels(service), feedback=feedback_labels(service))
+
+
+__all__ = ["feedback_labels", "format_pollen", "price_labels", "render_spend", "spend_kpis", "spend_panel"]
