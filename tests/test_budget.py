@@ -472,3 +472,46 @@ class TestBatch:
             wait_for(lambda: not svc.batch_status(job).active, "the job to finish")
             status = svc.batch_status(job)
             assert (status.done, status.failed) == (7, 0)
+
+
+class TestSharedServices:
+    def test_two_services_on_one_redis_admit_exactly_n(self, tmp_path: Path, redis_url: str) -> None:
+        """Two services (replicas) on one Redis: 50 concurrent requests over both, exactly N admitted."""
+        n = 11
+        with make_service(tmp_path / "a", redis_url=redis_url, budget_team_day=P * n) as a, \
+                make_service(tmp_path / "b", redis_url=redis_url, budget_team_day=P * n) as b:
+            for svc in (a, b):
+                TestGateway.priced(svc, P)
+            answered: list[int] = []
+
+            def work(k: int) -> None:
+                try:
+                    (a if k % 2 else b).generate_text(f"shared {k}", user=f"u{k % 5}")
+                    answered.append(k)
+                except BudgetExceeded:
+                    pass
+
+            assert run_in_threads(work, 50) == []
+            assert len(answered) == n
+            (line,) = a.budget_status("u0").lines
+            assert (line.scope, line.spent, line.reserved, line.requests) == ("team", P * n, 0, n)
+            a.configure_budgets(None, team_day=P * (n + 1))
+            b.generate_text("one more", user="u1")  # the other replica sees the raised budget at once
+            with pytest.raises(BudgetExceeded, match="The team has spent"):
+                b.generate_text("too many", user="u1")
+
+
+class TestStream:
+    def test_stream_reserves_and_settles(self, tmp_path: Path) -> None:
+        """A stream is admitted against the budget before it starts and settles when read to the end."""
+        with make_service(tmp_path, budget_user_day=P) as svc:
+            TestGateway.priced(svc, P)
+            stream = svc.stream_text("tell me", user="ann")
+            (line,) = svc.budget_status("ann").lines
+            assert line.reserved == P
+            with pytest.raises(BudgetExceeded):
+                svc.stream_text("and again", user="ann")
+            for _ in stream:
+                pass
+            (line,) = svc.budget_status("ann").lines
+            assert (line.spent, line.reserved, line.requests) == (P, 0, 1)
