@@ -382,3 +382,23 @@ class TestControlsPage:
         assert row["status"] == "✅ sent" and row["alert"].startswith("Circuit breaker open")
         shown = " ".join(texts(at, "caption"))
         assert "http://127.0.0.1:" in shown and "token123" not in shown
+
+    def test_a_failed_delivery_is_listed_with_its_reason(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A webhook nobody listens on, one attempt: the alert reads failed, with why, on Controls."""
+        from blossom_dash import ui
+
+        monkeypatch.setenv("BLOSSOM_DASH_ALERT_WEBHOOK", f"http://127.0.0.1:{free_port()}/hook")
+        monkeypatch.setenv("BLOSSOM_DASH_ALERT_ATTEMPTS", "1")
+        monkeypatch.setenv("BLOSSOM_DASH_BREAKER_FAILURES", "1")
+        monkeypatch.setenv("BLOSSOM_DASH_RETRIES", "0")
+        app("app_pages/controls.py").run()
+        service = ui.get_service()
+        httpx.post(f"{service.backend.base_url}/_demo/faults", json={"fault": "500", "count": 1}).raise_for_status()
+        with pytest.raises(Exception):  # noqa: B017 - the 500 opens the circuit
+            service.generate_text("fail")
+        assert service._alert_sender.wait_idle()
+        at = app("app_pages/controls.py").run()
+        assert not at.exception
+        table = next(d.value for d in at.dataframe if "attempts" in d.value.columns)
+        row = table.iloc[0]
+        assert row["status"] == "❌ failed" and "could not connect" in row["reason"] and row["attempts"] == 1
