@@ -411,16 +411,16 @@ class TestGateway:
             (line,) = svc.budget_status("ann").lines
             assert (line.spent, line.requests) == (0, 3)
 
-    def test_restart_restores_spending(self, tmp_path: Path) -> None:
-        """A restarted service starts from what the usage store says was spent today."""
-        with make_service(tmp_path, budget_user_day=P * 3) as svc:
+    def test_restart_restores_spending(self, tmp_path: Path, database_url: str) -> None:
+        """A restarted service starts from what the usage store (SQLite, PostgreSQL) says was spent today."""
+        with make_service(tmp_path, budget_user_day=P * 3, database_url=database_url) as svc:
             self.priced(svc, P)
             svc.generate_text("a", user="ann")
             svc.generate_text("b", user="ann")
             svc.flush_events()
             if "cost" not in svc.store.frame().columns or svc.store.frame().cost.isna().all():
                 pytest.skip("events do not carry their cost yet")
-        with make_service(tmp_path, budget_user_day=P * 3) as svc:
+        with make_service(tmp_path, budget_user_day=P * 3, database_url=database_url) as svc:
             self.priced(svc, P)
             (line,) = svc.budget_status("ann").lines
             assert (line.spent, line.requests) == (P * 2, 2)
