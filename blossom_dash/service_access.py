@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from typing import Any
 
 import pandas as pd
@@ -155,6 +156,26 @@ class AccessMethods:
         if sender is None:
             return {"webhook": "", "alerts": []}
         return {"webhook": sender.shown_url, "alerts": sender.recent()}
+
+    def send_test_alert(self, caller: Caller | None = None) -> bool:
+        """Send one "test" alert to the webhook now (an admin action, audited), to check
+        the receiver; its delivery shows in ``alerts()``.
+
+        Returns:
+            Whether it was queued (False: no webhook is set, or the queue is full).
+
+        Raises:
+            PermissionDenied: the caller is not an admin.
+        """
+        caller = self._admin(caller, "send a test alert")
+        sender: AlertSender | None = getattr(self, "_alert_sender", None)
+        if sender is None or sender.url is None:
+            return False
+        at = time.time()
+        queued = sender.send("test", ("test", caller.user, f"{at:.6f}"),
+                             f"Test alert from blossom-dash, sent by {caller.user}.", {"by": caller.user})
+        self._audit(caller, "send_test_alert", None, sender.shown_url)
+        return queued
 
     def _stop_alerts(self) -> None:
         if (sender := getattr(self, "_alert_sender", None)) is not None:

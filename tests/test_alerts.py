@@ -402,3 +402,20 @@ class TestControlsPage:
         table = next(d.value for d in at.dataframe if "attempts" in d.value.columns)
         row = table.iloc[0]
         assert row["status"] == "❌ failed" and "could not connect" in row["reason"] and row["attempts"] == 1
+
+    def test_a_test_alert_reaches_the_receiver(self, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The admin's "Send a test alert" button POSTs one alert, listed on Controls, and is audited."""
+        from blossom_dash import ui
+
+        monkeypatch.setenv("BLOSSOM_DASH_ALERT_WEBHOOK", receiver.url)
+        at = app("app_pages/controls.py").run()
+        at.button(key="controls_alerts_test").click().run()
+        assert not at.exception
+        service = ui.get_service()
+        assert service._alert_sender.wait_idle()
+        assert [b["kind"] for b in receiver.bodies] == ["test"]
+        assert receiver.bodies[0]["text"] == "Test alert from blossom-dash, sent by local."
+        at = app("app_pages/controls.py").run()
+        table = next(d.value for d in at.dataframe if "attempts" in d.value.columns)
+        assert table.iloc[0]["status"] == "✅ sent"
+        assert "send_test_alert" in set(service.audit_entries()["action"])

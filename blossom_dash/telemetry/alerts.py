@@ -76,7 +76,7 @@ class AlertRecord:
 
     Attributes:
         at: When it was raised, unix epoch seconds.
-        kind: ``budget``, ``error_rate`` or ``circuit``.
+        kind: ``budget``, ``error_rate``, ``circuit`` or ``test`` (sent from Controls).
         key: The crossing key, its parts joined with ``|``.
         text: The human sentence (the payload's ``text``).
         details: The structured fields of the payload.
@@ -182,7 +182,7 @@ class AlertSender:
         """Queue one alert unless its crossing was already raised; returns whether it was queued.
 
         Args:
-            kind: ``budget``, ``error_rate`` or ``circuit``.
+            kind: ``budget``, ``error_rate``, ``circuit`` or ``test`` (sent from Controls).
             key: The crossing key (its parts, or already joined with ``|``).
             text: One sentence for people (Slack's ``text``).
             details: JSON-serialisable fields sent beside it.

@@ -36,6 +36,11 @@ def alerts_ui(service: BlossomService, caller: Caller) -> None:
              else "not sent anywhere: set `BLOSSOM_DASH_ALERT_WEBHOOK` to a webhook URL (Slack-compatible JSON)")
     st.caption(f"Budget 80 % and 100 %, a high error rate over 5 minutes, the circuit breaker opening and closing: "
                f"{where}. Each crossing is sent once.")
+    if found["webhook"] and st.button("Send a test alert", key="controls_alerts_test", icon="🔔"):
+        with guard("sending a test alert"):
+            service.send_test_alert(caller=caller)
+            st.toast("Test alert queued: its delivery shows below.", icon="🔔")
+            found = service.alerts(caller=caller)
     if not found["alerts"]:
         st.info("No alert since this process started.", icon="🔔")
         return
