@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 #: Token rule for estimates (a stream stopped before the backend sent usage): words
@@ -54,6 +55,9 @@ class TextResult:
             answer (its only figure is ``latency_ms``).
         cached: Served from the response cache (no backend call, no rate-limit slot).
         stopped_early: The consumer of a stream stopped reading before the end.
+        cost: Pollen this answer cost from the backend (usage x the model's price,
+            exact); for a cached answer (``cached``), what it cost when it was fetched:
+            the cost the cache saved. None when the model is unpriced.
     """
 
     text: str
@@ -66,11 +70,17 @@ class TextResult:
     request_id: str
     finish_reason: str | None = None
     stopped_early: bool = False
+    cost: Decimal | None = None
 
 
 @dataclass(frozen=True)
 class ImageResult:
-    """One generated image (``data`` verified as an image with Pillow)."""
+    """One generated image (``data`` verified as an image with Pillow).
+
+    Attributes:
+        cost: Pollen (the model's per-image price); for a cached image, what the
+            cache saved; None when the model is unpriced.
+    """
 
     data: bytes
     content_type: str
@@ -82,6 +92,7 @@ class ImageResult:
     latency_ms: float
     cached: bool
     request_id: str
+    cost: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,8 @@ class AudioResult:
         requested_format: The format asked for; differs from ``format`` when the backend
             sent another one (the demo backend synthesises WAV only).
         transcript: What the backend says it spoke, when it says.
+        cost: Pollen (usage x the model's price); for a cached clip, what the cache
+            saved; None when the model is unpriced.
     """
 
     data: bytes
@@ -116,6 +129,7 @@ class AudioResult:
     backend: str
     requested_format: str = "wav"
     transcript: str = ""
+    cost: Decimal | None = None
 
     @property
     def note(self) -> str:

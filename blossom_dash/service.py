@@ -24,6 +24,7 @@ from .features.conversations import Conversation
 from .gateway import Caller, Gateway, ImageRequest, ModelCatalog, ModelList, SpeechRequest, TextRequest, TextStream
 from .policies.cache import CacheStats, ResponseCache
 from .policies.ratelimit import LimitStatus, RateLimiter
+from .pricing import load_prices_file
 from .results import AudioResult, ImageResult, TextResult
 from .sdk.backend import Backend
 from .sdk.loop import LoopThread
@@ -97,8 +98,9 @@ class BlossomService(FeatureMethods, BudgetMethods):
         key = s.api_key.get_secret_value() if s.api_key else None
         try:
             backend = self._make_backend(s.backend, key, startup=True)
+            catalog = ModelCatalog(self._loop, prices=load_prices_file(s.prices) if s.prices else None)
             self.gateway = Gateway(s, self._loop, backend, cache=self.cache, limiter=self.limiter,
-                                   collector=self.metrics, models=ModelCatalog(self._loop), budget=make_ledger(s))
+                                   collector=self.metrics, models=catalog, budget=make_ledger(s))
             restore_ledger(self.gateway.budget, self.store)  # this period's spending (no-op on Redis)
             attach(self, s.metrics_port)  # Prometheus sink + exporter (once per process)
             attach_logging(self)  # one JSON line per request on stderr

@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .pricing import load_prices_file
+
 #: The real Pollinations gateway (BLOSSOM_SDK.md, "Endpoints and redirection").
 POLLINATIONS_URL = "https://gen.pollinations.ai"
 
@@ -112,6 +114,10 @@ class Settings(BaseSettings):
         alert_min_requests: Fewest requests in those 5 minutes for an error-rate alert.
         alert_attempts: Most POSTs of one alert (retried with exponential backoff on
             connection errors, 5xx and 429) before it is marked failed.
+        prices: A TOML or CSV file of model -> per-unit prices in pollen
+            (``pricing.load_prices_file``) for the models the backend does not price;
+            read and checked at start (a bad file is refused naming its line or table
+            and field). None: only the backend's prices.
     """
 
     model_config = SettingsConfigDict(
@@ -188,6 +194,7 @@ class Settings(BaseSettings):
     alert_error_rate: float = Field(default=0.2, gt=0, le=1)
     alert_min_requests: int = Field(default=20, ge=1, le=1_000_000)
     alert_attempts: int = Field(default=5, ge=1, le=20)
+    prices: Path | None = None
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -248,6 +255,18 @@ class Settings(BaseSettings):
         raise ValueError(
             f"backend must be auto, demo, pollinations or an http(s):// URL, not {value!r}"
         )
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _blank_prices_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("prices", mode="after")
+    @classmethod
+    def _prices_file_reads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            load_prices_file(value)  # ValueError naming the file, line or table, and field
+        return value
 
     @field_validator("alert_webhook", mode="after")
     @classmethod

@@ -406,6 +406,7 @@ class TestGateway:
     def test_unpriced_is_admitted_and_spends_nothing(self, tmp_path: Path) -> None:
         """With no price known, requests pass and the budget stays at 0 (never a pretend cost)."""
         with make_service(tmp_path, budget_user_day=P) as svc:
+            svc.gateway.prices = lambda kind, model: None  # type: ignore[attr-defined]  # the demo's are priced
             for k in range(3):
                 svc.generate_text(f"u{k}", user="ann")
             (line,) = svc.budget_status("ann").lines

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -253,24 +254,45 @@ class TestStream:
 
 class TestModelsAndHealth:
     def test_text_models(self, client: httpx.Client) -> None:
-        """/v1/models lists the demo text models in OpenAI's shape."""
+        """/v1/models is bare, as Pollinations' may be: id, object, created only."""
         data = client.get("/v1/models").json()
         assert data["object"] == "list"
         assert [m["id"] for m in data["data"]] == list(TEXT_MODELS)
         assert len(data["data"]) >= 4
         for m in data["data"]:
             assert m["id"].startswith("demo-")
-            assert m["object"] == "model"
-            assert "demo" in m["description"]
+            assert set(m) == {"id", "object", "created"} and m["object"] == "model"
 
-    def test_image_models(self, client: httpx.Client) -> None:
-        """/image/models is a bare list of Pollinations-shaped entries."""
-        data = client.get("/image/models").json()
-        assert [m["name"] for m in data] == list(IMAGE_MODELS)
+    @pytest.mark.parametrize(("path", "names"), [
+        ("/text/models", list(TEXT_MODELS)), ("/image/models", list(IMAGE_MODELS)),
+        ("/audio/models", [n for n, m in TEXT_MODELS.items() if "audio" in m.output_modalities])])
+    def test_catalogs_in_pollinations_shape(self, client: httpx.Client, path: str, names: list[str]) -> None:
+        """/text, /image and /audio/models: bare lists of entries with labelled, made-up prices."""
+        data = client.get(path).json()
+        assert [m["name"] for m in data] == names and names
         for m in data:
-            assert set(m) == {"name", "aliases", "description", "pricing",
-                              "input_modalities", "output_modalities"}
-            assert m["output_modalities"] == ["image"]
+            assert {"name", "aliases", "description", "input_modalities", "output_modalities", "paid_only",
+                    "health", "pricing"} <= set(m)
+            assert "Demo prices" in m["description"] and "demo" in m["description"]
+            assert m["pricing"]["currency"] == "pollen"
+            prices = {k: v for k, v in m["pricing"].items() if k != "currency"}
+            assert prices and all(isinstance(v, str) and Decimal(v) > 0 for v in prices.values())
+        if path == "/image/models":
+            assert all(m["output_modalities"] == ["image"] for m in data)
+        if path == "/audio/models":
+            assert all("audio" in m["output_modalities"] and m["voices"] for m in data)
+
+    def test_account(self, client: httpx.Client) -> None:
+        """/account/key and /account/balance answer for the request's key; no key is 401."""
+        assert client.get("/account/key").status_code == 401
+        assert client.get("/account/balance").status_code == 401
+        sk = client.get("/account/key", headers={"Authorization": "Bearer sk_demo"}).json()
+        assert sk == {"valid": True, "type": "secret", "name": "demo key", "pollenBudget": None,
+                      "rateLimitEnabled": False}
+        pk = client.get("/account/key", headers={"Authorization": "Bearer pk_demo"}).json()
+        assert pk["type"] == "publishable" and pk["pollenBudget"] == 10.0
+        assert client.get("/account/balance", headers={"Authorization": "Bearer sk_demo"}).json() == {
+            "balance": 1000.0}
 
     def test_profiles_differ(self) -> None:
         """Text models have clearly different latency profiles."""
@@ -635,8 +657,8 @@ class TestSpeech:
         assert client.post(CHAT, json=body).status_code == 400
 
     def test_voice_model_is_listed_with_its_modalities(self, client: httpx.Client) -> None:
-        """/v1/models marks demo-voice as speaking (output_modalities, voices); others are text only."""
-        models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        """/text/models marks demo-voice as speaking (output_modalities, voices); others are text only."""
+        models = {m["name"]: m for m in client.get("/text/models").json()}
         voice = models["demo-voice"]
         assert "audio" in voice["output_modalities"] and "alloy" in voice["voices"]
         assert "synthetic" in voice["description"].lower()

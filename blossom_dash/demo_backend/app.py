@@ -13,7 +13,15 @@ from typing import Any
 
 from aiohttp import web
 
-from .audio import ANSWER_FORMAT, VOICES, parse_speech, synthesise_wav
+from .audio import ANSWER_FORMAT, parse_speech, synthesise_wav
+from .catalog import (
+    AUDIO_MODELS_BODY,
+    IMAGE_MODELS_BODY,
+    TEXT_MODELS_BODY,
+    V1_MODELS_BODY,
+    account_balance,
+    account_key,
+)
 from .content import (
     DEFAULT_MAX_TOKENS,
     IMAGE_MODELS,
@@ -35,23 +43,6 @@ _DONE = b"data: [DONE]\n\n"
 _MALFORMED_JSON = b'{"choices": ['
 # What a gateway error page looks like when it claims to be an image.
 _NOT_IMAGE = b'{"error": "Bad Gateway", "message": "demo backend: injected not-image fault"}'
-# Built once: the model lists never change while the server runs.
-# output_modalities (and voices) follow Pollinations' model metadata: they tell a client
-# which models can speak.
-_TEXT_MODELS_BODY = json.dumps({"object": "list", "data": [
-    {"id": m.name, "object": "model", "owned_by": "blossom-dash demo",
-     "description": m.description, "input_modalities": ["text"],
-     "output_modalities": list(m.output_modalities),
-     **({"voices": list(VOICES), "audio_formats": [ANSWER_FORMAT]} if "audio" in m.output_modalities else {})}
-    for m in TEXT_MODELS.values()
-]})
-_IMAGE_MODELS_BODY = json.dumps([
-    {"name": m.name, "aliases": [], "description": m.description, "pricing": {},
-     "input_modalities": ["text"], "output_modalities": ["image"]}
-    for m in IMAGE_MODELS.values()
-])
-
-
 @dataclass
 class DemoState:
     """Per-app mutable state, touched only from the server's event loop.
@@ -350,9 +341,14 @@ def create_app(*, latency: bool = True, faults: bool = False) -> web.Application
     app[STATE] = DemoState(latency=latency, faults_enabled=faults)
     add = app.router.add_route
     add("POST", "/v1/chat/completions", _chat)
-    add("GET", "/v1/models", _static_json(_TEXT_MODELS_BODY))
+    # The model lists never change while the server runs (catalog.py: made-up prices).
+    add("GET", "/v1/models", _static_json(V1_MODELS_BODY))
+    add("GET", "/text/models", _static_json(TEXT_MODELS_BODY))
+    add("GET", "/audio/models", _static_json(AUDIO_MODELS_BODY))
     # Before the catch-all image route, so "models" is not taken for a prompt.
-    add("GET", "/image/models", _static_json(_IMAGE_MODELS_BODY))
+    add("GET", "/image/models", _static_json(IMAGE_MODELS_BODY))
+    add("GET", "/account/key", account_key)
+    add("GET", "/account/balance", account_balance)
     add("GET", "/image/{prompt:.+}", _image)
     add("GET", "/health", _health)
     if faults:

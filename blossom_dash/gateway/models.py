@@ -6,6 +6,13 @@ failure is never cached as the backend's list: the fallback is marked as such an
 kept only ``retry_s``, so a recovered backend is asked again within seconds. Only
 Pollinations falls back to the SDK's Pollinations names; a custom or demo backend
 that cannot list its models gets an empty list, never names it does not have.
+
+Model facts (``ModelCatalog.info``) come from Pollinations' ``/text/models``,
+``/image/models`` and ``/audio/models`` entries (``sdk.catalog``; never from
+``/v1/models``, which may carry only ids): price (``pricing.parse_pricing``, both of its
+shapes), paid-only, the backend's health, modalities, aliases. They are kept with the
+same TTL as the lists (a failure for ``retry_s``), and prices from the settings file
+(``BLOSSOM_DASH_PRICES``) fill in for the models the backend does not price.
 """
 
 from __future__ import annotations
@@ -13,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ..errors import BackendUnavailable
+from ..pricing import Price, parse_pricing
 from ..sdk.backend import STATIC_MODELS, Backend
+from ..sdk.catalog import entry_name, model_entries
 from ..sdk.loop import LoopThread
 from ..sdk.speech import FALLBACK_AUDIO_MODELS, audio_models
 
@@ -47,23 +57,126 @@ class ModelList:
         return self.source == "fallback"
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the backend (or the settings file) says about one model.
+
+    Attributes:
+        name: The entry's name (an alias asked for resolves to its entry).
+        kind: ``"text"``, ``"image"`` or ``"audio"``.
+        price: Per-unit prices in pollen (``Price.source``: ``backend``, ``demo`` or
+            ``settings``); None when unpriced.
+        paid_only: The backend's ``paid_only`` flag; None when it does not say.
+        health: The backend's own ``health`` value, as given ("" when not given).
+        input_modalities / output_modalities: As the backend lists them.
+        aliases: Other names of the model.
+        description: The backend's description ("" when none).
+        voices: The voices of a speaking model.
+        context_length: Tokens of context, when given.
+    """
+
+    name: str
+    kind: str
+    price: Price | None = None
+    paid_only: bool | None = None
+    health: str = ""
+    input_modalities: tuple[str, ...] = ()
+    output_modalities: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    voices: tuple[str, ...] = ()
+    context_length: int | None = None
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def model_info(entry: Mapping[str, Any], kind: str, *, source: str = "backend") -> ModelInfo:
+    """A ``ModelInfo`` from one entry of a Pollinations model list (missing fields: unknown)."""
+    paid = entry.get("paid_only")
+    health = entry.get("health")
+    if isinstance(health, Mapping):  # some versions send {"status": ...}
+        health = health.get("status", "")
+    context = entry.get("context_length")
+    return ModelInfo(
+        name=entry_name(dict(entry)), kind=kind, price=parse_pricing(entry, source=source),
+        paid_only=paid if isinstance(paid, bool) else None, health=str(health or ""),
+        input_modalities=_strings(entry.get("input_modalities")),
+        output_modalities=_strings(entry.get("output_modalities")), aliases=_strings(entry.get("aliases")),
+        description=str(entry.get("description") or ""), voices=_strings(entry.get("voices")),
+        context_length=context if isinstance(context, int) and not isinstance(context, bool) else None)
+
+
 class ModelCatalog:
-    """Per-backend, per-kind model lists with a TTL, fetched on the service's loop.
+    """Per-backend, per-kind model lists and model facts with a TTL, fetched on the service's loop.
 
     Args:
         loop: The loop that owns the backends' clients.
-        ttl_s: How long a backend's own list is kept, seconds.
+        ttl_s: How long a backend's own list (and its model facts) is kept, seconds.
         retry_s: How long a fallback is kept before the backend is asked again, seconds.
         clock: Monotonic clock (inject a fake one in tests).
+        prices: Model -> ``Price`` from the settings file (``pricing.load_prices_file``),
+            used for the models the backend does not price.
     """
 
     def __init__(self, loop: LoopThread, *, ttl_s: float = 300.0, retry_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, prices: Mapping[str, Price] | None = None) -> None:
         self._loop = loop
         self.ttl_s, self.retry_s = ttl_s, retry_s
         self._clock = clock
         self._lock = threading.Lock()
         self._lists: dict[tuple[str, str], tuple[float, ModelList]] = {}
+        self._infos: dict[tuple[str, str], tuple[float, dict[str, ModelInfo]]] = {}
+        self.prices: dict[str, Price] = dict(prices or {})
+
+    def info(self, backend: Backend, kind: str, model: str, *, timeout_s: float = 5.0,
+             skip_fetch: bool = False) -> ModelInfo | None:
+        """The facts of ``model`` (a name or an alias) of ``kind`` on ``backend``.
+
+        Args:
+            timeout_s: Longest wait for the backend's endpoint, seconds.
+            skip_fetch: Do not ask the backend (its circuit is open): use what is
+                cached, else the settings file alone.
+
+        Returns:
+            ``ModelInfo`` (its ``price`` from the backend, else from the settings file,
+            else None), or None when neither the backend nor the settings file knows
+            ``model``. Never raises for a backend failure (the facts are then the
+            settings file's, and the backend is asked again after ``retry_s``).
+        """
+        infos = self._infos_of(backend, kind, timeout_s, skip_fetch)
+        found = infos.get(model)
+        fallback = self.prices.get(model)
+        if found is None:
+            return ModelInfo(model, kind, fallback) if fallback is not None else None
+        if found.price is None and fallback is not None:
+            return replace(found, price=fallback)
+        return found
+
+    def _infos_of(self, backend: Backend, kind: str, timeout_s: float, skip_fetch: bool) -> dict[str, ModelInfo]:
+        cache_key = (backend.base_url, kind)
+        with self._lock:
+            cached = self._infos.get(cache_key)
+            if cached and (skip_fetch or self._clock() < cached[0]):
+                return cached[1]
+        if skip_fetch:
+            return {}
+        source = "demo" if backend.name == "demo" else "backend"
+        try:
+            fetch = model_entries(backend.http, kind, timeout_s=timeout_s)
+            entries = self._loop.run(asyncio.wait_for(fetch, timeout=max(0.01, timeout_s)), timeout=timeout_s + 0.5)
+            infos: dict[str, ModelInfo] = {}
+            for entry in entries:
+                item = model_info(entry, kind, source=source)
+                for name in (item.name, *item.aliases):
+                    infos.setdefault(name, item)
+            ttl = self.ttl_s
+        except Exception:  # noqa: BLE001 - any failure of the endpoint: no backend facts for now
+            infos, ttl = {}, self.retry_s
+        with self._lock:
+            self._infos[cache_key] = (self._clock() + ttl, infos)
+        return infos
 
     def get(self, backend: Backend, kind: str, *, timeout_s: float = 5.0, skip_fetch: str = "",
             on_fetch: Callable[[bool], None] | None = None) -> ModelList:
@@ -92,6 +205,8 @@ class ModelCatalog:
             names = self._loop.run(asyncio.wait_for(fetch, timeout=max(0.01, timeout_s)), timeout=timeout_s + 0.5)
             found = ModelList(kind, tuple(names), "backend")
             ttl = self.ttl_s
+            with self._lock:  # a fresh list: its model facts are asked again with it
+                self._infos.pop(cache_key, None)
             answered = True
         except Exception as exc:  # noqa: BLE001 - any failure of the endpoint means "use the fallback"
             found = self._fallback(backend, kind, _reason(exc, timeout_s))
@@ -116,6 +231,7 @@ class ModelCatalog:
         """Drop every cached list (after a backend switch)."""
         with self._lock:
             self._lists.clear()
+            self._infos.clear()
 
 
 def _reason(exc: BaseException, timeout_s: float) -> str:
@@ -135,4 +251,4 @@ def no_models(models: ModelList) -> BackendUnavailable:
                               "Type a model name the backend serves, or check the backend on the Controls page.")
 
 
-__all__ = ["KINDS", "ModelCatalog", "ModelList", "no_models"]
+__all__ = ["KINDS", "ModelCatalog", "ModelInfo", "ModelList", "model_info", "no_models"]

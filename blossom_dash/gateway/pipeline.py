@@ -43,7 +43,7 @@ from ..policies.budget import BudgetLedger, Reservation
 from ..policies.cache import ResponseCache, backend_identity, request_key
 from ..policies.ratelimit import RateLimiter
 from ..policies.replay import not_recorded
-from ..pricing import Price, request_cost
+from ..pricing import Price
 from ..results import AudioResult, ImageResult, TextResult, Usage
 from ..sdk.backend import Backend, StreamChunk
 from ..sdk.call import CallPolicy, call, retry_stream, timeout_error
@@ -54,7 +54,8 @@ from ..sdk.speech import speak, verify_audio
 from ..sdk.transport import Observation
 from ..settings import Settings
 from ..telemetry.collector import Event, MetricsCollector, new_request_id
-from .models import ModelCatalog, ModelList, no_models
+from .costs import cost_of
+from .models import ModelCatalog, ModelInfo, ModelList, no_models
 from .requests import Caller, Prepared, Request, TextRequest, check_model
 from .streams import DONE, StreamEnd, TextStream
 
@@ -143,7 +144,7 @@ class Gateway:
         self._collector = collector
         self._models = models
         self.budget = budget or BudgetLedger()
-        self.prices: Callable[[str, str], Price | None] = lambda kind, model: None
+        self.prices: Callable[[str, str], Price | None] = self.price_of
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._policy = CallPolicy(settings.retries, settings.retry_max_wait_s, settings.max_response_bytes)
@@ -205,6 +206,32 @@ class Gateway:
 
         return self._models.get(backend, kind, timeout_s=timeout_s, skip_fetch=skip, on_fetch=counted)
 
+    def model_info(self, kind: str, model: str, *, timeout_s: float = MODEL_LOOKUP_S) -> ModelInfo | None:
+        """The live backend's facts about ``model`` (``ModelCatalog.info``: price,
+        paid-only, health, modalities), the settings file's price filling in; None when
+        neither knows it. Not asked while the backend's circuit is open (cached facts
+        only).
+
+        Raises:
+            InvalidRequest: ``kind`` is not text, image or audio.
+        """
+        if kind not in ("text", "image", "audio"):
+            raise InvalidRequest(f"Unknown model kind {kind!r}.", "Use 'text', 'image' or 'audio'.")
+        backend = self._backend
+        skip = self.breaker(backend).state().circuit != "closed"
+        return self._models.info(backend, kind, model, timeout_s=timeout_s, skip_fetch=skip)
+
+    def price_of(self, kind: str, model: str) -> Price | None:
+        """The live backend's price of ``model`` (None: unpriced), for costs and budgets.
+
+        A ``stream`` is priced as ``text``; never raises (an unknown kind is unpriced).
+        """
+        kind = "text" if kind == "stream" else kind
+        if kind not in ("text", "image", "audio") or not model:
+            return None
+        info = self.model_info(kind, model)
+        return info.price if info is not None else None
+
     def _model_for(self, request: Request, deadline: float) -> str:
         chosen = check_model(request.model)
         if chosen:
@@ -232,12 +259,20 @@ class Gateway:
 
     def _record(self, ticket: _Ticket, outcome: str, *, error: DashError | None = None,
                 latency_ms: float | None = None, ttft_ms: float | None = None, usage: Usage | None = None,
-                nbytes: int | None = None, status_code: int | None = None) -> None:
+                nbytes: int | None = None, status_code: int | None = None,
+                saved: Decimal | None = None) -> Decimal | None:
+        """Record the request's one event; returns its ``cost`` (pollen, None: unpriced).
+
+        ``cost`` is usage x price for an answered request (``cost_of``), ``saved`` (the
+        cost of the cached answer: what the hit saved) for a ``cache_hit``, else None.
+        """
         if ticket.recorded:  # by construction this does not happen; never record twice if it does
             log.error("request %s tried to record a second event", ticket.request_id)
-            return
+            return None
         ticket.recorded = True
-        self._settle(ticket, outcome, usage)  # the budgets first: they hold whatever the journal does
+        cost = self._settle(ticket, outcome, usage)  # the budgets first: they hold whatever the journal does
+        if outcome == "cache_hit":
+            cost = saved
         s = self.settings
         if status_code is None and error is not None:
             status_code = error.status_code
@@ -245,22 +280,19 @@ class Gateway:
         event = Event(ticket.ts, ticket.request_id, ticket.caller.user, ticket.caller.session, ticket.kind,
                       ticket.model, ticket.backend, outcome, type(error).__name__ if error else "", status_code,
                       latency_ms, ttft_ms, usage.prompt_tokens if usage else None,
-                      usage.completion_tokens if usage else None, nbytes, prompt)
+                      usage.completion_tokens if usage else None, nbytes, prompt, cost)
         try:
             self._collector.record(event)
         except (OSError, ValueError):  # ValueError: the journal is closed (service shut down)
             # The answer is still good; a failed journal write must not lose it.
             self._collector.store_errors += 1
             log.exception("could not journal event %s", ticket.request_id)
+        return cost
 
     def _settle(self, ticket: _Ticket, outcome: str, usage: Usage | None) -> Decimal | None:
         """The cost of an answered request (None: unpriced, or not answered); settles or
         releases its budget reservation."""
-        cost = None
-        if outcome == "ok" and ticket.price is not None:
-            cost = request_cost(ticket.price, prompt_tokens=usage.prompt_tokens if usage else 0,
-                                completion_tokens=usage.completion_tokens if usage else 0,
-                                images=1 if ticket.kind == "image" else 0)
+        cost = cost_of(ticket.kind, ticket.price, usage) if outcome == "ok" else None
         if ticket.reservation is not None:
             if outcome == "ok":
                 self.budget.settle(ticket.reservation, cost)
@@ -337,8 +369,11 @@ class Gateway:
         if hit is not None:
             latency = monotonic_ms() - ticket.t0
             result = _from_cache(hit.value, latency, ticket.request_id)
-            self._record(ticket, "cache_hit", latency_ms=latency, usage=getattr(result, "usage", None),
-                         nbytes=hit.nbytes)
+            usage = getattr(result, "usage", None)
+            if result.cost is None:  # cached before costs were kept: at today's price
+                result = dataclasses.replace(result, cost=cost_of(ticket.kind, self.prices(request.kind, ticket.model),
+                                                                  usage))
+            self._record(ticket, "cache_hit", latency_ms=latency, usage=usage, nbytes=hit.nbytes, saved=result.cost)
             return result
         backend = self._backend
         breaker = self.breaker(backend)
@@ -362,7 +397,8 @@ class Gateway:
             self._verdict(breaker, err, probe)
             raise self._failed(ticket, err) from None
         breaker.success(probe)
-        self._record(ticket, "ok", latency_ms=latency, usage=usage, nbytes=nbytes, status_code=obs.status_code)
+        cost = self._record(ticket, "ok", latency_ms=latency, usage=usage, nbytes=nbytes, status_code=obs.status_code)
+        result = dataclasses.replace(result, cost=cost)
         self._cache.put(key, result, nbytes=nbytes, latency_ms=latency)
         return result
 
@@ -393,11 +429,13 @@ class Gateway:
             items.put(DONE)
 
             def replayed(end: StreamEnd) -> TextResult:
+                saved = cached.cost if cached.cost is not None else cost_of(
+                    "stream", self.prices("text", cached.model), cached.usage)
                 result = TextResult(end.text, cached.model, cached.backend, end.latency_ms, end.ttft_ms,
                                     cached.usage, True, ticket.request_id, cached.finish_reason,
-                                    stopped_early=not end.done)
+                                    stopped_early=not end.done, cost=saved)
                 self._record(ticket, "cache_hit", latency_ms=end.latency_ms, ttft_ms=end.ttft_ms,
-                             usage=cached.usage, nbytes=hit.nbytes)
+                             usage=cached.usage, nbytes=hit.nbytes, saved=saved)
                 return result
 
             return TextStream(items, replayed, cancel=None, t0_ms=ticket.t0, first_timeout_s=s.request_timeout_s,
@@ -443,8 +481,9 @@ class Gateway:
             result = TextResult(end.text, prepared.model, backend.name, end.latency_ms, end.ttft_ms, usage, False,
                                 ticket.request_id, end.finish_reason, stopped_early=not end.done)
             nbytes = len(end.text.encode())
-            self._record(ticket, "ok", latency_ms=end.latency_ms, ttft_ms=end.ttft_ms, usage=usage, nbytes=nbytes,
-                         status_code=seen.status_code)
+            cost = self._record(ticket, "ok", latency_ms=end.latency_ms, ttft_ms=end.ttft_ms, usage=usage,
+                                nbytes=nbytes, status_code=seen.status_code)
+            result = dataclasses.replace(result, cost=cost)
             if end.done:
                 self._cache.put(key, result, nbytes=nbytes, latency_ms=end.latency_ms)
             return result
@@ -572,7 +611,7 @@ def _from_cache(value: Any, latency: float, rid: str) -> Any:
     """A cached result as this request's: its own latency and id, ``cached=True``."""
     if isinstance(value, TextResult):
         return TextResult(value.text, value.model, value.backend, latency, None, value.usage, True, rid,
-                          value.finish_reason)
+                          value.finish_reason, cost=value.cost)
     return dataclasses.replace(value, latency_ms=latency, cached=True, request_id=rid)
 
 

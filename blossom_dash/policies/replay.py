@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,8 @@ def not_recorded(kind: str, prompt: str | None, model: str) -> NotRecorded:
 def _to_doc(value: Any, blobs: list[bytes]) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, Decimal):  # a result's cost in pollen: its exact digits
+        return {"$decimal": str(value)}
     if isinstance(value, (bytes, bytearray, memoryview)):
         blobs.append(bytes(value))
         return {"$blob": len(blobs) - 1}
@@ -172,6 +175,11 @@ def _from_doc(doc: Any, blobs: Sequence[bytes]) -> Any:
         return blobs[index]
     if "$dict" in doc:
         return {k: _from_doc(v, blobs) for k, v in dict(doc["$dict"]).items()}
+    if "$decimal" in doc:
+        try:
+            return Decimal(str(doc["$decimal"]))
+        except InvalidOperation as exc:
+            raise RecordError("it holds a damaged amount") from exc
     if "$type" in doc:
         cls = _result_class(str(doc["$type"]), str(doc.get("$module", "")))
         given = doc.get("fields") or {}

@@ -47,6 +47,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ class CodecError(ValueError):
 def _doc(value: Any, blobs: list[bytes]) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, Decimal):  # a result's cost in pollen: its exact digits
+        return {"$decimal": str(value)}
     if isinstance(value, (bytes, bytearray, memoryview)):
         blobs.append(bytes(value))
         return {"$blob": len(blobs) - 1}
@@ -104,6 +107,11 @@ def _build(doc: Any, blobs: list[bytes]) -> Any:
         if not isinstance(index, int) or not 0 <= index < len(blobs):
             raise CodecError("a binary part is missing")
         return blobs[index]
+    if "$decimal" in doc:
+        try:
+            return Decimal(str(doc["$decimal"]))
+        except InvalidOperation as exc:
+            raise CodecError("it holds a damaged amount") from exc
     cls = _TYPES.get(str(doc.get("$type")))
     if cls is None:
         raise CodecError(f"it holds a {doc.get('$type')!r}, which is not a result type")

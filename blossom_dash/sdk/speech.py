@@ -26,6 +26,7 @@ from mutagen.mp3 import MP3
 
 from ..errors import InvalidRequest, UpstreamError
 from ..results import AudioResult
+from .catalog import entry_name, model_entries
 
 #: Voices of Pollinations' ``openai-audio`` (BLOSSOM_SDK.md, "Pollinations facts").
 VOICES: tuple[str, ...] = ("alloy", "echo", "fable", "onyx", "shimmer", "coral", "verse", "ballad", "ash", "sage")
@@ -185,24 +186,14 @@ def _wav_seconds(data: bytes, where: str) -> float | None:
 
 
 async def audio_models(http: Any) -> list[str]:
-    """Models whose ``output_modalities`` include audio, from ``GET /v1/models``.
-
-    A model without modality metadata counts when its name says ``audio``.
+    """Models whose ``output_modalities`` include audio: ``/audio/models``, else the
+    speaking entries of ``/text/models`` (``catalog.model_entries``). Never ``/v1/models``,
+    which may carry only ``id``, ``object`` and ``created``.
 
     Raises:
         httpx.HTTPError, ValueError: the endpoint failed, or lists no such model.
     """
-    resp = await http.get(ENDPOINTS.TEXT_MODELS, timeout=5.0)
-    payload = resp.json()
-    items = payload.get("data", []) if isinstance(payload, dict) else payload
-    names = []
-    for item in items if isinstance(items, list) else []:
-        if not isinstance(item, dict):
-            continue
-        name = str(item.get("id") or item.get("name") or "")
-        modalities = item.get("output_modalities")
-        if name and ("audio" in modalities if isinstance(modalities, list) else "audio" in name):
-            names.append(name)
+    names = [entry_name(e) for e in await model_entries(http, "audio")]
     if not names:
         raise ValueError("no model with audio output")
     return names

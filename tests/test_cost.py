@@ -1,0 +1,111 @@
+"""The cost of every request: on its event, its result, a cache hit's saving; through the demo backend."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from helpers import make_service
+
+from blossom_dash.demo_backend.catalog import DEMO_PRICES
+from blossom_dash.pricing import Price
+
+
+def price(model: str, unit: str) -> Decimal:
+    return Decimal(DEMO_PRICES[model][unit])
+
+
+def events(svc: object) -> dict[str, dict[str, object]]:
+    svc.flush_events()  # type: ignore[attr-defined]
+    frame = svc.store.frame()  # type: ignore[attr-defined]
+    return {r["request_id"]: r for r in frame.to_dict("records")}
+
+
+@pytest.fixture
+def svc(tmp_path: Path):  # noqa: ANN201
+    with make_service(tmp_path) as service:
+        yield service
+
+
+class TestCostPerEvent:
+    def test_text_is_prompt_plus_completion_tokens(self, svc: object) -> None:
+        """A text answer costs its prompt and completion tokens at the model's demo price, exactly."""
+        result = svc.generate_text("What does a circuit breaker do?", model="demo-balanced")  # type: ignore[attr-defined]
+        expected = (result.usage.prompt_tokens * price("demo-balanced", "promptTextTokens")
+                    + result.usage.completion_tokens * price("demo-balanced", "completionTextTokens"))
+        assert result.cost == expected and result.cost > 0
+        event = events(svc)[result.request_id]
+        assert event["cost"] == expected and isinstance(event["cost"], Decimal)
+
+    def test_stream(self, svc: object) -> None:
+        """A streamed answer costs its reported usage, on the result and the event."""
+        stream = svc.stream_text("Tell me about rate limits", model="demo-swift")  # type: ignore[attr-defined]
+        for _ in stream:
+            pass
+        result = stream.result
+        assert result is not None and result.cost is not None
+        expected = (result.usage.prompt_tokens * price("demo-swift", "promptTextTokens")
+                    + result.usage.completion_tokens * price("demo-swift", "completionTextTokens"))
+        assert result.cost == expected == events(svc)[result.request_id]["cost"]
+
+    def test_image_is_its_per_image_price(self, svc: object) -> None:
+        """An image costs one unit of completionImageTokens."""
+        image = svc.generate_image("a fox", model="demo-mosaic", width=64, height=64)  # type: ignore[attr-defined]
+        assert image.cost == price("demo-mosaic", "completionImageTokens")
+        assert events(svc)[image.request_id]["cost"] == image.cost
+
+    def test_speech_counts_audio_tokens(self, svc: object) -> None:
+        """A clip costs its prompt at the text price and its completion at the audio-token price."""
+        clip = svc.generate_speech("Hello there, team.", voice="alloy")  # type: ignore[attr-defined]
+        event = events(svc)[clip.request_id]
+        expected = (event["prompt_tokens"] * price("demo-voice", "promptTextTokens")
+                    + event["completion_tokens"] * price("demo-voice", "completionAudioTokens"))
+        assert clip.cost == expected == event["cost"] and expected > 0
+
+    def test_cache_hit_records_what_it_saved(self, svc: object) -> None:
+        """A cache hit's event and result carry the cost of the answer it did not pay again."""
+        first = svc.generate_text("same question", model="demo-coder")  # type: ignore[attr-defined]
+        again = svc.generate_text("same question", model="demo-coder")  # type: ignore[attr-defined]
+        assert again.cached and again.cost == first.cost is not None
+        seen = events(svc)
+        assert seen[again.request_id]["outcome"] == "cache_hit" and seen[again.request_id]["cost"] == first.cost
+
+    def test_unpriced_is_null_never_zero(self, svc: object) -> None:
+        """A model without a price: cost None on the result and NULL on the event; errors carry none."""
+        svc.gateway.prices = lambda kind, model: None  # type: ignore[attr-defined]
+        result = svc.generate_text("hello", model="demo-swift")  # type: ignore[attr-defined]
+        assert result.cost is None
+        with pytest.raises(Exception):  # noqa: B017, PT011 - any DashError
+            svc.generate_text("x", model="fault-500")  # type: ignore[attr-defined]
+        seen = events(svc)
+        assert seen[result.request_id]["cost"] is None
+        assert all(e["cost"] is None for e in seen.values() if e["outcome"] == "error")
+
+    def test_settings_file_prices_a_model(self, tmp_path: Path) -> None:
+        """BLOSSOM_DASH_PRICES prices what the backend does not: its perRequest unit is charged."""
+        f = tmp_path / "prices.csv"
+        f.write_text("model,unit,price,currency\nlocal-model,perRequest,0.25,pollen\n")
+        with make_service(tmp_path / "s", prices=f) as service:
+            info = service.gateway.model_info("text", "local-model")
+            assert info is not None and info.price == Price((("perRequest", Decimal("0.25")),), source="settings")
+
+
+class TestCostInCaches:
+    def test_shared_cache_codec_keeps_the_exact_cost(self) -> None:
+        """A cached answer's cost survives the shared cache's format exactly (and None stays None)."""
+        from blossom_dash.policies.shared_cache import decode, encode
+        from blossom_dash.results import TextResult, Usage
+
+        value = TextResult("hi", "m", "demo", 1.0, None, Usage(1, 2, 3), False, "r", cost=Decimal("0.000000000123"))
+        assert decode(encode(value)).cost == Decimal("0.000000000123")
+        assert decode(encode(TextResult("hi", "m", "demo", 1.0, None, Usage(), False, "r"))).cost is None
+
+    def test_persistent_cache_replays_the_cost(self, tmp_path: Path) -> None:
+        """With the persistent cache, a hit after a restart still records what it saved."""
+        with make_service(tmp_path, persistent_cache=True) as first:
+            paid = first.generate_text("kept across restarts", model="demo-deep")
+        with make_service(tmp_path, persistent_cache=True) as second:
+            hit = second.generate_text("kept across restarts", model="demo-deep")
+            assert hit.cached and hit.cost == paid.cost is not None
+            assert events(second)[hit.request_id]["cost"] == paid.cost
