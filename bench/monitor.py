@@ -8,8 +8,8 @@ Run ``python bench/monitor.py`` from the repository root (``--events``, ``--seco
    for 1M here);
 2. **library level, warm service**: for the 1 h (the page's default), 24 h and 30 d
    ranges, times what one Monitor refresh asks of the service, the way the page asks
-   it: the ``headline`` read (the KPI row) and then the ``snapshot`` read plus the seven
-   figures, serialised as ``st.plotly_chart`` serialises them (all charts). Each timed
+   it: the ``headline`` read (the KPI row) and then the ``snapshot`` and ``spend`` reads
+   plus the nine figures, serialised as ``st.plotly_chart`` serialises them (all charts). Each timed
    read is the *first* of its interval (a fresh key: the range moved by one interval),
    i.e. the viewer who pays for everyone; then the next viewer of the same interval
    (served from the shared results). Medians of ``--repeat``;
@@ -17,7 +17,7 @@ Run ``python bench/monitor.py`` from the repository root (``--events``, ``--seco
    off), watched by websocket viewers that do what a browser tab does (open the Monitor,
    then ask for the live fragment's rerun every ``run_every`` seconds, as Streamlit's
    frontend does on ``auto_rerun``). It prints, for a new session on the warm server,
-   when the last KPI and the seventh chart left the server, and, for 1 and
+   when the last KPI and the ninth chart left the server, and, for 1 and
    ``--viewers`` viewers at the 5 s and the 2 s refresh, the server process's CPU
    (user + system time over ``--seconds`` of wall time, in % of one core) and how many
    of the live refreshes (fragment reruns) the viewers asked for finished.
@@ -55,7 +55,7 @@ from blossom_dash.telemetry.store import UsageStore  # noqa: E402
 TARGET_CPU_PCT = 25.0
 TARGET_CHARTS_S = 1.5
 KPI_METRICS = 11  # ten KPIs and "Time saved by cache" (its placeholder first)
-CHARTS = 7
+CHARTS = 9  # seven usage charts and the spend panel's two
 
 
 # ----- library level ----------------------------------------------------------------
@@ -65,13 +65,17 @@ def one_refresh(svc: BlossomService, q: MonitorQuery, every_s: int) -> tuple[flo
     import plotly.io
     import plotly.tools
 
+    from blossom_dash.ui import charts
     from blossom_dash.ui.monitor import monitor_figures
 
     t0 = time.perf_counter()
     head = svc.monitor("headline", q, every_s=every_s)
     t_kpis = time.perf_counter() - t0
     snap = svc.monitor("snapshot", head.query, every_s=every_s)
-    for fig in monitor_figures(snap).values():  # what st.plotly_chart does with each
+    spend = svc.monitor("spend", head.query, every_s=every_s)
+    figures = [*monitor_figures(snap).values(), charts.cost_by_model(spend.over_time, bucket_s=spend.bucket_s),
+               charts.cost_by_user(spend.by_user)]
+    for fig in figures:  # what st.plotly_chart does with each
         plotly.io.to_json(plotly.tools.return_figure_from_figure_or_data(fig, True), validate=False)
     return t_kpis, time.perf_counter() - t0
 

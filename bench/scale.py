@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ TARGET_S = 1.0
 TARGET_RATIO = 3.0
 MODELS = ("demo-swift", "demo-balanced", "demo-deep", "demo-coder", "demo-sketch")
 USERS = tuple(f"user{i}" for i in range(40))
+#: Served requests and cache hits cost ~1e-10 pollen per token; this model has no price.
+UNPRICED_MODEL = "demo-coder"
+PICO = Decimal("1e-12")
 #: Outcome mix: 80 % served, 12 % cache hits, 3 % rate-limited, 2 % rejected, 3 % errors.
 OUTCOMES = ("ok",) * 80 + ("cache_hit",) * 12 + ("rate_limited",) * 3 + ("rejected",) * 2 + ("error",) * 3
 
@@ -65,7 +69,8 @@ def synthetic_events(n: int, start: float, end: float, seed: int = 1,
                      prefix: str = "seed") -> Iterator[tuple[Any, ...]]:
     """``n`` events (``ROW_COLUMNS`` tuples) evenly spaced in ``[start, end)``: 40
     users, 5 models (one image model), log-normal latencies around 665 ms, a TTFT on
-    served streams only (as the pipeline records it)."""
+    served streams only (as the pipeline records it), a ``Decimal`` cost on served
+    requests and cache hits of every model but ``UNPRICED_MODEL``."""
     rng = random.Random(seed)
     for i in range(n):
         ts = start + (end - start) * i / n
@@ -76,9 +81,13 @@ def synthetic_events(n: int, start: float, end: float, seed: int = 1,
         error_type = {"error": "UpstreamError", "rate_limited": "RateLimited", "rejected": "InvalidRequest"}.get(
             outcome, "")
         status = 200 if ok else 500 if outcome == "error" else None
+        prompt, completion = (rng.randint(5, 200), rng.randint(20, 800)) if ok else (None, None)
+        cost = None  # unpriced: failures, refusals and the one model without a price
+        if outcome in ("ok", "cache_hit") and model != UNPRICED_MODEL:
+            cost = (Decimal((prompt or 100) * 150 + (completion or 400) * 600) * PICO).quantize(PICO)
         yield (ts, f"{prefix}{i:08x}", rng.choice(USERS), "s", kind, model, "demo", outcome, error_type, status,
-               latency, latency * 0.3 if ok and kind == "stream" else None, rng.randint(5, 200) if ok else None,
-               rng.randint(20, 800) if ok else None, rng.randint(100, 5000), "seeded prompt")
+               latency, latency * 0.3 if ok and kind == "stream" else None, prompt, completion,
+               rng.randint(100, 5000), "seeded prompt", cost)
 
 
 def seed_bulk(store: UsageStore, n: int, now: float) -> tuple[float, float]:
@@ -94,7 +103,8 @@ def seed_bulk(store: UsageStore, n: int, now: float) -> tuple[float, float]:
     try:
         cur, batch = raw.cursor(), []
         for event in synthetic_events(n, now - SPAN_S, now):
-            batch.append(event)
+            cost = event[-1]  # raw SQL stores schema.Pollen's whole 1e-12 steps
+            batch.append((*event[:-1], None if cost is None else int(cost.scaleb(12))))
             if len(batch) == 50_000:
                 cur.executemany(sql, batch)
                 raw.commit()
