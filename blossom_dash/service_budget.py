@@ -35,11 +35,14 @@ def make_ledger(s: Settings) -> BudgetLedger:
     return SharedBudgetLedger(s.redis_url.get_secret_value(), budgets)
 
 
-def restore_ledger(ledger: BudgetLedger, store: UsageStore, *, now: float | None = None) -> None:
-    """Give an in-process ledger what the usage store says was spent this UTC day and
-    month (a restart keeps the counters). Logged, not raised, when the store cannot be read:
-    the budgets then start from 0."""
-    if ledger.shared:
+def restore_ledger(ledger: BudgetLedger, store: UsageStore, *, now: float | None = None,
+                   replace: bool = False) -> None:
+    """Give the ledger what the usage store says was spent this UTC day and month: at start
+    for an in-process ledger (a restart keeps the counters), and with ``replace`` when
+    budgets are set, for either (nothing is counted while no budget is set; the store lags
+    the requests by at most a quarter second). Logged, not raised, when the store cannot be
+    read or Redis does not answer: the counters then stay as they were."""
+    if ledger.shared and not replace:
         return
     now = time.time() if now is None else now
     day_start = period_end("day", now) - 86400
@@ -47,10 +50,9 @@ def restore_ledger(ledger: BudgetLedger, store: UsageStore, *, now: float | None
     try:
         rows = [(u, "day", spent, n) for u, spent, n in spent_by_user(store, day_start)]
         rows += [(u, "month", spent, n) for u, spent, n in spent_by_user(store, month_start)]
+        ledger.restore(rows, replace=replace)
     except (SQLAlchemyError, DashError, OSError):
-        log.exception("budgets start from 0: this period's spending could not be read from the usage store")
-        return
-    ledger.restore(rows)
+        log.exception("this period's spending could not be read from the usage store into the budgets")
 
 
 def _month_start(now: float) -> float:
@@ -62,12 +64,16 @@ class BudgetMethods:
     """Budgets; mixed into ``BlossomService`` (which provides ``gateway`` and ``_audit``)."""
 
     gateway: Any
+    store: UsageStore
 
     def _audit(self, caller: Caller, action: str, old: Any = None, new: Any = None) -> None:  # AccessMethods
         raise NotImplementedError
 
     @staticmethod
     def _admin(caller: Caller | None, what: str) -> Caller:  # AccessMethods
+        raise NotImplementedError
+
+    def flush_events(self) -> int:  # AccessMethods
         raise NotImplementedError
 
     @property
@@ -88,6 +94,9 @@ class BudgetMethods:
                 ``team_month_requests=500``); ``None`` removes that budget; fields not
                 given keep their value.
 
+        Setting budgets where none was counts this UTC day's and month's spending
+        so far (read from the usage store: nothing is counted while no budget is set).
+
         Returns:
             The budgets now in force.
 
@@ -105,6 +114,9 @@ class BudgetMethods:
                                  "Give pollen as a number of at least 0 (e.g. 0.5), requests as a whole number, "
                                  "or leave a budget empty for none.") from None
         self._ledger.configure(new)
+        if new.any and not old.any:  # nothing is counted while no budget is set: take the store's spending
+            self.flush_events()
+            restore_ledger(self._ledger, self.store, replace=True)
         self._audit(caller, "configure_budgets", old.as_dict(), new.as_dict())
         return self._ledger.budgets
 

@@ -516,3 +516,32 @@ class TestStream:
                 pass
             (line,) = svc.budget_status("ann").lines
             assert (line.spent, line.reserved, line.requests) == (P, 0, 1)
+
+
+class TestBudgetSetLater:
+    def test_setting_a_budget_counts_the_day_so_far(self, tmp_path: Path) -> None:
+        """Requests made while no budget was set count once one is set (from the usage store)."""
+        with make_service(tmp_path) as svc:
+            for k in range(3):
+                svc.generate_text(f"before {k}", user="ann")
+            svc.configure_budgets(None, user_day_requests=5)
+            (line,) = svc.budget_status("ann").lines
+            assert line.requests == 3
+            svc.configure_budgets(None, user_day_requests=4)  # budgets already counted: no re-read
+            svc.generate_text("fourth", user="ann")
+            with pytest.raises(BudgetExceeded, match="made 4 of the 4 requests"):
+                svc.generate_text("fifth", user="ann")
+
+    def test_on_redis(self, tmp_path: Path, redis_url: str) -> None:
+        """The same with the counters in Redis: the other replica sees the day so far."""
+        with make_service(tmp_path / "a", redis_url=redis_url) as a, \
+                make_service(tmp_path / "b", redis_url=redis_url, database_url=a.settings.resolved_database_url()) as b:
+            for k in range(3):
+                b.generate_text(f"before {k}", user="ann")
+            b.flush_events()
+            a.configure_budgets(None, team_day_requests=4)
+            (line,) = b.budget_status("ann").lines
+            assert (line.scope, line.requests) == ("team", 3)
+            b.generate_text("fourth", user="bob")
+            with pytest.raises(BudgetExceeded, match="The team has made 4 of the 4 requests"):
+                a.generate_text("fifth", user="ann")

@@ -385,17 +385,23 @@ class BudgetLedger:
             except Exception:  # an alert must never fail a request
                 log.exception("the budget crossing hook failed for %s", args[:3])
 
-    def restore(self, rows: Iterable[tuple[str, str, Decimal, int]]) -> None:
-        """Start from what the usage store says was spent this period (after a restart).
+    def restore(self, rows: Iterable[tuple[str, str, Decimal, int]], *, replace: bool = False) -> None:
+        """Take what the usage store says was spent this period: at start (a restart), and
+        when budgets are set (no counting happens while none is).
 
         Args:
             rows: ``(user, period, spent_pollen, requests)`` for the current UTC day
                 (``period`` "day") and month ("month"), one row per user; the team's
                 counters are their sums. Crossings already passed are not announced again.
+            replace: The rows replace this period's settled counts (reservations in
+                flight stay); else they are added.
         """
         with self._lock:
             day, month = self._current(self._clock())
             budgets = self._budgets
+            if replace:
+                for c in self._counters.values():
+                    c.spent, c.requests = Decimal(0), 0
             for user, period, spent, requests in rows:
                 pkey = day if period == "day" else month
                 for key in (("user", user, period, pkey), ("team", TEAM, period, pkey)):

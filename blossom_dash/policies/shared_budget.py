@@ -301,8 +301,38 @@ class SharedBudgetLedger(BudgetLedger):
             crossed.append((scope, r.user if scope == "user" else TEAM, period, int(t) / 100, *amounts))
         self._announce(crossed)
 
-    def restore(self, rows: Iterable[tuple[str, str, Decimal, int]]) -> None:
-        """Nothing to do: the counters outlive every replica in Redis."""
+    def restore(self, rows: Iterable[tuple[str, str, Decimal, int]], *, replace: bool = False) -> None:
+        """With ``replace`` (budgets were just set: nothing is counted while none is), make
+        this period's settled counters the usage store's ``rows`` (as
+        ``BudgetLedger.restore``; reservations in flight stay). Without, nothing: the
+        counters outlive every replica in Redis.
+
+        Raises:
+            SharedStateUnavailable: Redis did not answer.
+        """
+        if not replace:
+            return
+        now = self._clock()
+        day, month = period_key("day", now), period_key("month", now)
+        totals: dict[tuple[str, str, str, str], list[Decimal | int]] = {}
+        for user, period, spent, requests in rows:
+            pkey = day if period == "day" else month
+            for key in (("user", user, period, pkey), ("team", TEAM, period, pkey)):
+                t = totals.setdefault(key, [Decimal(0), 0])
+                t[0] += Decimal(spent)
+                t[1] += int(requests)
+        totals.setdefault(("team", TEAM, "day", day), [Decimal(0), 0])
+        totals.setdefault(("team", TEAM, "month", month), [Decimal(0), 0])
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            for (scope, who, period, pkey), (spent, requests) in totals.items():
+                name = f"{self._prefix}:{scope}:{period}:{pkey}:{who}"
+                pipe.hset(name, mapping={"spent": to_units(Decimal(spent)), "requests": int(requests)})
+                pipe.pexpireat(name, int((period_end(period, now) + _KEEP_S) * 1000))
+            pipe.execute()
+        except REDIS_ERRORS as exc:
+            raise self._outage.failed(exc) from None
+        self._outage.recovered()
 
     def status(self, user: str) -> BudgetStatus:
         """As ``BudgetLedger.status``, from Redis; while it is down, no lines and the
