@@ -1,1 +1,1 @@
-"""Request policies: the response cache, replay recordings, rate limits, the circuit breaker."""
+"""Request policies: the response cache, replay recordings, rate limits, spending budgets, the circuit breaker."""
