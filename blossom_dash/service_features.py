@@ -21,6 +21,7 @@ from .features.compare import Comparison, ComparisonStore, TextComparison, Vote,
 from .features.conversations import Conversation, ConversationError, ConversationStore
 from .gateway import Caller, Gateway, TextRequest, TextStream
 from .gateway.account import AccountReader
+from .gateway.models import ModelInfo
 from .gateway.requests import SEED_MAX
 from .policies.cache import CacheStats
 from .policies.replay import ImportReport, RecordError
@@ -255,6 +256,17 @@ class FeatureMethods(AccessMethods):
         runner = self._batch_runner()
         with store_errors("saved"):
             return runner.submit(checked, user=user, session=session, api_key=api_key, name=str(name or ""))
+
+    def model_info(self, kind: str, model: str) -> ModelInfo | None:
+        """The live backend's facts about ``model`` (``Gateway.model_info``: price from its
+        ``/text|image|audio/models`` entry, else ``BLOSSOM_DASH_PRICES``; paid-only;
+        health; modalities); None when neither knows it. Never raises for a backend
+        failure (cached facts, or the settings file's).
+
+        Raises:
+            InvalidRequest: ``kind`` is not text, image or audio.
+        """
+        return self._gw.model_info(kind, model)
 
     def estimate_batch(self, rows: Sequence[BatchRow], *, model: str | None = None,
                        max_tokens: int = 512) -> BatchEstimate:

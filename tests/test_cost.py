@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from helpers import make_service
 
+from blossom_dash import BlossomService
 from blossom_dash.demo_backend.catalog import DEMO_PRICES
+from blossom_dash.errors import DashError
 from blossom_dash.pricing import Price
 
 
@@ -23,7 +26,7 @@ def events(svc: object) -> dict[str, dict[str, object]]:
 
 
 @pytest.fixture
-def svc(tmp_path: Path):  # noqa: ANN201
+def svc(tmp_path: Path) -> Iterator[BlossomService]:
     with make_service(tmp_path) as service:
         yield service
 
@@ -76,7 +79,7 @@ class TestCostPerEvent:
         svc.gateway.prices = lambda kind, model: None  # type: ignore[attr-defined]
         result = svc.generate_text("hello", model="demo-swift")  # type: ignore[attr-defined]
         assert result.cost is None
-        with pytest.raises(Exception):  # noqa: B017, PT011 - any DashError
+        with pytest.raises(DashError):
             svc.generate_text("x", model="fault-500")  # type: ignore[attr-defined]
         seen = events(svc)
         assert seen[result.request_id]["cost"] is None
@@ -109,3 +112,12 @@ class TestCostInCaches:
             hit = second.generate_text("kept across restarts", model="demo-deep")
             assert hit.cached and hit.cost == paid.cost is not None
             assert events(second)[hit.request_id]["cost"] == paid.cost
+
+
+class TestServiceModelInfo:
+    def test_demo_facts_through_the_facade(self, svc: object) -> None:
+        """``model_info`` gives the demo backend's labelled prices; an unknown model is None."""
+        info = svc.model_info("image", "demo-sketch")  # type: ignore[attr-defined]
+        assert info is not None and info.price is not None and info.price.source == "demo"
+        assert info.price.per_image == price("demo-sketch", "completionImageTokens")
+        assert svc.model_info("text", "nobody-serves-this") is None  # type: ignore[attr-defined]
