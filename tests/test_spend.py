@@ -74,6 +74,13 @@ class TestBatchEstimate:
         assert (est.prompt_tokens, est.completion_tokens) == (13, 200)
         assert "estimate" in est.method and "max_tokens" in est.method
 
+    def test_demo_prices_are_named(self) -> None:
+        """An estimate at the demo backend's made-up prices says so."""
+        demo = {"cheap": self.PRICES["cheap"].with_source("demo")}
+        est = estimate_batch([BatchRow(2, "hi", model="cheap")], demo.get)
+        assert est.sources == ("demo",) and "demo backend's made-up prices" in est.method
+        assert "current prices" in estimate_batch([BatchRow(2, "hi", model="cheap")], self.PRICES.get).method
+
     def test_nothing_priced_is_none_not_zero(self) -> None:
         """No priced row: the total is None (unpriced), never a 0 that pretends."""
         est = estimate_batch([BatchRow(2, "hi", model="mystery")], self.PRICES.get)

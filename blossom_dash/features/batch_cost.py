@@ -34,6 +34,8 @@ class BatchEstimate:
         unpriced_models: The models without a price, sorted.
         prompt_tokens: Estimated prompt tokens of all rows.
         completion_tokens: Completion tokens assumed (the sum of every row's max_tokens).
+        sources: Where the prices used came from (``Price.source``: ``backend``,
+            ``settings`` or ``demo``), sorted.
     """
 
     total: Decimal | None
@@ -42,13 +44,15 @@ class BatchEstimate:
     unpriced_models: tuple[str, ...]
     prompt_tokens: int
     completion_tokens: int
+    sources: tuple[str, ...] = ()
 
     @property
     def method(self) -> str:
         """How the estimate was made, in one sentence for the page."""
+        prices = "the demo backend's made-up prices" if "demo" in self.sources else "the models' current prices"
         return (f"An estimate, not a bill: prompts at about {CHARS_PER_TOKEN} characters per token "
                 f"(~{self.prompt_tokens:,} tokens) and every answer at its full max_tokens "
-                f"({self.completion_tokens:,} tokens), at the models' current prices. Answers that "
+                f"({self.completion_tokens:,} tokens), at {prices}. Answers that "
                 "stop early, and cache hits, cost less.")
 
 
@@ -95,8 +99,9 @@ def estimate_batch(rows: Sequence[BatchRow], price_of: Callable[[str], Price | N
         else:
             priced += 1
             total += cost
+    sources = sorted({p.source for p in prices.values() if p is not None})
     return BatchEstimate(total if priced else None, priced, unpriced, tuple(sorted(missing)), prompt_sum,
-                         completion_sum)
+                         completion_sum, tuple(sources))
 
 
 __all__ = ["CHARS_PER_TOKEN", "BatchEstimate", "estimate_batch", "prompt_tokens_estimate"]

@@ -92,7 +92,8 @@ def price_labels(service: Any) -> Callable[[str], str]:
             except DashError:
                 info = None
             if info is not None:
-                return price_text(info.price)
+                demo = " (demo prices)" if getattr(info.price, "source", "") == "demo" else ""
+                return price_text(info.price) + demo
         return "unpriced"
 
     return label
