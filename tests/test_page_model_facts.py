@@ -69,6 +69,8 @@ class TestPickers:
         assert not at.exception
         (caption,) = _facts_captions(at)
         assert re.search(r"66 % ok · p50 [\d,]+ ms \(3 requests, 24 h\)", caption), caption
+        # The demo backend's /text/models prices demo-swift (made up, and labelled so).
+        assert "pollen per 1k tokens (prompt / completion) (demo prices)" in caption, caption
 
     def test_compare_picker_shows_each_chosen_model(self) -> None:
         """Each chosen model has its line under the Compare picker; a model without requests says so."""

@@ -22,6 +22,7 @@ from typing import Any
 import streamlit as st
 
 from ..errors import DashError
+from ..gateway.models import ModelInfo
 from ..pricing import Price
 from ..service import BlossomService
 from ..telemetry.model_facts import DEFAULT_WINDOW_S, ModelFacts
@@ -74,7 +75,7 @@ def _unit_words(unit: str) -> str:
     return f"{rest.removesuffix('s') if rest.endswith('seconds') else rest} ({side})"
 
 
-def facts_line(model: str, facts: ModelFacts | None, info: Any = None) -> str:
+def facts_line(model: str, facts: ModelFacts | None, info: ModelInfo | Any = None) -> str:
     """One model's facts as one markdown line (the model name as inert code).
 
     Args:
@@ -96,13 +97,10 @@ def facts_line(model: str, facts: ModelFacts | None, info: Any = None) -> str:
     return " · ".join(parts)
 
 
-def _info(service: BlossomService, kind: str, model: str) -> Any:
-    """The backend's facts about ``model``, None when it gives none (or cannot be asked)."""
-    reader = getattr(service, "model_info", None)  # the catalog's prices, when this service has them
-    if reader is None:
-        return None
+def _info(service: BlossomService, kind: str, model: str) -> ModelInfo | None:
+    """The backend's facts about ``model`` (``BlossomService.model_info``), None when it gives none."""
     try:
-        return reader(kind, model)
+        return service.model_info(kind, model)
     except DashError:
         return None
 
