@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,10 @@ class TestPrometheusExport:
         assert d("blossom_tokens_total", model=model, direction="completion") == sum(
             r.usage.completion_tokens for r in served)
         assert not any(k[0] == "blossom_tokens_total" and ("model", imodel) in k[1] and v for k, v in after.items())
+        spent = sum((r.cost for r in served), Decimal(0))
+        assert d("blossom_cost_pollen_total", model=model) == pytest.approx(float(spent), rel=1e-9)
+        assert d("blossom_cost_pollen_total", model=imodel) == pytest.approx(float(image.cost), rel=1e-9)
+        assert d("blossom_cost_saved_pollen_total", model=model) == pytest.approx(float(hit.cost), rel=1e-9)
 
         # TTFT is a stream's figure: whole answers have a duration and no TTFT.
         assert d("blossom_ttft_seconds_count", model=smodel, kind="stream") == 1
@@ -250,7 +255,7 @@ class TestReachedBackend:
 
 class TestJsonLogs:
     FIELDS = {"ts", "level", "request_id", "user", "kind", "model", "backend", "outcome", "latency_ms",
-              "ttft_ms", "status_code", "error_type", "prompt_tokens", "completion_tokens"}
+              "ttft_ms", "status_code", "error_type", "prompt_tokens", "completion_tokens", "cost"}
 
     def test_one_line_per_request(self, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
         """ok, cache hit, error and refusal: one JSON line each, right level and fields, no prompt or key."""
@@ -279,6 +284,9 @@ class TestJsonLogs:
         assert first["prompt_tokens"] == ok.usage.prompt_tokens
         assert first["completion_tokens"] == ok.usage.completion_tokens
         assert first["latency_ms"] == pytest.approx(ok.latency_ms, abs=0.1)
+        assert ok.cost is not None and Decimal(first["cost"]) == ok.cost  # exact, as a decimal string
+        assert Decimal(lines[1]["cost"]) == ok.cost  # the cache hit: what it saved
+        assert fault["cost"] is None and limited["cost"] is None
         assert fault["status_code"] == 500 and fault["error_type"] == "UpstreamError"
         assert limited["error_type"] == "RateLimited"
         for secret in (API_KEY, SESSION_KEY, *PROMPTS):

@@ -130,6 +130,15 @@ TOKENS = Counter(
     "(estimated for a stream stopped before its usage arrived), by direction (prompt | completion).",
     ["model", "direction"], registry=REGISTRY,
 )
+COST = Counter(
+    "blossom_cost_pollen", "Pollen spent on served requests (outcome ok; usage x the model's price), by "
+    "model; unpriced requests add nothing (the exact sums are in the usage store).",
+    ["model"], registry=REGISTRY,
+)
+COST_SAVED = Counter(
+    "blossom_cost_saved_pollen", "Pollen the response cache saved: the cost of the answers it served "
+    "(outcome cache_hit), by model.", ["model"], registry=REGISTRY,
+)
 CACHE_HITS = Counter("blossom_cache_hits", "Requests answered from the response cache.", registry=REGISTRY)
 CACHE_MISSES = Counter(
     "blossom_cache_misses", "Requests the cache did not answer and that reached the backend: "
@@ -256,6 +265,10 @@ def prometheus_sink(event: Event) -> None:
             _child(TOKENS, model, "prompt").inc(event.prompt_tokens)
         if event.completion_tokens:
             _child(TOKENS, model, "completion").inc(event.completion_tokens)
+        if event.cost:
+            _child(COST, model).inc(float(event.cost))  # Prometheus counts in floats
+    elif outcome == "cache_hit" and event.cost:
+        _child(COST_SAVED, model).inc(float(event.cost))
     if reached_backend(event):
         CACHE_MISSES.inc()
 
@@ -490,8 +503,10 @@ def log_fields(event: Event, *, include_prompt: bool = False) -> dict[str, Any]:
 
     Returns:
         ``ts, request_id, user, kind, model, backend, outcome, latency_ms, ttft_ms,
-        status_code, error_type, prompt_tokens, completion_tokens`` (+ ``prompt``);
-        durations in milliseconds rounded to 0.1, absent values as null.
+        status_code, error_type, prompt_tokens, completion_tokens, cost`` (+ ``prompt``);
+        durations in milliseconds rounded to 0.1, absent values as null; ``cost`` in
+        pollen as an exact decimal string (for a cache hit, what it saved; null when
+        unpriced).
     """
     fields: dict[str, Any] = {
         "ts": _iso_utc(event.ts),
@@ -507,6 +522,7 @@ def log_fields(event: Event, *, include_prompt: bool = False) -> dict[str, Any]:
         "error_type": event.error_type or None,
         "prompt_tokens": event.prompt_tokens,
         "completion_tokens": event.completion_tokens,
+        "cost": None if event.cost is None else format(event.cost.normalize(), "f"),
     }
     if include_prompt:
         fields["prompt"] = event.prompt
