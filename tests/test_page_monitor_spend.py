@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from pages_helpers import app, texts
-from test_page_monitor import _metric, _row, _seed
+from test_page_monitor import _make_traffic, _metric, _row, _seed
 
 
 class TestSpendPanel:
@@ -42,3 +42,13 @@ class TestSpendPanel:
         assert not at.exception
         assert _metric(at, "Spend") == "unpriced"
         assert any(i == "No requests in this range." for i in texts(at, "info"))
+
+    def test_demo_traffic_has_a_cost(self) -> None:
+        """Answers from the demo backend (made-up prices) are priced: Spend reads pollen, the
+        cache hit's saving too, and no served request is unpriced."""
+        _make_traffic()
+        at = app("app_pages/monitor.py").run()
+        assert not at.exception
+        assert _metric(at, "Spend").endswith(" pollen") and _metric(at, "Spend") != "0 pollen"
+        assert _metric(at, "Saved by cache").endswith(" pollen")
+        assert _metric(at, "Unpriced") == "0"
