@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import make_service
 
+from blossom_dash.demo_backend.catalog import DEMO_BALANCE
 from blossom_dash.errors import UpstreamError
 from blossom_dash.gateway.account import AccountReader
 from blossom_dash.sdk.account import key_type_of, payment_required_figures
@@ -86,6 +87,7 @@ class TestFigures:
         assert key_type_of("pk_x", "secret") == "sk"
         assert key_type_of("pk_abc", None) == "pk" and key_type_of("sk_abc", "weird") == "sk"
         assert key_type_of(None, None) is None
+        assert key_type_of("plln_pk_abc") == "pk" and key_type_of("plln_sk_abc", "") == "sk"
 
 
 class TestAccount:
@@ -118,6 +120,19 @@ class TestAccount:
             account = svc.account()
             assert account is not None and account.key_type == "pk" and account.balance == Decimal("1")
             assert "may not read its key's details (HTTP 403)" in account.detail
+
+    def test_the_demo_backends_account_endpoints(self, tmp_path: Path) -> None:
+        """The demo backend's own /account/key and /account/balance, reached as a URL with a fake key."""
+        with make_service(tmp_path) as svc:
+            demo_url = svc.backend.base_url
+            svc.switch_backend(demo_url, api_key=FAKE_KEY)
+            account = svc.account()
+            assert account is not None and account.key_type == "sk" and account.key_name == "demo key"
+            assert account.balance == Decimal(str(DEMO_BALANCE)) and account.pollen_budget is None
+            svc.switch_backend(demo_url, api_key="pk_fake_account_key_0123456789")
+            account = svc.account()
+            assert account is not None and account.key_type == "pk" and account.pollen_budget == Decimal("10.0")
+            assert "rate-limited" in account.key_words
 
     def test_no_key_no_account(self, tmp_path: Path) -> None:
         """The demo backend has no key and no account."""

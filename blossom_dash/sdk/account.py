@@ -89,9 +89,9 @@ def key_type_of(api_key: str | None, said: Any = None) -> str | None:
     if isinstance(said, str) and (found := _TYPE_WORDS.get(said.strip().lower())):
         return found
     if api_key:
-        prefix = api_key.strip()[:3].lower()
-        if prefix in ("sk_", "pk_"):
-            return prefix[:2]
+        key = api_key.strip().lower().removeprefix("plln_")  # newer keys may read plln_sk_… / plln_pk_…
+        if key[:3] in ("sk_", "pk_"):
+            return key[:2]
     return None
 
 
