@@ -6,7 +6,9 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from pages_helpers import app, texts
+from test_auth import _team
 from test_page_monitor import _make_traffic, _metric, _row, _seed
 
 
@@ -52,3 +54,15 @@ class TestSpendPanel:
         assert _metric(at, "Spend").endswith(" pollen") and _metric(at, "Spend") != "0 pollen"
         assert _metric(at, "Saved by cache").endswith(" pollen")
         assert _metric(at, "Unpriced") == "0"
+
+    def test_a_member_sees_their_own_cost_row(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Signed in as a member, the cost-by-user chart holds their own row; the team's spend stays whole."""
+        monkeypatch.setenv("BLOSSOM_DASH_ADMINS", "admin@team.test")
+        monkeypatch.setenv("BLOSSOM_DASH_ALLOWED_DOMAINS", "team.test")
+        _seed(tmp_path, [_row("m1", 60, user="mia@team.test", cost=Decimal("0.25")),
+                         _row("b1", 90, user="bob@team.test", cost=Decimal("0.5"))])
+        at = _team("app_pages/monitor.py", {"is_logged_in": True, "email": "mia@team.test"})
+        assert not at.exception
+        assert _metric(at, "Spend") == "0.75 pollen"
+        spec = next(c.proto.spec for c in at.get("plotly_chart") if c.key == "monitor_chart_cost_users")
+        assert "mia@team.test" in spec and "bob@team.test" not in spec and "Your cost" in spec
