@@ -272,21 +272,19 @@ class FeatureMethods(AccessMethods):
                        max_tokens: int = 512) -> BatchEstimate:
         """The estimated cost of running ``rows`` (``batch_cost.estimate_batch``: an upper
         bound, prompts at ~4 characters per token and answers at their full max_tokens),
-        at the text models' prices in the catalog (``model_info``; a service without it,
-        or a model it does not know, leaves the rows unpriced).
+        at the text models' prices in the catalog (``model_info``; a model it does not
+        know, or one without a price, leaves its rows unpriced).
 
         Args:
             rows: The parsed rows (invalid ones are skipped).
             model / max_tokens: The job's defaults for rows that leave them blank.
         """
-        reader = getattr(self, "model_info", None)
-
         def price_of(name: str) -> Any:
             try:
-                info = reader("text", name) if reader is not None else None
+                info = self.model_info("text", name)
             except DashError:
                 info = None
-            return getattr(info, "price", None)
+            return info.price if info is not None else None
 
         return estimate_batch(rows, price_of, model=model, max_tokens=max_tokens)
 

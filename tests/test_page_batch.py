@@ -78,9 +78,10 @@ class TestUploadAndPreview:
         """Before it runs, the preview estimates the job's cost (or says it is unpriced) and how."""
         at = upload(app("app_pages/batch.py").run(), csv(3))
         assert not at.exception and not at.error
-        assert any(m.startswith("**Estimated cost:") for m in texts(at, "markdown"))
-        assert any("An estimate, not a bill" in c and "max_tokens" in c for c in texts(at, "caption")) or \
-            any("unpriced" in m for m in texts(at, "markdown"))
+        assert any(m.startswith("**Estimated cost: up to 0.") and "for 3 priced rows" in m
+                   for m in texts(at, "markdown"))
+        assert any("An estimate, not a bill" in c and "max_tokens" in c and "demo backend's made-up prices" in c
+                   for c in texts(at, "caption"))
 
     def test_unknown_model_is_flagged(self) -> None:
         """A model the backend does not list makes its row invalid."""

@@ -35,7 +35,7 @@ class TestSpendPanel:
         table = next(d.value for d in at.dataframe if "cache_saved" in d.value.columns)
         rows = table.set_index("model")
         assert rows.loc["demo-swift", "cost"] == 0.013 and rows.loc["demo-deep", "unpriced"] == 1
-        assert "price" in table.columns  # the catalog's price in words, where the service has model_info
+        assert rows.loc["demo-swift", "price"].endswith("pollen per 1k tokens (prompt / completion) (demo prices)")
         assert {"Spend CSV", "Spend JSON"} <= {d.label for d in at.get("download_button")}
 
     def test_empty_store_says_no_priced_requests(self) -> None:

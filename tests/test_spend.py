@@ -227,8 +227,8 @@ class TestServiceSpend:
         """The facade estimates a batch at the catalog's prices; without them, rows are unpriced."""
         with BlossomService(Settings(backend="demo", demo_latency=False, data_dir=tmp_path)) as svc:
             est = svc.estimate_batch([BatchRow(2, "hello there")], model=svc.list_models("text")[0], max_tokens=64)
-            assert est.priced_rows + est.unpriced_rows == 1
-            assert (est.total is None) == (est.priced_rows == 0)
+            assert est.priced_rows == 1 and est.total is not None and est.total > 0 and est.sources == ("demo",)
+            assert svc.estimate_batch([BatchRow(2, "hi", model="no-such-model")]).unpriced_rows == 1
 
 
 class TestSpendExport:

@@ -78,17 +78,14 @@ def spend_kpis(s: Spend, *, vs: str) -> None:
 
 
 def price_labels(service: Any) -> Callable[[str], str]:
-    """Model -> its price in words (``model_facts.price_text``) from the catalog
-    (``service.model_info``, text, then image, then audio models); ``""`` when this
-    service publishes no model facts, ``"unpriced"`` when the model has no price."""
-    reader = getattr(service, "model_info", None)
+    """Model -> its price in words (``model_facts.price_text``, demo prices labelled)
+    from the catalog (``service.model_info``, text, then image, then audio models);
+    ``"unpriced"`` when no catalog knows a price for it."""
 
     def label(model: str) -> str:
-        if reader is None:
-            return ""
         for kind in ("text", "image", "audio"):
             try:
-                info = reader(kind, model)
+                info = service.model_info(kind, model)
             except DashError:
                 info = None
             if info is not None:
