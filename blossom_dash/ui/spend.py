@@ -74,7 +74,7 @@ def spend_kpis(s: Spend, *, vs: str) -> None:
                    help="Served requests whose model has no price: counted here, never summed as 0.")
     if s.spend.unpriced:
         st.caption(f"{s.spend.unpriced:,} served requests unpriced: their models publish no price (set "
-                   "BLOSSOM_DASH_PRICES for them); the spend covers the other {:,}.".format(s.spend.priced))
+                   f"BLOSSOM_DASH_PRICES for them); the spend covers the other {s.spend.priced:,}.")
 
 
 def price_labels(service: Any) -> Callable[[str], str]:
