@@ -14,7 +14,7 @@ from blossom_dash import ui
 from blossom_dash.errors import DashError
 from blossom_dash.pricing import Price
 from blossom_dash.telemetry.model_facts import ModelFacts
-from blossom_dash.ui.model_facts import facts_line, price_text
+from blossom_dash.ui.model_facts import facts_help, facts_line, price_text
 
 
 def _seed_history() -> None:
@@ -58,6 +58,12 @@ class TestLines:
         assert line == ("`flux` · 0.01 pollen per image (demo prices) · paid only · backend health: ok · "
                         "98 % ok · p50 640 ms (50 requests, 24 h)")
         assert facts_line("new", None) == "`new` · unpriced · no requests here in 24 h"
+
+    def test_help_gives_the_counts_behind_each_figure(self) -> None:
+        """The tooltip says how many answered and failed requests each figure rests on."""
+        text = facts_help([ModelFacts("flux", 49, 1, 640.0)])
+        assert text.startswith("flux: 49 answered of 50 (1 failed); p50 over the 49 answered.")
+        assert "cache hits, rate-limited and rejected" in text
 
 
 class TestPickers:

@@ -122,7 +122,16 @@ def render_model_facts(service: BlossomService, kind: str, models: Iterable[str 
     except DashError:
         history = {}
     lines = [facts_line(m, history.get(m), _info(service, kind, m)) for m in chosen]
-    (where or st).caption("  \n".join(lines))
+    (where or st).caption("  \n".join(lines), help=facts_help([history[m] for m in chosen if m in history]))
 
 
-__all__ = ["facts_line", "price_text", "render_model_facts"]
+def facts_help(facts: Iterable[ModelFacts]) -> str:
+    """The tooltip: how the history figures are counted, and each model's counts behind them."""
+    rows = [f"{f.model}: {f.ok:,} answered of {f.attempts:,} ({f.errors:,} failed); p50 over the "
+            f"{f.ok:,} answered." for f in facts]
+    return " ".join([*rows, "Our own requests on this backend in the last 24 h (refreshed every 30 s): "
+                     "ok = answered ÷ (answered + failed); cache hits, rate-limited and rejected requests "
+                     "never reached the model and count for neither."])
+
+
+__all__ = ["facts_help", "facts_line", "price_text", "render_model_facts"]
