@@ -31,6 +31,17 @@ class TestBudgetControls:
         home = app("app.py").run()  # the shared sidebar
         assert any("Your daily budget: 2 of 2 requests (100%)" in e for e in texts(home, "error")), texts(home, "error")
 
+    def test_warns_from_80_percent(self) -> None:
+        """At 4 of 5 requests the sidebar warns, before anything is refused."""
+        assert not _apply(app("app_pages/controls.py").run(), team_day_requests="5").exception
+        chat = app("app_pages/playground.py").run()
+        for k in range(4):
+            chat.chat_input(key="playground_prompt").set_value(f"p{k}").run()
+        home = app("app.py").run()
+        warnings = texts(home, "warning")
+        assert any("The team's daily budget: 4 of 5 requests (80%)" in w for w in warnings), warnings
+        assert not texts(home, "error")
+
     def test_bad_input_is_a_message(self) -> None:
         """A budget that is not a number is refused with what to do; nothing changes."""
         at = _apply(app("app_pages/controls.py").run(), team_day="lots")
