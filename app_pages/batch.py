@@ -7,6 +7,7 @@ import streamlit as st
 from blossom_dash import DashError, ui
 from blossom_dash.features import batch
 from blossom_dash.ui import batch_view
+from blossom_dash.ui import budget as budget_ui
 
 handle = ui.session_handle()
 service = handle.service
@@ -64,7 +65,9 @@ if upload is not None:
             default_model = c1.selectbox("Model", models, key="batch_default_model")
             default_tokens = c2.number_input("Max tokens", 1, 8192, 512, step=64, key="batch_default_max_tokens")
         ui.render_model_facts(service, "text", sorted({r.model or default_model or "" for r in valid}))
-        batch_view.render_estimate(service.estimate_batch(valid, model=default_model, max_tokens=int(default_tokens)))
+        estimate = service.estimate_batch(valid, model=default_model, max_tokens=int(default_tokens))
+        batch_view.render_estimate(estimate)
+        budget_ui.render_batch_headroom(service, handle.caller, estimate.total)  # a job over budget pauses
         started = st.session_state.get("batch_started_file") == upload.file_id  # no double submit
         if st.button(f"Run {len(valid):,} valid rows", type="primary", icon="▶️", disabled=not valid or started,
                      key="batch_run"):

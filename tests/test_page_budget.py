@@ -49,3 +49,19 @@ class TestBudgetControls:
         assert any("Budgets not applied: team day: 'lots' is not a number" in e for e in texts(at, "error"))
         at = _apply(at, team_day="-1")
         assert any("must be at least 0" in e for e in texts(at, "error"))
+
+
+class TestBatchPreview:
+    def test_estimate_beside_the_budget(self) -> None:
+        """The Batch preview says when a job's estimate is over the budget left (it will pause), else the room left."""
+        at = _apply(app("app_pages/controls.py").run(), user_day="0.0001")
+        data = ("prompt\n" + "".join(f"question {i}\n" for i in range(50))).encode()
+        batch = app("app_pages/batch.py").run()
+        batch = batch.file_uploader(key="batch_file").set_value(("p.csv", data, "text/csv")).run()
+        assert not batch.exception
+        assert any("more than your daily budget has left (0.0001 pollen)" in w and "pauses" in w
+                   for w in texts(batch, "warning")), texts(batch, "warning")
+        _apply(at, user_day="1000")
+        batch = app("app_pages/batch.py").run()
+        batch = batch.file_uploader(key="batch_file").set_value(("p.csv", data, "text/csv")).run()
+        assert any(c.startswith("Within your daily budget: 1000 pollen left") for c in texts(batch, "caption"))

@@ -55,6 +55,25 @@ def render_budget_sidebar(service: BlossomService, caller: Caller) -> None:
         render_budget_status(service.budget_status(caller.user, caller=caller))
 
 
+def render_batch_headroom(service: BlossomService, caller: Caller, total: Decimal | None) -> None:
+    """Beside a batch's estimated cost (``total`` pollen; None: unpriced): the tightest pollen
+    budget's room left, and that a job over it pauses rather than fails. Nothing without one."""
+    with guard("reading your budget"):
+        room = [(line.budget - line.spent - line.reserved, line)
+                for line in service.budget_status(caller.user, caller=caller).lines if line.budget is not None]
+        if not room or total is None:
+            return
+        left, line = min(room, key=lambda item: item[0])
+        whose = "your" if line.scope == "user" else "the team's"
+        span = "daily" if line.period == "day" else "monthly"
+        if total > left:
+            st.warning(f"The estimate is more than {whose} {span} budget has left ({pollen(max(left, Decimal(0)))} "
+                       "pollen): the job pauses when the budget runs out and goes on when it resets or an admin "
+                       "raises it; no row fails on it.", icon="💸")
+        else:
+            st.caption(f"Within {whose} {span} budget: {pollen(left)} pollen left.")
+
+
 def _parse(text: str, *, whole: bool, label: str) -> Decimal | int | None:
     """An input box's value: None when empty; ValueError in words when not a number >= 0."""
     text = text.strip().replace(",", "")
@@ -114,4 +133,4 @@ def budgets_ui(service: BlossomService, caller: Caller) -> None:
                 st.rerun()
 
 
-__all__ = ["budgets_ui", "line_words", "render_budget_sidebar", "render_budget_status"]
+__all__ = ["budgets_ui", "line_words", "render_batch_headroom", "render_budget_sidebar", "render_budget_status"]
