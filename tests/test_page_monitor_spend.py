@@ -34,7 +34,8 @@ class TestSpendPanel:
         assert {"monitor_chart_cost", "monitor_chart_cost_users"} <= keys
         table = next(d.value for d in at.dataframe if "cache_saved" in d.value.columns)
         rows = table.set_index("model")
-        assert rows.loc["demo-swift", "cost"] == 0.013 and rows.loc["demo-deep", "unpriced"] == 1
+        assert rows.loc["demo-swift", "cost"] == "0.013 pollen" and rows.loc["demo-deep", "unpriced"] == 1
+        assert rows.loc["demo-deep", "cost"] == "unpriced" and rows.loc["demo-swift", "cache_saved"] == "0.0125 pollen"
         assert rows.loc["demo-swift", "price"].endswith("pollen per 1k tokens (prompt / completion) (demo prices)")
         assert {"Spend CSV", "Spend JSON"} <= {d.label for d in at.get("download_button")}
 

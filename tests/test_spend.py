@@ -258,3 +258,15 @@ class TestFeedbackLabels:
                 return pd.DataFrame({"model": ["m-a", "m-b"], "votes": [10, 0], "wins": [6, 0]})
 
         assert view.feedback_labels(Board()) == {"m-a": "60% won (6 of 10 votes)"}
+
+
+class TestFormatPollen:
+    def test_sensible_precision_never_exponents(self) -> None:
+        """Four decimals from 1 up, whole pollen from 10,000, four significant digits below 1."""
+        from blossom_dash.ui.spend import format_pollen
+
+        assert format_pollen(Decimal("1.23456")) == "1.2346 pollen"
+        assert format_pollen(Decimal("12345.6")) == "12,346 pollen"
+        assert format_pollen(Decimal("0.000136")) == "0.000136 pollen"
+        assert format_pollen(Decimal("1.000000000001E-10")) == "0.0000000001 pollen"
+        assert format_pollen(Decimal(0)) == "0 pollen" and format_pollen(None) == "unpriced"

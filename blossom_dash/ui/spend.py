@@ -112,8 +112,9 @@ def feedback_labels(service: Any) -> dict[str, str]:
     return out
 
 
-def _floats(frame: Any, column: str) -> Any:
-    return frame[column].map(lambda v: None if v is None else float(v))
+def _words(frame: Any, column: str) -> Any:
+    """Costs as ``format_pollen`` text: a float column would show 1e-10 pollen as 0.000000."""
+    return frame[column].map(format_pollen)
 
 
 def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str], str] | None = None,
@@ -144,7 +145,7 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
     feedback = feedback or {}
     table = table.assign(price=[price_of(m) if price_of else "" for m in table["model"]],
                          feedback=[feedback.get(m) for m in table["model"]],
-                         cost=_floats(table, "cost"), cache_saved=_floats(table, "cache_saved"))
+                         cost=_words(table, "cost"), cache_saved=_words(table, "cache_saved"))
     num = st.column_config.NumberColumn
     st.dataframe(table, key="monitor_spend_models", hide_index=True, placeholder="unpriced",
                  height=min(420, 38 + 35 * len(table)),
@@ -153,12 +154,13 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
                  column_config={"model": "Model", "price": st.column_config.TextColumn("Price", width="medium"),
                                 "requests": num("Requests", format="localized", help="Every outcome"),
                                 "tokens": num("Tokens", format="localized", help="Served requests"),
-                                "cost": num("Cost (pollen)", format="%.6f", help="Served requests with a price; "
-                                            "empty when none had one"),
+                                "cost": st.column_config.TextColumn(
+                                    "Cost", help="Served requests with a price (exact figures in the export); "
+                                    "unpriced when none had one"),
                                 "unpriced": num("Unpriced", help="Served requests without a price"),
                                 "p50_ms": num("p50 latency", format="%.0f ms", help="Served requests"),
                                 "error_rate": num("Error rate", format="percent", help="Errors over requests"),
-                                "cache_saved": num("Saved by cache (pollen)", format="%.6f"),
+                                "cache_saved": st.column_config.TextColumn("Saved by cache"),
                                 "feedback": st.column_config.TextColumn(
                                     "Compare votes", help="Blind votes on the Compare page, all time: the share "
                                     "of voted comparisons the model won")})
