@@ -130,7 +130,7 @@ with key_col:
         c2.form_submit_button("Forget my key", on_click=_use_key, kwargs={"clear": True})
     st.markdown("**The server key's account**")
     with ui.guard("reading the account"):
-        account_ui.render_account_controls(service)
+        account_ui.render_account_controls(service, caller=caller)
 
 st.divider()
 st.subheader("Replay")

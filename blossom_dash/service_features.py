@@ -59,17 +59,20 @@ class FeatureMethods(AccessMethods):
 
     # ----- the backend's account (key type and balance; gateway/account.py) -------------------
 
-    def account(self, *, refresh: bool = False) -> Account | None:
-        """What the live backend says about its own key: type (sk_/pk_), name, budget, balance.
+    def account(self, *, refresh: bool = False, caller: Caller | None = None) -> Account | None:
+        """What the live backend says about a key: type (sk_/pk_), name, budget, balance.
 
         Read through ``gateway.account.AccountReader`` (``GET /account/key`` and
         ``GET /account/balance``, 3 s each at most), kept 60 s per backend and key, so
         every page may ask; not asked while the backend's circuit breaker is open (the
-        last answer is given). The same for everyone (it is the server's key; a
-        member's own key is not read).
+        last answer is given). Without a caller, or for a caller without a key of their
+        own, it is the server's key for this backend, the same for everyone; for a
+        caller whose session has its own key, that key's account (it goes where that
+        session's requests go, the live backend, and nowhere else).
 
         Args:
             refresh: Ask the backend now (the Controls page's refresh button).
+            caller: Whose key (None: the server's).
 
         Returns:
             ``sdk.account.Account`` (parts it could not read are None, with why in
@@ -81,7 +84,8 @@ class FeatureMethods(AccessMethods):
             if reader is None:
                 reader = self._account_reader = AccountReader(self._loop)
         offline = self._gw.breaker().state().circuit == "open"
-        return reader.get(self.backend, refresh=refresh, offline=offline)
+        own = caller.api_key if caller is not None else None
+        return reader.get(self.backend, api_key=own, refresh=refresh, offline=offline)
 
     # ----- comparisons (the Compare page; logic in compare.py) ---------------------------
 

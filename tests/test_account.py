@@ -18,6 +18,7 @@ from helpers import make_service
 
 from blossom_dash.demo_backend.catalog import DEMO_BALANCE
 from blossom_dash.errors import UpstreamError
+from blossom_dash.gateway import Caller
 from blossom_dash.gateway.account import AccountReader
 from blossom_dash.sdk.account import key_type_of, payment_required_figures
 from blossom_dash.sdk.backend import Backend
@@ -47,7 +48,11 @@ class _Pollinations(BaseHTTPRequestHandler):
         if self.path == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": "paid-model"}]})
         elif self.path == "/account/key":
-            self._send(200, self.key_body) if self.key_body is not None else self._send(403, {"error": "no"})
+            if self.key_body is None:
+                self._send(403, {"error": "no"})
+            else:  # the type of the key it was asked with, as Pollinations answers
+                publishable = "pk_" in (self.headers.get("Authorization") or "")
+                self._send(200, {**self.key_body, **({"type": "publishable"} if publishable else {})})
         elif self.path == "/account/balance":
             self._send(200, self.balance_body) if self.balance_body is not None else self._send(404, {})
         else:
@@ -106,6 +111,18 @@ class TestAccount:
             assert len([p for p, _ in _Pollinations.seen if p.startswith("/account")]) == 2
             _Pollinations.balance_body = {"balance": "3.25"}
             assert svc.account(refresh=True).balance == Decimal("3.25")
+
+    def test_a_sessions_own_key_is_read_with_that_key(self, tmp_path: Path, pollinations: str) -> None:
+        """A caller with a key of their own gets that key's account, asked with that key; others the server's."""
+        member_key = "pk_member_own_key_0123456789"
+        with make_service(tmp_path) as svc:
+            svc.switch_backend(pollinations, api_key=FAKE_KEY)
+            mine = svc.account(caller=Caller("mo@team.org", api_key=member_key, role="member"))
+            assert mine is not None and mine.key_type == "pk"
+            sent = [auth for p, auth in _Pollinations.seen if p.startswith("/account")]
+            assert sent == [f"Bearer {member_key}"] * 2
+            server = svc.account(caller=Caller("ada@team.org", role="member"))  # no key of her own
+            assert server is not None and server.key_type == "sk" and server is not mine
 
     def test_what_could_not_be_read_is_said(self, tmp_path: Path, pollinations: str) -> None:
         """A key that may not read its details and a backend without a balance: None parts, and why."""

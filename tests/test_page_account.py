@@ -41,6 +41,17 @@ class TestAccount:
         assert not at.exception
         assert "🔑 Server key: secret key (sk_) · balance 12.5 pollen" in texts(at.sidebar, "caption")
 
+    def test_a_session_key_shows_its_own_account(self, pollinations: str) -> None:  # noqa: F811
+        """With a key typed for this session, the sidebar says 'Your key' and Controls shows both accounts."""
+        at = app("app_pages/controls.py").run()
+        _switch(pollinations)
+        at.text_input(key="controls_session_key").set_value("pk_session_key_0123456789")
+        next(b for b in at.button if b.label == "Use this key").click().run()
+        assert not at.exception
+        body = " ".join(str(m.value) for m in at.markdown)
+        assert "**Your session key's account**" in body and "publishable key (pk_)" in body
+        assert "secret key (sk_)" in body  # the server key's, above it
+
     def test_demo_has_no_account(self) -> None:
         """On the demo backend (no key) Controls says there is no account to show; the sidebar draws none."""
         at = app("app_pages/controls.py").run()
@@ -60,3 +71,17 @@ class TestPaymentRequired:
         errors = texts(at, "error")
         assert any("costs about 0.0136 pollen per request" in e and "balance is 0.0000 pollen" in e
                    for e in errors), errors
+
+
+class TestLine:
+    def test_sidebar_line_names_whose_key(self) -> None:
+        """A session's own key reads 'Your key'; a key the backend calls invalid is flagged."""
+        from decimal import Decimal
+
+        from blossom_dash.sdk.account import Account
+        from blossom_dash.ui.account import account_line
+
+        assert account_line(Account(key_type="pk", balance=Decimal("1.50")), whose="Your key") == \
+            "🔑 Your key: publishable key (pk_) · balance 1.5 pollen"
+        assert account_line(Account(valid=False)).endswith("balance not given · ⚠️ the backend says the key is "
+                                                           "**not valid**")

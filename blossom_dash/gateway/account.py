@@ -1,5 +1,8 @@
 """The live backend's account (key type, balance), read at most once a minute per backend and key.
 
+The backend's own key, or a session's own key (which that session's requests already
+carry to the live backend; its fingerprint, never the key, is the cache key).
+
 ``sdk.account.read_account`` asks the backend; this keeps its answer for ``ttl_s`` so
 that the sidebar, drawn on every page run of every session, costs no request. Only a
 backend with a key of its own is asked (the demo backend and a keyless backend have no
@@ -37,11 +40,13 @@ class AccountReader:
         self._lock = threading.Lock()
         self._kept: dict[tuple[str, str], tuple[float, Account | None]] = {}
 
-    def get(self, backend: Backend, *, refresh: bool = False, offline: bool = False,
+    def get(self, backend: Backend, *, api_key: str | None = None, refresh: bool = False, offline: bool = False,
             timeout_s: float = 3.0) -> Account | None:
-        """The account behind ``backend``'s own key.
+        """The account behind ``backend``'s own key, or behind ``api_key``.
 
         Args:
+            api_key: A session's own key (which its requests carry to this backend);
+                None: the backend's own key.
             refresh: Ask now even when an answer is kept.
             offline: Do not ask (the backend's circuit is open): the last answer kept,
                 however old, or None.
@@ -52,7 +57,7 @@ class AccountReader:
             ``Account``, or None when the backend has no key of its own or reports no
             account (see the module's docstring). Never raises for a backend failure.
         """
-        key = backend.config.api_key
+        key = api_key or backend.config.api_key
         if not key or backend.name == "demo":
             return None
         # The key is never part of a cache key in clear (DESIGN.md, "Settings").
@@ -65,8 +70,9 @@ class AccountReader:
             if kept and not refresh and now < kept[0]:
                 return kept[1]
         try:
-            account: Account | None = self._loop.run(read_account(backend.http, key, timeout_s=timeout_s),
-                                                     timeout=2 * timeout_s + 1)
+            account: Account | None = self._loop.run(
+                read_account(backend.http, key, timeout_s=timeout_s, send_key=api_key is not None),
+                timeout=2 * timeout_s + 1)
         except Exception as exc:  # noqa: BLE001 - the loop's own timeout or a closed client: say so, never raise
             account = Account(detail=f"the account could not be read ({type(exc).__name__})")
         if account is not None and not account.reported and backend.name != "pollinations":

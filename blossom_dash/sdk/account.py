@@ -108,7 +108,8 @@ def _why(exc: BaseException, what: str) -> str:
     return f"the {what} could not be read ({type(exc).__name__})"
 
 
-async def read_account(http: Any, api_key: str | None, *, timeout_s: float = 5.0) -> Account:
+async def read_account(http: Any, api_key: str | None, *, timeout_s: float = 5.0,
+                       send_key: bool = False) -> Account:
     """Ask the backend about its key: ``GET /account/key``, then ``GET /account/balance``.
 
     Args:
@@ -116,6 +117,8 @@ async def read_account(http: Any, api_key: str | None, *, timeout_s: float = 5.0
             Pollinations' base URL to the backend's and sends the backend's key).
         api_key: That key (only its prefix is read, when the backend names no type).
         timeout_s: Longest wait per request, seconds.
+        send_key: Send ``api_key`` as the bearer token instead of the client's own key
+            (a session's own key, which its requests already carry to this backend).
 
     Returns:
         ``Account``; a part that could not be read is None with the reason in
@@ -123,8 +126,9 @@ async def read_account(http: Any, api_key: str | None, *, timeout_s: float = 5.0
     """
     key_type, name, valid, budget, balance, notes = key_type_of(api_key), "", None, None, None, []
     reported = False
+    extra = {"headers": {"Authorization": f"Bearer {api_key}"}} if send_key and api_key else {}
     try:
-        resp = await http.get(ENDPOINTS.BASE + KEY_PATH, timeout=timeout_s)
+        resp = await http.get(ENDPOINTS.BASE + KEY_PATH, timeout=timeout_s, **extra)
         body = resp.json()
         if not isinstance(body, dict):
             raise ValueError("not an object")
@@ -136,7 +140,7 @@ async def read_account(http: Any, api_key: str | None, *, timeout_s: float = 5.0
     except (httpx.HTTPError, ValueError) as exc:
         notes.append(_why(exc, "key's details"))
     try:
-        resp = await http.get(ENDPOINTS.BASE + BALANCE_PATH, timeout=timeout_s)
+        resp = await http.get(ENDPOINTS.BASE + BALANCE_PATH, timeout=timeout_s, **extra)
         body = resp.json()
         if not isinstance(body, dict):
             raise ValueError("not an object")

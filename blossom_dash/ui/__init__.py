@@ -267,7 +267,7 @@ def model_picker(service: BlossomService, kind: str, *, key: str, where: Any = N
 
 
 def sidebar(handle: SessionHandle) -> None:
-    """The shared sidebar: backend, who is signed in with which role and key, the server key's type and
+    """The shared sidebar: backend, who is signed in with which role and key, that key's type and
     balance (``account.render_account_sidebar``), the quota, sign-out."""
     service = handle.service
     health = service.health()
@@ -288,7 +288,7 @@ def sidebar(handle: SessionHandle) -> None:
                    + (" (local mode)" if mode == "local" else ""))
         st.caption("🔑 Your requests use **your own key**." if handle.has_session_key
                    else "Your requests use **the server's key**.")
-        render_account_sidebar(service)  # the server key's type and balance, when the backend reports them
+        render_account_sidebar(service, handle.caller)  # the key's type and balance, when the backend reports them
         if mode == "team" and st.button("Sign out", key="sidebar_signout", icon=":material/logout:"):
             st.logout()
 

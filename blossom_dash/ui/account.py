@@ -13,6 +13,7 @@ from typing import Any
 
 import streamlit as st
 
+from ..gateway import Caller
 from ..sdk.account import Account
 from ..service import BlossomService
 from .safe import code_span, safe_markdown
@@ -28,30 +29,38 @@ def pollen_text(value: Decimal | None) -> str:
     return f"{text} pollen"
 
 
-def account_line(account: Account) -> str:
-    """One sidebar line: ``🔑 Server key: secret key (sk_) · balance 12.5 pollen`` (the server's
-    key, also when this session uses its own)."""
+def account_line(account: Account, *, whose: str = "Server key") -> str:
+    """One sidebar line: ``🔑 Server key: secret key (sk_) · balance 12.5 pollen``.
+
+    Args:
+        account: What the backend said.
+        whose: ``"Server key"`` or ``"Your key"`` (a session's own key).
+    """
     kind = _TYPE_SHORT.get(account.key_type or "", "key of unknown type")
     balance = f"balance {pollen_text(account.balance)}" if account.balance is not None else "balance not given"
     warn = " · ⚠️ the backend says the key is **not valid**" if account.valid is False else ""
-    return f"🔑 Server key: {kind} · {balance}{warn}"
+    return f"🔑 {whose}: {kind} · {balance}{warn}"
 
 
-def render_account_sidebar(service: BlossomService) -> None:
-    """The account line in the sidebar (nothing without an account); help holds the details."""
-    account = service.account()
+def render_account_sidebar(service: BlossomService, caller: Caller | None = None) -> None:
+    """The account line in the sidebar: the session's own key's when it has one, else the
+    server key's (nothing without an account); the help holds the details."""
+    own = caller is not None and caller.api_key is not None
+    account = service.account(caller=caller if own else None)
     if account is None:
         return
-    st.caption(account_line(account), help=account.key_words + (f". Not read: {account.detail}." if account.detail
-                                                                 else "."))
+    st.caption(account_line(account, whose="Your key" if own else "Server key"),
+               help=account.key_words + (f". Not read: {account.detail}." if account.detail else "."))
 
 
-def render_account_controls(service: BlossomService, where: Any = None) -> None:
-    """The account on Controls: key type in words, name, budget, balance, what was not read, a refresh.
+def render_account_controls(service: BlossomService, where: Any = None, caller: Caller | None = None) -> None:
+    """The account on Controls: key type in words, name, budget, balance, what was not read, a refresh;
+    then the session's own key's account when it has one.
 
     Args:
         service: The facade.
         where: The container (default: the page).
+        caller: This session's caller (its own key, if any, is looked up too).
     """
     where = where or st
     refresh = where.button("Refresh balance", key="controls_account_refresh", icon="🔄",
@@ -60,7 +69,16 @@ def render_account_controls(service: BlossomService, where: Any = None) -> None:
     if account is None:
         where.caption("No account to show: the backend has no key of its own, or does not report one "
                       "(Pollinations does, at /account/key and /account/balance).")
-        return
+    else:
+        _render_account(account, where)
+    if caller is not None and caller.api_key is not None:
+        mine = service.account(refresh=refresh, caller=caller)
+        if mine is not None:
+            where.markdown("**Your session key's account**")
+            _render_account(mine, where)
+
+
+def _render_account(account: Account, where: Any) -> None:
     name = f" named {code_span(account.key_name)}" if account.key_name else ""
     lines = [f"**Key:** {account.key_words}{name}."]
     if account.valid is False:
