@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -664,6 +665,19 @@ class TestExport:
             ["b6", "b5", "b4", "b3", "b2", "b1"]
         with pytest.raises(ValueError, match="format"):
             A.export_log(store, hour(), fmt="xml")
+
+    def test_cost_is_exported_exactly(self, database_url: str) -> None:
+        """The log's cost column: plain exact decimals in CSV and JSON, empty/null when unpriced."""
+        s = UsageStore(database_url)
+        s.write_many([row("p1", 100, cost=Decimal("0.000138000000")), row("p2", 90),
+                      row("p3", 80, outcome="cache_hit", cost=Decimal("12.5"))])
+        csv = A.export_log(s, hour(), fmt="csv").decode()
+        records = {r["request_id"]: r for r in json.loads(A.export_log(s, hour(), fmt="json"))}
+        s.close()
+        frame = pd.read_csv(io.StringIO(csv), dtype={"cost": str}).set_index("request_id")
+        assert frame.loc["p1", "cost"] == "0.000138" and pd.isna(frame.loc["p2", "cost"])
+        assert frame.loc["p3", "cost"] == "12.5"
+        assert records["p1"]["cost"] == "0.000138" and records["p2"]["cost"] is None
 
     def test_export_frames_and_aggregates(self, store: UsageStore) -> None:
         """All aggregate tables, KPIs for both periods, one JSON document with the query."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -55,13 +56,21 @@ def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _for_export(df: pd.DataFrame) -> pd.DataFrame:
-    """Times as ISO 8601 UTC strings (``2025-01-31T12:00:00.250000+00:00``)."""
+    """Times as ISO 8601 UTC strings (``2025-01-31T12:00:00.250000+00:00``); amounts in
+    pollen (``Decimal``, e.g. ``cost``) as exact plain decimal strings (``0.000138``)."""
     out = df.copy()
     for col in out.columns:
         if isinstance(out[col].dtype, pd.DatetimeTZDtype):
             text = out[col].dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
             out[col] = text.astype(object).where(out[col].notna(), None)
+        elif out[col].dtype == object and out[col].map(lambda v: isinstance(v, Decimal)).any():
+            out[col] = out[col].map(lambda v: plain_decimal(v) if isinstance(v, Decimal) else v)
     return out
+
+
+def plain_decimal(value: Decimal) -> str:
+    """``value`` in plain digits, trailing zeros dropped: ``0.000138000000`` -> ``0.000138``."""
+    return format(value.normalize(), "f") if value else "0"
 
 
 def to_csv(df: pd.DataFrame) -> bytes:
@@ -92,6 +101,8 @@ def to_json(data: pd.DataFrame | Mapping[str, Any]) -> bytes:
 
 
 def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):  # exact: a JSON number would go through a float
+        return plain_decimal(value)
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
     if isinstance(value, np.generic):
