@@ -277,8 +277,9 @@ def _unit_bucket(store: UsageStore, unit: ColumnElement[Any], unit_s: int, bucke
 def _merged(parts: Sequence[Any], keys: int, sums: int, maxes: int = 0) -> Any:
     """One statement for the grouped ``parts`` (same columns: ``keys`` group keys, then
     ``sums`` counts, then ``maxes`` maxima): ``UNION ALL`` and group again, in SQL."""
-    if len(parts) == 1:
-        return parts[0]
+    if len(parts) == 1:  # ordered too: PostgreSQL's hash aggregate returns groups in any order
+        part = parts[0]
+        return part.order_by(*list(part.selected_columns)[:keys]) if keys else part
     u = union_all(*parts).subquery()
     cols = list(u.c)
     key_cols = cols[:keys]
