@@ -20,6 +20,7 @@ from blossom_dash.demo_backend.catalog import DEMO_BALANCE
 from blossom_dash.errors import UpstreamError
 from blossom_dash.gateway import Caller
 from blossom_dash.gateway.account import AccountReader
+from blossom_dash.gateway.requests import KIOSK_PREFIX
 from blossom_dash.sdk.account import key_type_of, payment_required_figures
 from blossom_dash.sdk.backend import Backend
 from blossom_dash.sdk.loop import LoopThread
@@ -123,6 +124,8 @@ class TestAccount:
             assert sent == [f"Bearer {member_key}"] * 2
             server = svc.account(caller=Caller("ada@team.org", role="member"))  # no key of her own
             assert server is not None and server.key_type == "sk" and server is not mine
+            visitor = Caller(f"{KIOSK_PREFIX}a1b2c3", role="member")
+            assert svc.account(caller=visitor) is None  # the server key's balance is not for anonymous visitors
 
     def test_what_could_not_be_read_is_said(self, tmp_path: Path, pollinations: str) -> None:
         """A key that may not read its details and a backend without a balance: None parts, and why."""

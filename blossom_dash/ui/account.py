@@ -8,6 +8,7 @@ guessed.
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from typing import Any
 
@@ -46,7 +47,7 @@ def render_account_sidebar(service: BlossomService, caller: Caller | None = None
     """The account line in the sidebar: the session's own key's when it has one, else the
     server key's (nothing without an account); the help holds the details."""
     own = caller is not None and caller.api_key is not None
-    account = service.account(caller=caller if own else None)
+    account = service.account(caller=caller)
     if account is None:
         return
     st.caption(account_line(account, whose="Your key" if own else "Server key"),
@@ -65,7 +66,7 @@ def render_account_controls(service: BlossomService, where: Any = None, caller: 
     where = where or st
     refresh = where.button("Refresh balance", key="controls_account_refresh", icon="🔄",
                            help="Ask the backend now (otherwise it is asked at most once a minute).")
-    account = service.account(refresh=refresh)
+    account = service.account(refresh=refresh, caller=dataclasses.replace(caller, api_key=None) if caller else None)
     if account is None:
         where.caption("No account to show: the backend has no key of its own, or does not report one "
                       "(Pollinations does, at /account/key and /account/balance).")
