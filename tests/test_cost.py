@@ -121,3 +121,34 @@ class TestServiceModelInfo:
         assert info is not None and info.price is not None and info.price.source == "demo"
         assert info.price.per_image == price("demo-sketch", "completionImageTokens")
         assert svc.model_info("text", "nobody-serves-this") is None  # type: ignore[attr-defined]
+
+
+class TestCaption:
+    def test_under_each_answer(self) -> None:
+        """The caption says the cost, what a cached answer saved, or 'unpriced'; nothing when unknown."""
+        from blossom_dash import ui
+        from blossom_dash.features.compare_panels import Panel
+        from blossom_dash.results import TextResult, Usage
+
+        paid = TextResult("a", "m", "demo", 5.0, None, Usage(1, 2, 3), False, "r1", cost=Decimal("0.000136000000"))
+        assert "0.000136 pollen" in ui.result_caption(paid)
+        hit = TextResult("a", "m", "demo", 1.0, None, Usage(1, 2, 3), True, "r2", cost=Decimal("0.000136"))
+        assert "saved 0.000136 pollen" in ui.result_caption(hit)
+        assert "unpriced" in ui.result_caption(TextResult("a", "m", "demo", 1.0, None, Usage(), False, "r3"))
+        assert "pollen" not in ui.result_caption(Panel(0, "m", text="saved", latency_ms=3.0))
+        assert ui.cost_text(Panel(0, "m", cost=Decimal("0.5"), cost_known=True)) == "0.5 pollen"
+
+
+class TestComparePanels:
+    def test_each_panel_has_its_cost(self, svc: BlossomService) -> None:
+        """A text and an image comparison: each panel carries its own request's cost."""
+        comp = svc.compare_text("Explain caching", ["demo-swift", "demo-deep"])
+        for _ in comp.updates():
+            pass
+        texts = {p.model: p for p in comp.finish().panels}
+        seen = events(svc)
+        for panel in texts.values():
+            assert panel.cost_known and panel.cost is not None and panel.cost == seen[panel.request_id]["cost"]
+        images = svc.compare_images("a lake", ["demo-sketch", "demo-gradient"], width=64, height=64)
+        assert [p.cost for p in images.panels] == [price("demo-sketch", "completionImageTokens"),
+                                                   price("demo-gradient", "completionImageTokens")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
@@ -35,6 +36,9 @@ class Panel:
         ttft_ms: Time to first token (text only), in milliseconds.
         error_type: The ``DashError`` subclass name; ``""`` when the model answered.
         image: The image bytes (image comparisons only).
+        cost: Pollen the answer cost (for a cached one, what the cache saved); None
+            when unpriced. Only known for a comparison run in this session
+            (``cost_known``): saved comparisons do not keep it.
     """
 
     position: int
@@ -55,6 +59,8 @@ class Panel:
     height: int | None = None
     content_type: str | None = None
     image: bytes | None = field(default=None, repr=False)
+    cost: Decimal | None = None
+    cost_known: bool = False
 
     @property
     def ok(self) -> bool:
@@ -99,7 +105,8 @@ def text_panel(position: int, model: str, result: TextResult | None, error: Dash
                      error_hint=err.hint, latency_ms=failed_after_ms)
     return Panel(position, model, text=result.text, latency_ms=result.latency_ms, ttft_ms=result.ttft_ms,
                  prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
-                 cached=result.cached, stopped_early=result.stopped_early, request_id=result.request_id)
+                 cached=result.cached, stopped_early=result.stopped_early, request_id=result.request_id,
+                 cost=result.cost, cost_known=True)
 
 
 def image_panel(position: int, model: str, outcome: ImageResult | DashError,
@@ -113,7 +120,7 @@ def image_panel(position: int, model: str, outcome: ImageResult | DashError,
                      error_hint=outcome.hint, latency_ms=failed_after_ms)
     return Panel(position, model, latency_ms=outcome.latency_ms, cached=outcome.cached,
                  request_id=outcome.request_id, seed=outcome.seed, width=outcome.width, height=outcome.height,
-                 content_type=outcome.content_type, image=outcome.data)
+                 content_type=outcome.content_type, image=outcome.data, cost=outcome.cost, cost_known=True)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import streamlit as st
 from pydantic import ValidationError
 
 from ..errors import DashError
+from ..pricing import format_cost
 from ..service import BlossomService, SessionHandle
 from ..settings import Settings
 from . import auth
@@ -293,8 +294,20 @@ def sidebar(handle: SessionHandle) -> None:
             st.logout()
 
 
+def cost_text(result: object) -> str:
+    """An answer's cost in words: ``0.000136 pollen``, ``saved 0.000136 pollen`` for a
+    cached one (what the cache saved), ``unpriced`` when the model has no price; ""
+    for a value that carries no cost at all (or does not know it: ``cost_known``)."""
+    if not hasattr(result, "cost") or not getattr(result, "cost_known", True):
+        return ""
+    cost = getattr(result, "cost", None)
+    if cost is None:
+        return "unpriced"
+    return f"saved {format_cost(cost)}" if getattr(result, "cached", False) else format_cost(cost)
+
+
 def result_caption(result: object) -> str:
-    """One line under an answer: model, latency, TTFT, tokens, cache, request id."""
+    """One line under an answer: model, latency, TTFT, tokens, cost, cache, request id."""
     parts = [code_span(str(getattr(result, "model", "?"))), f"{getattr(result, 'latency_ms', 0):,.0f} ms"]
     ttft = getattr(result, "ttft_ms", None)
     if ttft is not None and getattr(result, "usage", None) is not None:
@@ -302,6 +315,8 @@ def result_caption(result: object) -> str:
     usage = getattr(result, "usage", None)
     if usage is not None:
         parts.append(f"{usage.prompt_tokens:,} → {usage.completion_tokens:,} tokens")
+    if cost := cost_text(result):
+        parts.append(cost)
     if getattr(result, "cached", False):
         parts.append("⚡ from cache")
     if getattr(result, "stopped_early", False):
@@ -358,6 +373,7 @@ __all__ = [
     "render_request_detail",
     "render_request_table",
     "render_users",
+    "cost_text",
     "result_caption",
     "retention_ui",
     "service_or_stop",
