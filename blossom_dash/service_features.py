@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
+from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import BackendUnavailable, DashError, InvalidRequest
 from .features.batch import BatchRow, BatchRunner, BatchStatus, check_owner, check_rows, store_errors
@@ -30,6 +31,7 @@ from .sdk.account import Account
 from .sdk.backend import Backend
 from .sdk.loop import LoopThread
 from .service_access import AccessMethods
+from .telemetry.spend import typical_completion_tokens
 
 log = logging.getLogger("blossom_dash")
 
@@ -279,9 +281,11 @@ class FeatureMethods(AccessMethods):
     def estimate_batch(self, rows: Sequence[BatchRow], *, model: str | None = None,
                        max_tokens: int = 512) -> BatchEstimate:
         """The estimated cost of running ``rows`` (``batch_cost.estimate_batch``: an upper
-        bound, prompts at ~4 characters per token and answers at their full max_tokens),
-        at the text models' prices in the catalog (``model_info``; a model it does not
-        know, or one without a price, leaves its rows unpriced).
+        bound, prompts at ~4 characters per token and answers at their full max_tokens;
+        and a typical figure, answers at each model's mean completion length over the
+        last 7 days of this dashboard's history), at the text models' prices in the
+        catalog (``model_info``; a model it does not know, or one without a price, leaves
+        its rows unpriced).
 
         Args:
             rows: The parsed rows (invalid ones are skipped).
@@ -294,7 +298,12 @@ class FeatureMethods(AccessMethods):
                 info = None
             return info.price if info is not None else None
 
-        return estimate_batch(rows, price_of, model=model, max_tokens=max_tokens)
+        try:
+            typical = typical_completion_tokens(self.store)
+        except (DashError, SQLAlchemyError) as exc:  # a refinement: the upper bound stands without it
+            log.warning("no typical answer lengths for the batch estimate: %s", exc)
+            typical = {}
+        return estimate_batch(rows, price_of, model=model, max_tokens=max_tokens, typical=typical)
 
     def batch_status(self, job_id: str, *, user: str | None = None, session: str = "",
                      api_key: str | None = None) -> BatchStatus:

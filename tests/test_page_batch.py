@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -82,6 +83,15 @@ class TestUploadAndPreview:
                    for m in texts(at, "markdown"))
         assert any("An estimate, not a bill" in c and "max_tokens" in c and "demo backend's made-up prices" in c
                    for c in texts(at, "caption"))
+
+    def test_preview_typical_cost_from_history(self, tmp_path: Path) -> None:
+        """After answers on this dashboard, the preview adds a typical figure at the models' mean length."""
+        from test_page_monitor import _row, _seed
+
+        _seed(tmp_path, [_row(f"h{i}", 60 * i, model="demo-swift", completion_tokens=40) for i in range(1, 4)])
+        at = upload(app("app_pages/batch.py").run(), csv(3))
+        assert not at.exception
+        assert any(m.startswith("Typically about **0.") and "3 of 3 priced rows" in m for m in texts(at, "markdown"))
 
     def test_unknown_model_is_flagged(self) -> None:
         """A model the backend does not list makes its row invalid."""

@@ -81,6 +81,18 @@ class TestBatchEstimate:
         assert est.sources == ("demo",) and "demo backend's made-up prices" in est.method
         assert "current prices" in estimate_batch([BatchRow(2, "hi", model="cheap")], self.PRICES.get).method
 
+    def test_typical_answer_length_from_history(self) -> None:
+        """With a model's mean answer length, the typical figure prices answers at it
+        (capped by max_tokens); rows of models without history stay at max_tokens."""
+        rows = [BatchRow(2, "x" * 40, model="cheap", max_tokens=100), BatchRow(3, "y" * 8, model="other")]
+        prices = {**self.PRICES, "other": self.PRICES["cheap"]}
+        est = estimate_batch(rows, prices.get, max_tokens=50, typical={"cheap": (19.2, 40)})
+        # row 2 at 20 completion tokens (10 prompt); row 3 without history at its 50
+        assert est.typical_total == Decimal("0.000010") + Decimal("0.000040") + Decimal("0.000002") + \
+            Decimal("0.000100")
+        assert est.typical_rows == 1 and est.total > est.typical_total
+        assert estimate_batch(rows, prices.get).typical_total is None
+
     def test_nothing_priced_is_none_not_zero(self) -> None:
         """No priced row: the total is None (unpriced), never a 0 that pretends."""
         est = estimate_batch([BatchRow(2, "hi", model="mystery")], self.PRICES.get)
@@ -181,6 +193,24 @@ def random_costed(n: int, seed: int, since: float, until: float) -> list[tuple[A
         out.append(event(f"r{seed}-{i}", NOW - (since + rng.random() * (until - since)), outcome=outcome,
                          model=model, user=f"u{rng.randrange(5)}", cost=cost, latency_ms=rng.uniform(1, 5000)))
     return out
+
+
+class TestTypicalCompletion:
+    def test_mean_of_served_text_answers_and_rollups_equal_the_scan(self, database_url: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+        """Mean completion tokens of served text and stream answers per model over 7 days,
+        the same from the rollups as from the events."""
+        s = UsageStore(database_url)
+        s.write_many([event("t1", 3 * 86_400 + 17.5, completion_tokens=30),
+                      event("t2", 600, kind="stream", completion_tokens=50),
+                      event("t3", 500, outcome="error", completion_tokens=None),
+                      event("t4", 400, kind="image", model="m-img", completion_tokens=None),
+                      event("t5", 8 * 86_400, completion_tokens=999)])  # too old
+        rolled = S.typical_completion_tokens(s, now=NOW)
+        assert rolled == {"m-a": (40.0, 2)}
+        monkeypatch.setattr(Q, "ROLLUP_MIN_SPAN_S", math.inf)
+        assert S.typical_completion_tokens(s, now=NOW) == rolled
+        s.close()
 
 
 class TestSpendRollups:

@@ -10,7 +10,7 @@ as unpriced and left out of the sum, never added as 0.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -36,6 +36,10 @@ class BatchEstimate:
         completion_tokens: Completion tokens assumed (the sum of every row's max_tokens).
         sources: Where the prices used came from (``Price.source``: ``backend``,
             ``settings`` or ``demo``), sorted.
+        typical_total: Pollen over the priced rows whose model has a history, each
+            answer at that model's mean completion length (capped by its max_tokens),
+            the other priced rows at their max_tokens; None without any history.
+        typical_rows: Priced rows whose model had a history.
     """
 
     total: Decimal | None
@@ -45,6 +49,8 @@ class BatchEstimate:
     prompt_tokens: int
     completion_tokens: int
     sources: tuple[str, ...] = ()
+    typical_total: Decimal | None = None
+    typical_rows: int = 0
 
     @property
     def method(self) -> str:
@@ -62,7 +68,8 @@ def prompt_tokens_estimate(row: BatchRow) -> int:
 
 
 def estimate_batch(rows: Sequence[BatchRow], price_of: Callable[[str], Price | None], *,
-                   model: str | None = None, max_tokens: int = 512) -> BatchEstimate:
+                   model: str | None = None, max_tokens: int = 512,
+                   typical: Mapping[str, tuple[float, int]] | None = None) -> BatchEstimate:
     """The estimated cost of running ``rows``.
 
     Args:
@@ -70,6 +77,8 @@ def estimate_batch(rows: Sequence[BatchRow], price_of: Callable[[str], Price | N
         price_of: Model name -> its ``Price``, or None when unpriced (the catalog's).
         model: The job's default model, for rows that name none.
         max_tokens: The job's default max_tokens, for rows that leave it blank.
+        typical: Model -> ``(mean completion tokens, requests behind it)`` from our own
+            history (``telemetry.spend.typical_completion_tokens``), for ``typical_total``.
 
     Returns:
         ``BatchEstimate``; a row with no model at all counts as unpriced.
@@ -80,7 +89,9 @@ def estimate_batch(rows: Sequence[BatchRow], price_of: Callable[[str], Price | N
     if max_tokens < 0:
         raise ValueError(f"max_tokens must be zero or more, not {max_tokens}")
     prices: dict[str, Price | None] = {}
+    typical = typical or {}
     total, priced, unpriced, missing = Decimal(0), 0, 0, set()
+    usual, usual_rows = Decimal(0), 0
     prompt_sum = completion_sum = 0
     for row in rows:
         if not row.valid:
@@ -99,9 +110,14 @@ def estimate_batch(rows: Sequence[BatchRow], price_of: Callable[[str], Price | N
         else:
             priced += 1
             total += cost
+            if name in typical:
+                usual_rows += 1
+                tokens_out = min(tokens_out, math.ceil(typical[name][0]))
+                cost = estimate_cost(prices[name], prompt_tokens=tokens_in, max_tokens=tokens_out) or Decimal(0)
+            usual += cost
     sources = sorted({p.source for p in prices.values() if p is not None})
     return BatchEstimate(total if priced else None, priced, unpriced, tuple(sorted(missing)), prompt_sum,
-                         completion_sum, tuple(sources))
+                         completion_sum, tuple(sources), usual if usual_rows else None, usual_rows)
 
 
 __all__ = ["CHARS_PER_TOKEN", "BatchEstimate", "estimate_batch", "prompt_tokens_estimate"]

@@ -256,6 +256,39 @@ def spend(store: UsageStore, q: MonitorQuery, *, bucket_s: int | None = None) ->
                  _by_model(flat, model_latency_summary(hist)), as_of, time.perf_counter() - t0)
 
 
+#: How far back ``typical_completion_tokens`` looks by default, seconds (7 days).
+TYPICAL_WINDOW_S = 7 * 86_400.0
+
+
+def typical_completion_tokens(store: UsageStore, *, now: float | None = None, window_s: float = TYPICAL_WINDOW_S,
+                              kinds: Sequence[str] = ("text", "stream")) -> dict[str, tuple[float, int]]:
+    """Per model: the mean completion tokens of its served requests over the last
+    ``window_s`` seconds, and how many requests that mean covers (the Batch estimate's
+    "typical answer").
+
+    A request whose backend reported no completion count counts as 0 tokens (the
+    rollups sum NULL as 0), so the mean errs low only where counts are missing. Read
+    from ``rollup_hour`` for whole hours, the events for the edges (``query._plan``).
+
+    Returns:
+        ``{model: (mean_tokens, served_requests)}`` for models with served requests.
+    """
+    end = time.time() if now is None else now
+    q = MonitorQuery(end - window_s, end, kinds=tuple(kinds), outcomes=("ok",))
+    totals: dict[str, list[int]] = {}
+    for p in _plan(store, q, (HOUR_S,)):
+        if p.unit_s:
+            R = rollup_hour.c
+            stmt = (select(R.model, _n(R.requests), _n(R.completion_tokens))
+                    .where(*_rollup_where(rollup_hour, q, p)).group_by(R.model))
+        else:
+            stmt = (select(E.model, func.count(), _n(E.completion_tokens)).where(*_where(q, p)).group_by(E.model))
+        for model, n, tokens in _rows(store, stmt):
+            acc = totals.setdefault(model, [0, 0])
+            acc[0], acc[1] = acc[0] + int(n), acc[1] + int(tokens)
+    return {m: (tokens / n, n) for m, (n, tokens) in totals.items() if n}
+
+
 #: The tables ``spend_frames`` builds, by name (``spend_kpis`` first).
 SPEND_TABLES: tuple[str, ...] = ("spend_kpis", "cost_by_model", "cost_by_user", "cost_over_time")
 
@@ -301,4 +334,5 @@ def export_spend(s: Spend, fmt: str = "json", table: str = "cost_by_model") -> b
     return encode(frames[table], fmt)
 
 
-__all__ = ["MODEL_COLUMNS", "SPEND_TABLES", "Spend", "Total", "export_spend", "spend", "spend_frames", "to_pollen"]
+__all__ = ["MODEL_COLUMNS", "SPEND_TABLES", "TYPICAL_WINDOW_S", "Spend", "Total", "export_spend", "spend",
+           "spend_frames", "to_pollen", "typical_completion_tokens"]

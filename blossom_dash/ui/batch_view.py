@@ -31,6 +31,10 @@ def render_estimate(estimate: BatchEstimate) -> None:
     if estimate.unpriced_rows:
         text += f"; {estimate.unpriced_rows:,} rows unpriced (no price for {models}), not in the estimate"
     st.markdown(text + ".")
+    if estimate.typical_total is not None:
+        st.markdown(f"Typically about **{format_cost(estimate.typical_total)}**: answers at each model's mean "
+                    f"length over the last 7 days here ({estimate.typical_rows:,} of {estimate.priced_rows:,} "
+                    "priced rows; the others at their max_tokens).")
     st.caption(estimate.method)
 
 
