@@ -300,3 +300,15 @@ class TestFormatPollen:
         assert format_pollen(Decimal("0.000136")) == "0.000136 pollen"
         assert format_pollen(Decimal("1.000000000001E-10")) == "0.0000000001 pollen"
         assert format_pollen(Decimal(0)) == "0 pollen" and format_pollen(None) == "unpriced"
+
+
+class TestSpendFigures:
+    def test_built_once_per_shared_result(self, store: UsageStore) -> None:
+        """One shared spend result, one set of figures for every viewer; a new result, new figures."""
+        from blossom_dash.ui.spend import spend_figures
+
+        s = S.spend(store, last_hour())
+        first = spend_figures(s)
+        assert spend_figures(s) is first and set(first) == {"cost", "cost_users"}
+        assert spend_figures(s.only_user("bob"), own_only=True)["cost_users"].layout.title.text.startswith("Your")
+        assert spend_figures(S.spend(store, last_hour())) is not first

@@ -8,10 +8,13 @@ are counted and named, never drawn or summed as 0.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from ..errors import DashError
@@ -117,6 +120,30 @@ def _words(frame: Any, column: str) -> Any:
     return frame[column].map(format_pollen)
 
 
+_FIGURES: weakref.WeakKeyDictionary[Spend, dict[str, go.Figure]] = weakref.WeakKeyDictionary()
+_FIGURES_LOCK = threading.Lock()
+
+
+def spend_figures(s: Spend, *, own_only: bool = False) -> dict[str, go.Figure]:
+    """The panel's two figures (``cost``, ``cost_users``) for ``s``, built once per result.
+
+    A shared ``spend`` read serves every admin viewer of the process, so its figures do
+    too (as ``monitor.monitor_figures``); a member's copy (``Spend.only_user``) is its own
+    result with its own figures. Read-only: ``st.plotly_chart`` copies a figure.
+    """
+    with _FIGURES_LOCK:
+        if (built := _FIGURES.get(s)) is not None:
+            return built
+        q = s.query
+        users = charts.cost_by_user(s.by_user)
+        if own_only:
+            users.update_layout(title_text="Your cost (members see their own)")
+        built = _FIGURES[s] = {
+            "cost": charts.cost_by_model(s.over_time, bucket_s=s.bucket_s, span=(q.since_ts, q.until_ts)),
+            "cost_users": users}
+        return built
+
+
 def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str], str] | None = None,
                  feedback: dict[str, str] | None = None) -> None:
     """The whole spend panel for ``s`` (``BlossomService.monitor("spend", ...)``).
@@ -130,14 +157,10 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
     """
     st.subheader("Spend")
     spend_kpis(s, vs=vs)
-    q = s.query
+    figures = spend_figures(s, own_only=own_only)
     left, right = st.columns(2)
-    left.plotly_chart(charts.cost_by_model(s.over_time, bucket_s=s.bucket_s, span=(q.since_ts, q.until_ts)),
-                      key="monitor_chart_cost")
-    users = charts.cost_by_user(s.by_user)
-    if own_only:
-        users.update_layout(title_text="Your cost (members see their own)")
-    right.plotly_chart(users, key="monitor_chart_cost_users")
+    left.plotly_chart(figures["cost"], key="monitor_chart_cost")
+    right.plotly_chart(figures["cost_users"], key="monitor_chart_cost_users")
     table = s.by_model
     if table.empty:
         st.info("No requests in this range.", icon="🪙")
@@ -183,4 +206,5 @@ def spend_panel(service: Any, caller: Any, q: Any, *, every_s: float | None) -> 
                  price_of=price_labels(service), feedback=feedback_labels(service))
 
 
-__all__ = ["feedback_labels", "format_pollen", "price_labels", "render_spend", "spend_kpis", "spend_panel"]
+__all__ = ["feedback_labels", "format_pollen", "price_labels", "render_spend", "spend_figures", "spend_kpis",
+           "spend_panel"]
