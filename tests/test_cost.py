@@ -152,3 +152,29 @@ class TestComparePanels:
         images = svc.compare_images("a lake", ["demo-sketch", "demo-gradient"], width=64, height=64)
         assert [p.cost for p in images.panels] == [price("demo-sketch", "completionImageTokens"),
                                                    price("demo-gradient", "completionImageTokens")]
+
+
+class TestBatchRows:
+    def test_each_row_has_its_cost_in_the_table_and_downloads(self, svc: BlossomService) -> None:
+        """A finished job's rows carry their cost (the event's), exact in CSV and JSONL."""
+        import io
+        import json
+        import time
+
+        import pandas as pd
+
+        from blossom_dash.features.batch import results_csv, results_jsonl
+
+        job = svc.submit_batch([{"prompt": "first"}, {"prompt": "second", "model": "demo-deep"}], user="ana")
+        deadline = time.monotonic() + 60
+        while svc.batch_status(job).active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        df = svc.batch_results(job, user="ana")
+        seen = events(svc)
+        assert (df["status"] == "ok").all()
+        for _, r in df.iterrows():
+            assert r["cost"] is not None and r["cost"] == seen[r["request_id"]]["cost"]
+        csv = pd.read_csv(io.BytesIO(results_csv(df)), dtype={"cost": str}, encoding="utf-8-sig")
+        assert [Decimal(c) for c in csv["cost"]] == list(df["cost"])
+        lines = [json.loads(line) for line in results_jsonl(df).decode().splitlines()]
+        assert [Decimal(x["cost"]) for x in lines] == list(df["cost"])

@@ -26,6 +26,7 @@ import re
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from decimal import Decimal
 from typing import Any
 
 import pandas as pd
@@ -33,7 +34,7 @@ import pandas as pd
 from ..errors import InvalidRequest
 from ..gateway.requests import TextRequest
 from ..telemetry.analytics import neutralise_formulas
-from ..telemetry.export import CSV_LINE_TERMINATOR
+from ..telemetry.export import CSV_LINE_TERMINATOR, plain_decimal
 
 #: Largest CSV accepted, bytes (5 MB holds 10,000 prompts of ~500 characters).
 MAX_FILE_BYTES = 5 * 1024 * 1024
@@ -403,7 +404,17 @@ def results_csv(df: pd.DataFrame) -> bytes:
     Rows end in CRLF, so a cell holding a bare CR or LF (a model's answer) is quoted and
     reads back whole.
     """
-    return neutralise_formulas(df).to_csv(index=False, lineterminator=CSV_LINE_TERMINATOR).encode("utf-8-sig")
+    out = neutralise_formulas(_plain_costs(df))
+    return out.to_csv(index=False, lineterminator=CSV_LINE_TERMINATOR).encode("utf-8-sig")
+
+
+def _plain_costs(df: pd.DataFrame) -> pd.DataFrame:
+    """``cost`` (pollen, ``Decimal``) as exact plain decimal strings (``0.000138``); None stays None."""
+    if "cost" not in df:
+        return df
+    out = df.copy()
+    out["cost"] = out["cost"].map(lambda v: plain_decimal(v) if isinstance(v, Decimal) else None)
+    return out
 
 
 def results_jsonl(df: pd.DataFrame) -> bytes:
@@ -411,6 +422,7 @@ def results_jsonl(df: pd.DataFrame) -> bytes:
 
     JSON is not opened as formulas, so the values are exported as stored.
     """
+    df = _plain_costs(df)
     records = df.astype(object).where(df.notna(), None).to_dict("records")
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
 

@@ -495,7 +495,7 @@ class BatchRunner:
             return None if self._stopping else _error_values(err)
         return {"status": ROW_OK, "answer": result.text, "answered_by": result.model,
                 "latency_ms": round(result.latency_ms, 1), "prompt_tokens": result.usage.prompt_tokens,
-                "completion_tokens": result.usage.completion_tokens, "cached": result.cached,
+                "completion_tokens": result.usage.completion_tokens, "cost": result.cost, "cached": result.cached,
                 "request_id": result.request_id, "error": None, "error_type": None}
 
     def _done_with(self, job: _Active, claim: Claim, *, saved: bool) -> None:

@@ -225,7 +225,7 @@ class BatchJobs:
         r = batch_rows.c
         query = (select(r.row_no.label("row"), r.prompt, r.model, r.system, r.temperature, r.max_tokens, r.seed,
                         r.status, r.answer, r.answered_by, r.latency_ms, r.prompt_tokens, r.completion_tokens,
-                        r.cached, r.request_id, r.error)
+                        r.cost, r.cached, r.request_id, r.error)
                  .where(r.job_id == job_id).order_by(r.idx).limit(limit))
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()

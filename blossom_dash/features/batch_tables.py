@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import BackendUnavailable
-from ..telemetry.store import lock_schema, metadata
+from ..telemetry.store import Pollen, lock_schema, metadata
 
 log = logging.getLogger("blossom_dash.batch")
 
@@ -82,6 +82,7 @@ batch_rows = Table(
     Column("lease_owner", String(128), nullable=True),  # the replica holding a running row
     Column("lease_until", Float, nullable=True),  # epoch s: after this, any replica may claim it again
     Column("fence", Integer, nullable=False, default=0, server_default="0"),  # fencing token, +1 per claim
+    Column("cost", Pollen(), nullable=True),  # pollen (a cached answer: what it saved); NULL: unpriced
     Index("ix_batch_rows_job_status", "job_id", "status"),
 )
 
@@ -89,7 +90,7 @@ batch_rows = Table(
 #: an existing database lacks (``create_all`` never alters a table that exists).
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
     "batch_jobs": ("own_key", "wait_until", "wait_scope"),
-    "batch_rows": ("lease_owner", "lease_until", "fence"),
+    "batch_rows": ("lease_owner", "lease_until", "fence", "cost"),
 }
 
 
@@ -130,7 +131,7 @@ def ensure_batch_schema(engine: Engine) -> list[str]:
 #: Columns of ``batch_results`` and of the downloads, in order.
 RESULT_COLUMNS: tuple[str, ...] = (
     "row", "prompt", "model", "system", "temperature", "max_tokens", "seed", "status", "answer",
-    "answered_by", "latency_ms", "prompt_tokens", "completion_tokens", "cached", "request_id", "error",
+    "answered_by", "latency_ms", "prompt_tokens", "completion_tokens", "cost", "cached", "request_id", "error",
 )
 
 # ----- status --------------------------------------------------------------------------
