@@ -172,8 +172,11 @@ class ModelCatalog:
                 for name in (item.name, *item.aliases):
                     infos.setdefault(name, item)
             ttl = self.ttl_s
-        except Exception:  # noqa: BLE001 - any failure of the endpoint: no backend facts for now
-            infos, ttl = {}, self.retry_s
+        except Exception as exc:  # noqa: BLE001 - any failure of the endpoint: no backend facts for now
+            # A 4xx (the backend has no such endpoint) is its answer, kept as long as a
+            # list; a timeout, a connection error or a 5xx is asked again soon.
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            infos, ttl = {}, self.ttl_s if status is not None and 400 <= status < 500 else self.retry_s
         with self._lock:
             self._infos[cache_key] = (self._clock() + ttl, infos)
         return infos

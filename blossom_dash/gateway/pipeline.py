@@ -63,6 +63,8 @@ log = logging.getLogger("blossom_dash")
 _WORDS_RE = re.compile(r"\S+\s*|\s+")
 #: Longest wait for a default model's lookup inside a request's deadline, seconds.
 MODEL_LOOKUP_S = 5.0
+#: Longest wait for a model's price on a request's path (its facts endpoint), seconds.
+PRICE_LOOKUP_S = 2.0
 #: How long a stopped stream's reader may take to notice before it is cancelled, seconds.
 STOP_GRACE_S = 1.0
 #: Slack on the loop-thread wait, seconds: the coroutine's own deadline fires first.
@@ -207,10 +209,8 @@ class Gateway:
         return self._models.get(backend, kind, timeout_s=timeout_s, skip_fetch=skip, on_fetch=counted)
 
     def model_info(self, kind: str, model: str, *, timeout_s: float = MODEL_LOOKUP_S) -> ModelInfo | None:
-        """The live backend's facts about ``model`` (``ModelCatalog.info``: price,
-        paid-only, health, modalities), the settings file's price filling in; None when
-        neither knows it. Not asked while the backend's circuit is open (cached facts
-        only).
+        """The live backend's facts about ``model`` (``ModelCatalog.info``), or None;
+        not asked while its circuit is open (cached facts only).
 
         Raises:
             InvalidRequest: ``kind`` is not text, image or audio.
@@ -222,14 +222,13 @@ class Gateway:
         return self._models.info(backend, kind, model, timeout_s=timeout_s, skip_fetch=skip)
 
     def price_of(self, kind: str, model: str) -> Price | None:
-        """The live backend's price of ``model`` (None: unpriced), for costs and budgets.
-
-        A ``stream`` is priced as ``text``; never raises (an unknown kind is unpriced).
-        """
+        """The live backend's price of ``model`` (None: unpriced; a stream's is text's), for
+        costs and budgets; never raises. On the request's path, a backend slow to list its
+        facts costs at most ``PRICE_LOOKUP_S`` once per ``retry_s`` (then it is unpriced)."""
         kind = "text" if kind == "stream" else kind
         if kind not in ("text", "image", "audio") or not model:
             return None
-        info = self.model_info(kind, model)
+        info = self.model_info(kind, model, timeout_s=PRICE_LOOKUP_S)
         return info.price if info is not None else None
 
     def _model_for(self, request: Request, deadline: float) -> str:
