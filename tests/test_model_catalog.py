@@ -123,3 +123,57 @@ class TestPricesSetting:
         with pytest.raises(ValueError, match="line 2 price"):
             Settings(prices=f)
         assert Settings(prices="").prices is None
+
+
+class TestRefresh:
+    def test_missing_endpoint_is_kept_slow_failure_is_retried(self) -> None:
+        """A 404 is the backend's answer (asked again after the TTL); a 503 is asked again after retry_s."""
+        from aiohttp import web
+
+        hits: list[str] = []
+        status = {"code": 404}
+
+        async def models(request: web.Request) -> web.Response:
+            hits.append(request.path)
+            return web.json_response({"error": "no"}, status=status["code"])
+
+        async def start() -> tuple[web.AppRunner, str]:
+            app = web.Application()
+            app.router.add_get("/text/models", models)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            return runner, f"http://127.0.0.1:{port}"
+
+        loop = LoopThread()
+        runner, url = loop.run(start(), timeout=10)
+        backend = Backend(name="custom", base_url=url, api_key=None, timeout_s=5)
+        try:
+            clock = Clock()
+            catalog = ModelCatalog(loop, ttl_s=300, retry_s=10, clock=clock)
+            assert catalog.info(backend, "text", "m") is None and len(hits) == 1
+            clock.now = 11
+            assert catalog.info(backend, "text", "m") is None and len(hits) == 1  # a 404 holds for the TTL
+            clock.now = 301
+            status["code"] = 503
+            catalog.info(backend, "text", "m")
+            clock.now = 312
+            catalog.info(backend, "text", "m")
+            assert len(hits) == 3  # a 5xx is asked again after retry_s
+        finally:
+            loop.run(backend.close(), timeout=5)
+            loop.run(runner.cleanup(), timeout=5)
+            loop.stop()
+
+    def test_a_fresh_list_refreshes_the_facts(self, demo: tuple[LoopThread, Backend, DemoServer]) -> None:
+        """Fetching a model list again (its TTL passed) drops the cached facts, which are read with it."""
+        loop, backend, _ = demo
+        clock = Clock()
+        catalog = ModelCatalog(loop, ttl_s=60, clock=clock)
+        catalog.info(backend, "text", "demo-swift")
+        before = stats(backend, loop)
+        catalog.get(backend, "text")  # no list cached yet: fetched, and the facts with it next time
+        catalog.info(backend, "text", "demo-swift")
+        assert stats(backend, loop) == before + 2
