@@ -226,7 +226,7 @@ class TestSchema:
                               "('old', 0, 2, 'done already', 'ok', 'kept'), ('old', 1, 3, 'left', 'pending', NULL)"))
         assert sorted(ensure_batch_schema(eng)) == sorted(
             ["batch_jobs.own_key", "batch_jobs.wait_until", "batch_jobs.wait_scope",
-             "batch_rows.lease_owner", "batch_rows.lease_until", "batch_rows.fence"])
+             "batch_rows.lease_owner", "batch_rows.lease_until", "batch_rows.fence", "batch_rows.cost"])
         assert ensure_batch_schema(eng) == [], "a second start adds nothing"
         assert {"fence", "lease_until"} <= {c["name"] for c in inspect(eng).get_columns("batch_rows")}
         clock = FakeClock()
