@@ -24,10 +24,10 @@ class TestSpendPanel:
         ])
         at = app("app_pages/monitor.py").run()
         assert not at.exception and not at.error
-        assert _metric(at, "Spend") == "0.013 pollen"
-        spend = next(m for m in at.metric if m.label == "Spend")
+        assert _metric(at, "Spend (pollen)") == "0.013"
+        spend = next(m for m in at.metric if m.label == "Spend (pollen)")
         assert "0.003 pollen" in str(spend.proto.delta)
-        assert _metric(at, "Saved by cache") == "0.0125 pollen"
+        assert _metric(at, "Saved by cache (pollen)") == "0.0125"
         assert _metric(at, "Unpriced") == "1"
         assert any("1 served requests unpriced" in c for c in texts(at, "caption"))
         keys = {c.key for c in at.get("plotly_chart")}
@@ -36,14 +36,17 @@ class TestSpendPanel:
         rows = table.set_index("model")
         assert rows.loc["demo-swift", "cost"] == "0.013 pollen" and rows.loc["demo-deep", "unpriced"] == 1
         assert rows.loc["demo-deep", "cost"] == "unpriced" and rows.loc["demo-swift", "cache_saved"] == "0.0125 pollen"
+        # A model without cache hits saved nothing (not "unpriced"); without votes it says so.
+        assert rows.loc["demo-deep", "cache_saved"] == "0 pollen" and rows.loc["demo-deep", "feedback"] == "no votes"
         assert rows.loc["demo-swift", "price"].endswith("pollen per 1k tokens (prompt / completion) (demo prices)")
         assert {"Spend CSV", "Spend JSON"} <= {d.label for d in at.get("download_button")}
 
-    def test_empty_store_says_no_priced_requests(self) -> None:
-        """No requests: Spend reads unpriced, and the cost charts say so instead of a zero."""
+    def test_empty_store_says_nothing_was_spent(self) -> None:
+        """No requests: nothing was spent (0, not "unpriced"), no figure per request, the table says why."""
         at = app("app_pages/monitor.py").run()
         assert not at.exception
-        assert _metric(at, "Spend") == "unpriced"
+        assert (_metric(at, "Spend (pollen)"), _metric(at, "Saved by cache (pollen)")) == ("0", "0")
+        assert _metric(at, "Per served request (pollen)") == "—"
         assert any(i == "No requests in this range." for i in texts(at, "info"))
 
     def test_demo_traffic_has_a_cost(self) -> None:
@@ -52,8 +55,8 @@ class TestSpendPanel:
         _make_traffic()
         at = app("app_pages/monitor.py").run()
         assert not at.exception
-        assert _metric(at, "Spend").endswith(" pollen") and _metric(at, "Spend") != "0 pollen"
-        assert _metric(at, "Saved by cache").endswith(" pollen")
+        assert Decimal(_metric(at, "Spend (pollen)")) > 0
+        assert Decimal(_metric(at, "Saved by cache (pollen)")) > 0
         assert _metric(at, "Unpriced") == "0"
 
     def test_a_member_sees_their_own_cost_row(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,6 +67,6 @@ class TestSpendPanel:
                          _row("b1", 90, user="bob@team.test", cost=Decimal("0.5"))])
         at = _team("app_pages/monitor.py", {"is_logged_in": True, "email": "mia@team.test"})
         assert not at.exception
-        assert _metric(at, "Spend") == "0.75 pollen"
+        assert _metric(at, "Spend (pollen)") == "0.75"
         spec = next(c.proto.spec for c in at.get("plotly_chart") if c.key == "monitor_chart_cost_users")
         assert "mia@team.test" in spec and "bob@team.test" not in spec and "Your cost" in spec

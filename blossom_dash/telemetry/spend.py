@@ -212,7 +212,9 @@ def _by_model(cube: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
         prompt, completion = int(ok["prompt_tokens"].sum()), int(ok["completion_tokens"].sum())
         rows.append((model, requests, served.priced + served.unpriced, prompt, completion, prompt + completion,
                      served.cost, served.priced, served.unpriced, errors, errors / requests if requests else 0.0,
-                     p50.get(model, float("nan")), saved.cost))
+                     # No hit at all saved nothing (0); hits without a price stay None ("unpriced").
+                     p50.get(model, float("nan")),
+                     saved.cost if saved.priced or saved.unpriced else Decimal(0)))
     out = pd.DataFrame(rows, columns=list(MODEL_COLUMNS))
     key = out["cost"].map(lambda c: -1.0 if c is None else float(c))
     return out.assign(_k=key).sort_values(["_k", "requests", "model"], ascending=[False, False, True],

@@ -24,25 +24,34 @@ from .model_facts import price_text
 from .monitor import download_buttons, format_duration
 
 
-def format_pollen(value: Decimal | None) -> str:
+def format_pollen(value: Decimal | None, *, unit: bool = True) -> str:
     """Pollen for people: ``"1.2345 pollen"``, ``"0.000136 pollen"``, ``"12,345 pollen"``;
-    ``"unpriced"`` for None.
+    ``"unpriced"`` for None. ``unit=False`` leaves out " pollen" (a KPI whose label says it).
 
     Four decimals from 1 pollen up (whole pollen from 10,000 up), else four significant
     digits; never exponent notation, trailing zeros dropped below 1.
     """
     if value is None:
         return "unpriced"
+    suffix = " pollen" if unit else ""
     if value == 0:
-        return "0 pollen"
+        return f"0{suffix}"
     size = abs(value)
     if size >= 10_000:
-        return f"{value:,.0f} pollen"
+        return f"{value:,.0f}{suffix}"
     if size >= 1:
-        return f"{value:,.4f} pollen"
+        return f"{value:,.4f}{suffix}"
     step = Decimal(1).scaleb(size.adjusted() - 3)  # four significant digits
     text = format(value.quantize(step).normalize(), "f")
-    return f"{text} pollen"
+    return f"{text}{suffix}"
+
+
+def _kpi_pollen(total: Any) -> str:
+    """A spend total (``telemetry.spend.Total``) for a KPI labelled in pollen: "0" when it
+    counts no request at all (nothing was spent), "unpriced" when none of them had a price."""
+    if total.cost is None and not total.priced and not total.unpriced:
+        return "0"
+    return format_pollen(total.cost, unit=False)
 
 
 def _delta(current: Decimal | None, previous: Decimal | None) -> str | int | None:
@@ -63,16 +72,17 @@ def spend_kpis(s: Spend, *, vs: str) -> None:
     priced/unpriced counts behind them, in one row of four metrics."""
     cols = st.columns(4)
     prev = s.previous
-    cols[0].metric("Spend", format_pollen(s.spend.cost),
+    cols[0].metric("Spend (pollen)", _kpi_pollen(s.spend),
                    _delta(s.spend.cost, prev.cost) if prev.priced else None, delta_color="inverse",
                    delta_description=vs if prev.priced else None,
                    help=f"Cost of served requests: {s.spend.priced:,} priced. Prior period: "
                         f"{format_pollen(prev.cost)}. {_unpriced_note(s.spend.unpriced, 'served requests')}")
-    cols[1].metric("Saved by cache", format_pollen(s.cache_saved.cost),
+    cols[1].metric("Saved by cache (pollen)", _kpi_pollen(s.cache_saved),
                    help=f"What {s.cache_saved.priced:,} cache hits would have cost from the backend. "
                         f"{_unpriced_note(s.cache_saved.unpriced, 'hits')}")
     per = (s.spend.cost / s.spend.priced) if s.spend.cost is not None and s.spend.priced else None
-    cols[2].metric("Per served request", format_pollen(per), help="Spend over the priced served requests.")
+    cols[2].metric("Per served request (pollen)", "—" if per is None and not s.spend.unpriced
+                   else format_pollen(per, unit=False), help="Spend over the priced served requests.")
     cols[3].metric("Unpriced", f"{s.spend.unpriced:,}",
                    help="Served requests whose model has no price: counted here, never summed as 0.")
     if s.spend.unpriced:
@@ -167,7 +177,7 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
         return
     feedback = feedback or {}
     table = table.assign(price=[price_of(m) if price_of else "" for m in table["model"]],
-                         feedback=[feedback.get(m) for m in table["model"]],
+                         feedback=[feedback.get(m, "no votes") for m in table["model"]],
                          cost=_words(table, "cost"), cache_saved=_words(table, "cache_saved"))
     num = st.column_config.NumberColumn
     st.dataframe(table, key="monitor_spend_models", hide_index=True, placeholder="unpriced",
