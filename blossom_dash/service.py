@@ -22,8 +22,9 @@ from .features.batch import BatchStatus
 from .features.compare import Comparison, TextComparison, Vote
 from .features.conversations import Conversation
 from .gateway import Caller, Gateway, ImageRequest, ModelCatalog, ModelList, SpeechRequest, TextRequest, TextStream
-from .policies.cache import CacheStats, ResponseCache
-from .policies.ratelimit import LimitStatus, RateLimiter
+from .policies.build import cache_and_limiter
+from .policies.cache import CacheStats
+from .policies.ratelimit import LimitStatus
 from .pricing import load_prices_file
 from .results import AudioResult, ImageResult, TextResult
 from .sdk.backend import Backend
@@ -37,25 +38,9 @@ from .telemetry.temporary_store import open_usage_store
 
 log = logging.getLogger("blossom_dash")
 
+
 def _caller(caller: Caller | None, user: str, session: str, api_key: str | None) -> Caller:
     return caller if caller is not None else Caller(user, session, api_key)
-
-
-def _cache_and_limiter(s: Settings) -> tuple[ResponseCache, RateLimiter]:
-    """The response cache and the rate limiter: in Redis, shared by every replica, when
-    ``redis_url`` is set; in this process otherwise. Redis need not be up yet."""
-    cache_opts: dict[str, Any] = {
-        "enabled": s.cache_enabled, "ttl_s": s.cache_ttl_s, "max_entries": s.cache_max_entries,
-        "max_bytes": s.cache_max_bytes, "persist_dir": s.data_dir / "replay", "persistent": s.persistent_cache,
-        "replay_only": s.replay_only}
-    if s.redis_url is None:
-        return ResponseCache(**cache_opts), RateLimiter(per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm)
-    from .policies.shared_cache import SharedResponseCache
-    from .policies.shared_limits import SharedRateLimiter
-
-    url = s.redis_url.get_secret_value()
-    return (SharedResponseCache(url, **cache_opts),
-            SharedRateLimiter(url, per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm))
 
 
 class BlossomService(FeatureMethods, BudgetMethods):
@@ -82,7 +67,7 @@ class BlossomService(FeatureMethods, BudgetMethods):
         self._loop = LoopThread()
         self._demo: Any = None
         self._probe: dict[str, Any] | None = None
-        self.cache, self.limiter = _cache_and_limiter(s)
+        self.cache, self.limiter = cache_and_limiter(s)
         try:  # StorageUnavailable when the database cannot be used: nothing is left running
             # A SQLite file that cannot be used: history off, on a temporary store (history_off says why).
             self.store, self.history_off = open_usage_store(
@@ -90,6 +75,9 @@ class BlossomService(FeatureMethods, BudgetMethods):
                 pool_timeout_s=s.db_pool_timeout_s, connect_timeout_s=s.db_connect_timeout_s)
         except BaseException:
             self._loop.stop()
+            for shared in (self.cache, self.limiter):  # their Redis connections, when shared
+                if (close := getattr(shared, "close", None)) is not None:
+                    close()
             raise
         self.metrics = MetricsCollector(self.store, s.data_dir / "journal" if self.history_off is None else None,
                                         window=s.metrics_window)

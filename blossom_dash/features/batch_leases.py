@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,7 @@ from .batch_tables import (
 
 log = logging.getLogger("blossom_dash.batch")
 
-__all__ = ["Claim", "RowLeases"]
+__all__ = ["ActiveJob", "Claim", "RowLeases"]
 
 
 @dataclass(eq=False)
@@ -257,3 +258,29 @@ class RowLeases:
         with self._auto.connect() as conn:
             return int(conn.execute(select(func.count()).where(
                 r.job_id == job_id, r.status == ROW_RUNNING, r.lease_until >= self._wall())).scalar() or 0)
+
+
+@dataclass(eq=False)
+class ActiveJob:
+    """A job this replica is working, with the claims it holds (in memory; the database has
+    the durable state). ``BatchRunner``'s bookkeeping, one per job it works."""
+
+    job_id: str
+    user: str
+    session: str
+    parallel: int
+    in_flight: dict[int, Claim] = field(default_factory=dict)  # idx -> this replica's claim
+    reserved: int = 0  # workers claiming a row of this job right now
+    drained: bool = False  # the last claim found nothing; the poller looks again
+    cancelled: bool = False
+    not_before: float = 0.0  # monotonic s: paused on a rate limit until then
+    wait_scope: str = ""  # "user" / "global" (our limiter) or "upstream" (the backend's 429)
+    waits: Counter[int] = field(default_factory=Counter)
+    limited: bool = False  # has met our own limiter (the ETA then respects the RPM)
+    shared_wait: tuple[float | None, str | None] = (None, None)  # what we wrote to the job's row
+    budget_seen: Any = None  # the budgets in force when one refused a row (a change resumes the job)
+    ended: bool = False
+
+    @property
+    def idle(self) -> bool:
+        return not self.in_flight and not self.reserved

@@ -23,9 +23,9 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 from ..errors import BudgetExceeded, DashError, RateLimited
 from ..gateway.requests import Caller, TextRequest
 from .batch_files import BatchRow
-from .batch_leases import Claim, RowLeases
+from .batch_leases import ActiveJob, Claim, RowLeases
 from .batch_store import BatchJobs, check_owner, job_status
 from .batch_tables import (
     JOB_RUNNING,
@@ -76,31 +76,6 @@ _WAIT_REASONS = {"user": "your requests-per-minute limit", "global": "the limit 
 
 
 # ----- the runner ----------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Active:
-    """A job this replica is working (in memory; the database has the durable state)."""
-
-    job_id: str
-    user: str
-    session: str
-    parallel: int
-    in_flight: dict[int, Claim] = field(default_factory=dict)  # idx -> this replica's claim
-    reserved: int = 0  # workers claiming a row of this job right now
-    drained: bool = False  # the last claim found nothing; the poller looks again
-    cancelled: bool = False
-    not_before: float = 0.0  # monotonic s: paused on a rate limit until then
-    wait_scope: str = ""  # "user" / "global" (our limiter) or "upstream" (the backend's 429)
-    waits: Counter[int] = field(default_factory=Counter)
-    limited: bool = False  # has met our own limiter (the ETA then respects the RPM)
-    shared_wait: tuple[float | None, str | None] = (None, None)  # what we wrote to the job's row
-    budget_seen: Any = None  # the budgets in force when one refused a row (a change resumes the job)
-    ended: bool = False
-
-    @property
-    def idle(self) -> bool:
-        return not self.in_flight and not self.reserved
 
 
 class BatchRunner:
@@ -166,7 +141,7 @@ class BatchRunner:
         self._leases = RowLeases(engine, self.runner_id, lease_s=lease_s, wall=wall)
         self._db = BatchJobs(engine, self.runner_id, wall=wall)
         self._cond = threading.Condition()
-        self._jobs: dict[str, _Active] = {}
+        self._jobs: dict[str, ActiveJob] = {}
         self._order: deque[str] = deque()
         #: job id -> the user's own key, for the jobs submitted or resumed here with one.
         self._keys: dict[str, str] = {}
@@ -349,13 +324,13 @@ class BatchRunner:
             if job is None or job.cancelled:
                 if job is not None:
                     self._forget(job)
-                self._jobs[job_id] = _Active(job_id, user, session, self.workers)
+                self._jobs[job_id] = ActiveJob(job_id, user, session, self.workers)
                 self._order.append(job_id)
             else:
                 job.drained, job.session = False, session
             self._cond.notify_all()
 
-    def _forget(self, job: _Active) -> None:
+    def _forget(self, job: ActiveJob) -> None:
         """Drop ``job`` from the schedule (caller holds the lock)."""
         job.ended = True
         if self._jobs.get(job.job_id) is job:
@@ -363,7 +338,7 @@ class BatchRunner:
             if job.job_id in self._order:
                 self._order.remove(job.job_id)
 
-    def _has_room(self, job: _Active, now: float) -> bool:
+    def _has_room(self, job: ActiveJob, now: float) -> bool:
         """Whether the user's and the global windows have a slot; else pause ``job``."""
         status = self._gateway.limit_status(job.user)
         for scope, window in (("user", status.user), ("global", status.global_)):
@@ -373,7 +348,7 @@ class BatchRunner:
                 return False
         return True
 
-    def _pick(self) -> tuple[_Active | None, float | None]:
+    def _pick(self) -> tuple[ActiveJob | None, float | None]:
         """The next job to claim a row of (round-robin), or how long to wait (caller holds the lock)."""
         now = self._clock()
         wait: float | None = None
@@ -397,11 +372,11 @@ class BatchRunner:
             return job, None
         return None, wait
 
-    def _next(self) -> tuple[_Active, Claim] | None:
+    def _next(self) -> tuple[ActiveJob, Claim] | None:
         """Claim the next row to run, or None when stopping."""
         while True:
             with self._cond:
-                job: _Active | None = None
+                job: ActiveJob | None = None
                 while not self._stopping:
                     job, wait = self._pick()
                     if job is not None:
@@ -456,7 +431,7 @@ class BatchRunner:
                 log.exception("could not save batch row %s/%s", job.job_id, claim.idx)
             self._done_with(job, claim, saved=saved)
 
-    def _answer(self, job: _Active, claim: Claim) -> dict[str, Any] | None:
+    def _answer(self, job: ActiveJob, claim: Claim) -> dict[str, Any] | None:
         """Run one row; its columns to save, or None to hand it back (rate limit, stopping)."""
         row = claim.row
         with self._cond:
@@ -498,7 +473,7 @@ class BatchRunner:
                 "completion_tokens": result.usage.completion_tokens, "cost": result.cost, "cached": result.cached,
                 "request_id": result.request_id, "error": None, "error_type": None}
 
-    def _done_with(self, job: _Active, claim: Claim, *, saved: bool) -> None:
+    def _done_with(self, job: ActiveJob, claim: Claim, *, saved: bool) -> None:
         with self._cond:
             if job.in_flight.get(claim.idx) is claim:
                 del job.in_flight[claim.idx]
@@ -562,7 +537,7 @@ class BatchRunner:
                     continue  # only the replica holding the user's key may send its rows
                 job = self._jobs.get(j["id"])
                 if job is None:
-                    self._jobs[j["id"]] = _Active(j["id"], j["user"], j["session"], self.workers)
+                    self._jobs[j["id"]] = ActiveJob(j["id"], j["user"], j["session"], self.workers)
                     self._order.append(j["id"])
                 else:
                     job.drained = False

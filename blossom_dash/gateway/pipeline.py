@@ -47,13 +47,14 @@ from ..pricing import Price
 from ..results import AudioResult, ImageResult, TextResult, Usage
 from ..sdk.backend import Backend, StreamChunk
 from ..sdk.call import CallPolicy, call, retry_stream, timeout_error
-from ..sdk.images import verify_image
 from ..sdk.loop import LoopThread, monotonic_ms
 from ..sdk.mapping import to_dash_error
-from ..sdk.speech import speak, verify_audio
+from ..sdk.speech import speak
 from ..sdk.transport import Observation
 from ..settings import Settings
 from ..telemetry.collector import Event, MetricsCollector, new_request_id
+from .answers import BUILDERS as _BUILDERS
+from .answers import from_cache as _from_cache
 from .costs import cost_of
 from .models import ModelCatalog, ModelInfo, ModelList, no_models
 from .requests import Caller, Prepared, Request, TextRequest, check_model
@@ -577,41 +578,5 @@ async def _send_speech(backend: Backend, p: Prepared) -> Any:
 
 _SENDERS: dict[str, Callable[[Backend, Prepared], Any]] = {
     "text": _send_text, "image": _send_image, "audio": _send_speech}
-
-_Built = tuple[Any, int, Usage | None]
-
-
-def _build_text(text: Any, obs: Observation, p: Prepared, backend: Backend, latency: float, rid: str) -> _Built:
-    if not isinstance(text, str) or not text:
-        raise UpstreamError(f"Model {p.model!r} on {backend.label} returned an empty answer.",
-                            "Try again, raise max tokens, or pick another model.", status_code=200)
-    usage = Usage.from_dict(obs.usage) if obs.usage else Usage.estimate(p.wire["messages"], text)
-    return TextResult(text, p.model, backend.name, latency, None, usage, False, rid), len(text.encode()), usage
-
-
-def _build_image(data: Any, obs: Observation, p: Prepared, backend: Backend, latency: float, rid: str) -> _Built:
-    content_type, w, h = verify_image(data, backend.label)
-    return (ImageResult(data, content_type, w, h, p.model, backend.name, p.wire["seed"], latency, False, rid),
-            len(data), None)
-
-
-def _build_speech(value: Any, obs: Observation, p: Prepared, backend: Backend, latency: float, rid: str) -> _Built:
-    data, transcript = value
-    clip = verify_audio(data, where=backend.label)
-    usage = Usage.from_dict(obs.usage) if obs.usage else None
-    return (AudioResult(data, clip.content_type, p.wire["voice"], clip.format, clip.duration_s, latency, False, rid,
-                        p.model, backend.name, p.wire["audio_format"], transcript), len(data), usage)
-
-
-_BUILDERS: dict[str, Callable[..., _Built]] = {"text": _build_text, "image": _build_image, "audio": _build_speech}
-
-
-def _from_cache(value: Any, latency: float, rid: str) -> Any:
-    """A cached result as this request's: its own latency and id, ``cached=True``."""
-    if isinstance(value, TextResult):
-        return TextResult(value.text, value.model, value.backend, latency, None, value.usage, True, rid,
-                          value.finish_reason, cost=value.cost)
-    return dataclasses.replace(value, latency_ms=latency, cached=True, request_id=rid)
-
 
 __all__ = ["Gateway", "counts_against_backend", "outcome_of"]
