@@ -166,6 +166,24 @@ class TestPages:
         assert not at.exception
         assert [m for m in at.chat_message if m.name == "assistant"], "the Playground answers"
 
+    def test_a_member_is_told_history_is_off_without_the_servers_paths(self, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        """Signed in as a member: history is off, said in words, but not the server's file names or commands."""
+        from test_auth import _team
+
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "usage.db").write_bytes(b"")
+        monkeypatch.setenv("BLOSSOM_DASH_DATA_DIR", str(data))
+        monkeypatch.setenv("BLOSSOM_DASH_ADMINS", "admin@team.test")
+        at = _team("app_pages/playground.py", {"is_logged_in": True, "email": "mia@team.test"})
+        assert not at.exception
+        errors = texts(at, "error")
+        assert any("History is off on this server" in e for e in errors), errors
+        assert not any(str(data) in e or "mv " in e for e in errors), errors
+        admin = _team("app_pages/playground.py", {"is_logged_in": True, "email": "admin@team.test"})
+        assert any("History is off" in e and str(data) in e for e in texts(admin, "error"))
+
     def test_every_page_says_history_is_paused_on_a_full_disk(self, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
         """The data folder's disk fills: a chat is still answered and every page says history

@@ -207,6 +207,7 @@ def session_handle() -> SessionHandle:
     ctx = st.runtime.scriptrunner.get_script_run_ctx()
     session_id = ctx.session_id if ctx else "script"
     st.session_state["_access_mode"] = acc.mode
+    st.session_state["_is_admin"] = acc.role == "admin"
     return _handle(str(acc.identity), str(acc.role), id(service), session_id[:12])
 
 
@@ -225,7 +226,8 @@ def backend_badge(service: BlossomService) -> None:
     when calls succeed (``BlossomService.health``, judged from traffic, no probe).
     """
     health = service.health()
-    history_banner(service.storage_status())  # every page draws this badge, so every page says it
+    # Every page draws this badge, so every page says it; the server's paths only to an admin.
+    history_banner(service.storage_status(), details=bool(st.session_state.get("_is_admin", False)))
     status = health["status"]
     name = "DEMO BACKEND" if health["is_demo"] else health["name"].upper()
     badge = f":{HEALTH_COLORS[status]}-badge[{name} · {HEALTH_WORDS[status]}]"

@@ -42,15 +42,19 @@ def guard(what: str) -> Iterator[None]:
                  "try again, and report it if it repeats.", icon="⚠️")
 
 
-def history_banner(status: StorageStatus) -> None:
+def history_banner(status: StorageStatus, *, details: bool = True) -> None:
     """Say so when request history is not being written (``BlossomService.storage_status``).
 
     ``off``: an error with the reason and what to do (the app runs on a temporary
     history); ``paused``: a warning (requests are still answered, the events wait);
     a failing journal alone: a caption (events are kept in memory until it works).
-    Draws nothing while all is well.
+    Draws nothing while all is well. ``details=False`` (anyone but an admin): "off"
+    without the reason and the fix, which name the server's files and commands.
     """
-    if status.history == "off":
+    if status.history == "off" and not details:
+        st.error("**History is off on this server.** Requests are answered, but this run's chats, comparisons "
+                 "and batch jobs are kept only until the app stops. An admin sees why and what to do.", icon="🗄️")
+    elif status.history == "off":
         st.error(f"**History is off: {status.reason}**\n\n{status.hint}", icon="🗄️")
     elif status.history == "paused":
         lost = f" {status.lost:,} events could not be kept." if status.lost else ""
