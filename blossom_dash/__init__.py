@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     )
     from .gateway import Caller, TextStream
     from .results import AudioResult, ImageResult, TextResult, Usage
-    from .service import BlossomService, SessionHandle
+    from .service import BlossomService
+    from .session import SessionHandle
     from .settings import Settings
 
 # Imported on first use (PEP 562), so that ``python -m blossom_dash.health`` (a container's
@@ -35,7 +36,7 @@ _WHERE = {
     "InvalidRequest": ".errors", "RateLimited": ".errors", "UpstreamError": ".errors",
     "Caller": ".gateway", "TextStream": ".gateway",
     "AudioResult": ".results", "ImageResult": ".results", "TextResult": ".results", "Usage": ".results",
-    "BlossomService": ".service", "SessionHandle": ".service", "Settings": ".settings",
+    "BlossomService": ".service", "SessionHandle": ".session", "Settings": ".settings",
 }
 
 

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from ..errors import DashError
 from ..pricing import format_cost
-from ..service import BlossomService, SessionHandle
+from ..service import BlossomService
+from ..session import SessionHandle
 from ..settings import Settings
 from . import auth
 from .account import render_account_sidebar

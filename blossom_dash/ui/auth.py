@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..gateway.requests import KIOSK_PREFIX  # kiosk identities: never an admin
-from ..service import BlossomService, SessionHandle
+from ..service import BlossomService
+from ..session import SessionHandle
 
 LOCAL_USER = "local"
 

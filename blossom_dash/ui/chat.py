@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from ..features import conversations
-from ..service import SessionHandle
+from ..session import SessionHandle
 from .feedback import guard
 from .safe import safe_markdown
 

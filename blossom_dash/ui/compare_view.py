@@ -8,7 +8,7 @@ import streamlit as st
 
 from ..errors import DashError
 from ..features import compare as cmp
-from ..service import SessionHandle
+from ..session import SessionHandle
 from . import result_caption
 from .feedback import show_error
 from .safe import code_span, safe_markdown
