@@ -8,6 +8,8 @@ st.set_page_config(page_title="blossom-dash", page_icon="🌸", layout="wide")
 
 pages = [
     st.Page("app_pages/playground.py", title="Playground", icon="💬", default=True),
+    st.Page("app_pages/image.py", title="Image", icon="🎨"),
+    st.Page("app_pages/speech.py", title="Speech", icon="🔊"),
     st.Page("app_pages/compare.py", title="Compare", icon="⚖️"),
     st.Page("app_pages/gallery.py", title="Gallery", icon="🖼️"),
     st.Page("app_pages/batch.py", title="Batch", icon="🗂️"),

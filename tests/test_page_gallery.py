@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 def _generate(seeds: tuple[int, ...], prompt: str = "a lighthouse at dawn") -> list[Any]:
     """Generate images on the Playground and return its session's gallery list."""
-    at = app("app_pages/playground.py").run()
+    at = app("app_pages/image.py").run()
     at.text_area(key="playground_image_prompt").set_value(prompt)
     at.selectbox(key="playground_image_size").set_value("Square 512×512")
     for seed in seeds:

@@ -52,7 +52,7 @@ class TestChat:
 class TestImage:
     def test_generate_shows_a_downloadable_image(self) -> None:
         """Generating an image stores it and offers a download with its seed."""
-        at = app("app_pages/playground.py").run()
+        at = app("app_pages/image.py").run()
         at.text_area(key="playground_image_prompt").set_value("a lighthouse at dawn")
         at.number_input(key="playground_image_seed").set_value(7)
         submit = next(b for b in at.button if "Generate image" in str(b.label))
@@ -65,21 +65,21 @@ class TestImage:
 
     def test_empty_image_prompt_is_a_message(self) -> None:
         """Generating with no description says so."""
-        at = app("app_pages/playground.py").run()
+        at = app("app_pages/image.py").run()
         next(b for b in at.button if "Generate image" in str(b.label)).click().run()
         assert not at.exception
         assert any("image prompt is empty" in e for e in texts(at, "error"))
 
-    def test_new_seed_changes_the_seed(self) -> None:
+    def test_new_seed_changes_the_seed_and_the_image(self) -> None:
         """The new-seed button picks another seed."""
-        at = app("app_pages/playground.py").run()
+        at = app("app_pages/image.py").run()
         before = at.session_state["playground_image_seed"]
         at.button(key="playground_new_seed").click().run()
         assert at.session_state["playground_image_seed"] != before
 
 
 def _speak(text: str, **choices: str) -> object:
-    at = app("app_pages/playground.py").run()
+    at = app("app_pages/speech.py").run()
     at.text_area(key="playground_speech_text").set_value(text)
     for name, value in choices.items():
         at.selectbox(key=f"playground_speech_{name}").set_value(value)
@@ -125,7 +125,7 @@ class TestSpeech:
 
     def test_backend_error_is_a_message(self) -> None:
         """A backend failure (HTTP 503) shows words and a hint, no traceback, no player."""
-        at = app("app_pages/playground.py").run()
+        at = app("app_pages/speech.py").run()
         queue_fault(at, "503", count=5)
         at.text_area(key="playground_speech_text").set_value("hello")
         next(b for b in at.button if "Speak" in str(b.label)).click().run()
@@ -137,7 +137,7 @@ class TestSpeech:
 class TestImageGallery:
     def test_generated_images_join_the_session_gallery(self) -> None:
         """Each generated image is added to ``gallery_images``, newest first."""
-        at = app("app_pages/playground.py").run()
+        at = app("app_pages/image.py").run()
         at.text_area(key="playground_image_prompt").set_value("a red fox")
         for seed in (7, 8):
             at.number_input(key="playground_image_seed").set_value(seed)
@@ -199,7 +199,7 @@ class TestShareAndCode:
 
     def test_the_image_shows_its_code(self) -> None:
         """Under a generated image, "Show code" holds the script that draws it with the same seed."""
-        at = app("app_pages/playground.py").run()
+        at = app("app_pages/image.py").run()
         at.text_area(key="playground_image_prompt").set_value("a lighthouse at dawn")
         at.number_input(key="playground_image_seed").set_value(7)
         next(b for b in at.button if "Generate image" in str(b.label)).click().run()
