@@ -26,6 +26,7 @@ from .sdk.backend import Backend
 from .sdk.loop import LoopThread
 from .service_budget import BudgetMethods, make_ledger, restore_ledger
 from .service_features import FeatureMethods
+from .service_prompts import PromptMethods
 from .session import SessionHandle
 from .settings import POLLINATIONS_URL, Settings
 from .telemetry.collector import MetricsCollector
@@ -39,7 +40,7 @@ def _caller(caller: Caller | None, user: str, session: str, api_key: str | None)
     return caller if caller is not None else Caller(user, session, api_key)
 
 
-class BlossomService(FeatureMethods, BudgetMethods):
+class BlossomService(FeatureMethods, PromptMethods, BudgetMethods):
     """The process-wide service: one client on one loop, cache, limits, metrics.
 
     Args:

@@ -151,3 +151,53 @@ class SessionHandle:
     def save_conversation(self, messages: list[dict[str, Any]]) -> Conversation:
         """``BlossomService.save_conversation`` as this session's user."""
         return self.service.save_conversation(messages, **self._ids())
+
+    # ----- the prompt library (service_prompts) ------------------------------------------
+
+    def prompt_templates(self) -> list[Any]:
+        """``BlossomService.prompt_templates``: this user's templates and the team's."""
+        return self.service.prompt_templates(caller=self.caller)
+
+    def prompt_versions(self, template_id: str) -> list[Any]:
+        """``BlossomService.prompt_versions`` (newest first) as this session's caller."""
+        return self.service.prompt_versions(template_id, caller=self.caller)
+
+    def prompt_version(self, template_id: str, which: str | int = "latest") -> Any:
+        """``BlossomService.prompt_version`` as this session's caller."""
+        return self.service.prompt_version(template_id, which, caller=self.caller)
+
+    def resolve_prompt(self, ref: str) -> Any:
+        """``BlossomService.resolve_prompt`` (``name``, ``name@label``, ``name@3``) as this caller."""
+        return self.service.resolve_prompt(ref, caller=self.caller)
+
+    def prompt_resolver(self) -> Any:
+        """``BlossomService.prompt_resolver`` for this caller (Batch's ``template`` column)."""
+        return self.service.prompt_resolver(caller=self.caller)
+
+    def create_prompt(self, name: str, prompt: str, **kwargs: Any) -> Any:
+        """``BlossomService.create_prompt``, owned by this session's user."""
+        return self.service.create_prompt(name, prompt, **kwargs, caller=self.caller)
+
+    def add_prompt_version(self, template_id: str, prompt: str, **kwargs: Any) -> Any:
+        """``BlossomService.add_prompt_version`` of this user's own template."""
+        return self.service.add_prompt_version(template_id, prompt, **kwargs, caller=self.caller)
+
+    def set_prompt_label(self, template_id: str, label: str, version: int | None) -> Any:
+        """``BlossomService.set_prompt_label`` of this user's own template."""
+        return self.service.set_prompt_label(template_id, label, version, caller=self.caller)
+
+    def share_prompt(self, template_id: str, team: bool) -> Any:
+        """``BlossomService.share_prompt`` of this user's own template."""
+        return self.service.share_prompt(template_id, team, caller=self.caller)
+
+    def delete_prompt(self, template_id: str) -> bool:
+        """``BlossomService.delete_prompt`` (owner, or an admin) as this session's caller."""
+        return self.service.delete_prompt(template_id, caller=self.caller)
+
+    def prompt_diff(self, template_id: str, old: int, new: int) -> str:
+        """``BlossomService.prompt_diff`` as this session's caller."""
+        return self.service.prompt_diff(template_id, old, new, caller=self.caller)
+
+    def prompt_label_moves(self, template_id: str) -> list[dict[str, Any]]:
+        """``BlossomService.prompt_label_moves`` as this session's caller."""
+        return self.service.prompt_label_moves(template_id, caller=self.caller)
