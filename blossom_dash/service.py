@@ -25,6 +25,7 @@ from .results import AudioResult, ImageResult, TextResult
 from .sdk.backend import Backend
 from .sdk.loop import LoopThread
 from .service_budget import BudgetMethods, make_ledger, restore_ledger
+from .service_chat import ChatMethods
 from .service_features import FeatureMethods
 from .service_prompts import PromptMethods
 from .session import SessionHandle
@@ -40,7 +41,7 @@ def _caller(caller: Caller | None, user: str, session: str, api_key: str | None)
     return caller if caller is not None else Caller(user, session, api_key)
 
 
-class BlossomService(FeatureMethods, PromptMethods, BudgetMethods):
+class BlossomService(FeatureMethods, PromptMethods, BudgetMethods, ChatMethods):
     """The process-wide service: one client on one loop, cache, limits, metrics.
 
     Args:

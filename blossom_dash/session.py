@@ -201,3 +201,33 @@ class SessionHandle:
     def prompt_label_moves(self, template_id: str) -> list[dict[str, Any]]:
         """``BlossomService.prompt_label_moves`` as this session's caller."""
         return self.service.prompt_label_moves(template_id, caller=self.caller)
+
+    # ----- saved chats and answer feedback (service_chat) ----------------------------------
+
+    def save_chat(self, chat_id: str | None, messages: list[dict[str, Any]]) -> Any:
+        """``BlossomService.save_chat`` as this session's caller (returns a ``ChatSummary``)."""
+        return self.service.save_chat(chat_id, messages, caller=self.caller)
+
+    def list_chats(self, search: str | None = None, *, limit: int = 200) -> list[Any]:
+        """``BlossomService.list_chats``: this user's own chats, newest first."""
+        return self.service.list_chats(search, limit=limit, caller=self.caller)
+
+    def load_chat(self, chat_id: str) -> Any:
+        """``BlossomService.load_chat`` of this user's own chat (a ``Chat``)."""
+        return self.service.load_chat(chat_id, caller=self.caller)
+
+    def rename_chat(self, chat_id: str, title: str) -> Any:
+        """``BlossomService.rename_chat`` of this user's own chat."""
+        return self.service.rename_chat(chat_id, title, caller=self.caller)
+
+    def delete_chat(self, chat_id: str) -> bool:
+        """``BlossomService.delete_chat`` (owner, or an admin) as this session's caller."""
+        return self.service.delete_chat(chat_id, caller=self.caller)
+
+    def rate_answer(self, request_id: str, score: int | None, **kwargs: Any) -> Any:
+        """``BlossomService.rate_answer`` (``model=``, ``comment=``) as this session's caller."""
+        return self.service.rate_answer(request_id, score, **kwargs, caller=self.caller)
+
+    def feedback_by_model(self, since_s: float | None = None) -> pd.DataFrame:
+        """``BlossomService.feedback_by_model``, the comments this caller may read."""
+        return self.service.feedback_by_model(since_s, caller=self.caller)
