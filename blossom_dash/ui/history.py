@@ -1,0 +1,217 @@
+"""Saved chats in the Playground's sidebar, 👍/👎 under an answer, and the feedback table.
+
+- ``chat_history_sidebar(handle)``: the signed-in user's chats (``BlossomService.list_chats``):
+  New chat, a search box, a dozen chats at a time (title and age, the open one marked),
+  each with a menu to rename or delete it (after a confirmation). Opening one puts its
+  messages in ``st.session_state["playground_messages"]`` and its id in
+  ``["playground_chat_id"]`` and reruns the page.
+- ``answer_feedback(handle, msg, key)``: ``st.feedback("thumbs")`` and an optional
+  comment for one assistant message; the vote is stored (``rate_answer``), written into
+  ``msg["feedback"]`` and the open chat saved again, so reopening it shows the vote.
+- ``feedback_table(handle)``: Monitor's "Answer feedback by model".
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from ..errors import DashError
+from ..session import SessionHandle
+from .feedback import guard, show_error
+from .times import local_time
+
+MESSAGES = "playground_messages"
+CHAT_ID = "playground_chat_id"
+#: The Playground's pending action (Regenerate, Edit, Retry: ``ui.chat.PENDING``), dropped with the old chat.
+PENDING = "playground_pending"
+SHOWN = "history_shown"
+#: Chats the sidebar shows at first and adds per "Show more".
+PAGE = 12
+
+
+def relative_age(ts: float, now: float | None = None) -> str:
+    """How long ago ``ts`` (epoch seconds) was, in a few characters: "just now", "5 min ago",
+    "2 h ago", "3 d ago", "4 mo ago" (a month taken as 30 days). A time in the future
+    (another server's clock) reads "just now"."""
+    age = (time.time() if now is None else now) - ts
+    if age < 60:
+        return "just now"
+    if age < 3600:
+        return f"{int(age // 60)} min ago"
+    if age < 86400:
+        return f"{int(age // 3600)} h ago"
+    if age < 60 * 86400:
+        return f"{int(age // 86400)} d ago"
+    return f"{int(age // (30 * 86400))} mo ago"
+
+
+def _open_chat(chat_id: str | None, messages: list[dict[str, Any]]) -> None:
+    st.session_state[MESSAGES] = messages
+    st.session_state[CHAT_ID] = chat_id
+    st.session_state.pop(PENDING, None)
+    if "conversation" in st.query_params:  # leave a shared read-only view for the chat
+        del st.query_params["conversation"]
+
+
+def chat_history_sidebar(handle: SessionHandle) -> None:
+    """The user's saved chats in ``st.sidebar`` (call it from the Playground only).
+
+    Widget keys start with ``history_``. A viewer (who cannot save) sees one line
+    saying so. A database that fails shows its error in the sidebar; the chat goes on.
+    """
+    with st.sidebar:
+        st.subheader("Your chats")
+        if handle.role == "viewer":
+            st.caption("Chats are not saved for viewers.")
+            return
+        open_id = st.session_state.get(CHAT_ID)
+        if st.button("New chat", key="history_new", icon=":material/add:", width="stretch"):
+            _open_chat(None, [])
+            st.rerun()
+        search = st.text_input("Search your chats", key="history_search", placeholder="Search your chats",
+                               label_visibility="collapsed", max_chars=200)
+        try:
+            chats = handle.list_chats(search or None)
+        except DashError as err:
+            show_error(err)
+            return
+        if not chats:
+            st.caption(f"No chat holds “{search.strip()}”." if search and search.strip()
+                       else "No saved chats yet: each chat is saved as you go.")
+            return
+        shown = int(st.session_state.get(SHOWN, PAGE))
+        now = time.time()
+        for chat in chats[:shown]:
+            _chat_row(handle, chat, is_open=chat.id == open_id, now=now)
+        if len(chats) > shown and st.button(f"Show more ({len(chats) - shown:,} more)", key="history_more",
+                                            type="tertiary"):
+            st.session_state[SHOWN] = shown + PAGE
+            st.rerun()
+
+
+def _chat_row(handle: SessionHandle, chat: Any, *, is_open: bool, now: float) -> None:
+    left, right = st.columns([0.84, 0.16], gap="small", vertical_alignment="center")
+    label = f"{chat.title} · {relative_age(chat.updated, now)}"
+    if left.button(label, key=f"history_open_{chat.id}", type="primary" if is_open else "tertiary",
+                   help=f"Last saved {local_time(chat.updated)} · {chat.turns:,} messages"
+                        + (" · open now" if is_open else ""), width="stretch"):
+        with guard("opening the chat"):
+            loaded = handle.load_chat(chat.id)
+            _open_chat(loaded.id, loaded.messages)
+            st.rerun()
+    with right.popover("⋮", key=f"history_menu_{chat.id}", help="Rename or delete this chat"):
+        title = st.text_input("Title", value=chat.title, key=f"history_title_{chat.id}", max_chars=80)
+        if st.button("Rename", key=f"history_rename_{chat.id}"):
+            with guard("renaming the chat"):
+                handle.rename_chat(chat.id, title)
+                st.rerun()
+        sure = st.checkbox("Delete this chat for good", key=f"history_sure_{chat.id}")
+        if st.button("Delete", key=f"history_delete_{chat.id}", type="primary", disabled=not sure):
+            with guard("deleting the chat"):
+                handle.delete_chat(chat.id)
+                if is_open:
+                    _open_chat(None, [])
+                st.rerun()
+
+
+def _save_open_chat(handle: SessionHandle, msg: dict[str, Any]) -> None:
+    """Save the Playground's chat again when ``msg`` is one of its messages (the vote in it)."""
+    messages = st.session_state.get(MESSAGES)
+    if not isinstance(messages, list) or not any(m is msg for m in messages):
+        return
+    with guard("saving the chat"):
+        st.session_state[CHAT_ID] = handle.save_chat(st.session_state.get(CHAT_ID), messages).id
+
+
+def answer_feedback(handle: SessionHandle, msg: dict[str, Any], key: str) -> bool:
+    """👍/👎 and an optional comment (≤ 1,000 characters, in a popover) under one answer.
+
+    Args:
+        handle: This session's handle (``rate_answer``).
+        msg: The assistant message dict; its ``feedback`` is updated in place
+            (``{"score": 1|-1, "comment"}``, removed when the vote is cleared).
+        key: A prefix unique on the page (the message's index will do); the widgets'
+            keys add the answer's ``request_id``.
+
+    Draws nothing, and returns False, for a user message, a message without a
+    ``request_id``, a ``status`` other than ok/stopped, or a viewer.
+
+    Returns:
+        Whether the vote or comment changed (the open chat is then already saved again).
+    """
+    rid = msg.get("request_id")
+    if msg.get("role") != "assistant" or not rid or (msg.get("status") or "ok") not in ("ok", "stopped") \
+            or handle.role == "viewer":
+        return False
+    old = msg.get("feedback") if isinstance(msg.get("feedback"), dict) else {}
+    old_score = old.get("score") if old.get("score") in (1, -1) else None
+    picked = st.feedback("thumbs", key=f"{key}_thumbs_{rid}", default={1: 1, -1: 0}.get(old_score))
+    score = None if picked is None else (1 if picked == 1 else -1)
+    changed = False
+    if score != old_score:
+        changed = _vote(handle, msg, score, old.get("comment", "") if score else "")
+    if score is not None:
+        comment = str((msg.get("feedback") or {}).get("comment") or "")
+        with st.popover("Edit comment" if comment else "Add a comment", icon=":material/chat:",
+                        key=f"{key}_comment_menu_{rid}"):
+            text = st.text_area("What was good or wrong? (optional)", value=comment, max_chars=1000,
+                                key=f"{key}_comment_{rid}")
+            if st.button("Save comment", key=f"{key}_comment_save_{rid}"):
+                changed = _vote(handle, msg, score, text) or changed
+    if changed:
+        _save_open_chat(handle, msg)
+    return changed
+
+
+def _vote(handle: SessionHandle, msg: dict[str, Any], score: int | None, comment: str) -> bool:
+    try:
+        vote = handle.rate_answer(str(msg["request_id"]), score, model=str(msg.get("model") or ""), comment=comment)
+    except DashError as err:
+        show_error(err)
+        return False
+    if vote is None:
+        msg.pop("feedback", None)
+    else:
+        msg["feedback"] = vote.as_message_feedback()
+    return True
+
+
+def feedback_table(handle: SessionHandle, since_s: float | None = None) -> None:
+    """Monitor's section "Answer feedback by model": 👍, 👎, votes, the share of 👍 and the
+    newest comments this viewer may read (an admin's: everyone's; a member's: their own).
+
+    Args:
+        since_s: Only the last ``since_s`` seconds (the Monitor's window); None: all time.
+    """
+    st.subheader("Answer feedback by model")
+    try:
+        table = handle.feedback_by_model(since_s)
+    except DashError as err:
+        show_error(err)
+        return
+    if table.empty:
+        st.info("No answer has a 👍 or 👎 yet" + (" in this period" if since_s else "")
+                + ". Vote under any answer on the Playground.", icon=":material/thumbs_up_down:")
+        return
+    who = ("everyone's comments" if handle.role == "admin" else
+           "no comments (viewers see the counts)" if handle.role == "viewer" else "your own comments only")
+    st.caption(f"Every user's votes are counted, one per user per answer; this table shows {who}.")
+    shown = pd.DataFrame({
+        "model": table["model"], "up": table["up"], "down": table["down"], "votes": table["votes"],
+        "share_up": [None if v is None or v != v else round(100 * v) for v in table["share_up"]],
+        "comments": [" · ".join(c) for c in table["comments"]],
+    })
+    st.dataframe(shown, hide_index=True, key="monitor_feedback_table", column_config={
+        "model": "Model", "up": st.column_config.NumberColumn("👍", format="%d"),
+        "down": st.column_config.NumberColumn("👎", format="%d"),
+        "votes": st.column_config.NumberColumn("Votes", format="%d"),
+        "share_up": st.column_config.NumberColumn("Share 👍", format="%d %%", help="👍 out of all votes"),
+        "comments": st.column_config.TextColumn("Newest comments", width="large"),
+    })
+
+
+__all__ = ["PAGE", "answer_feedback", "chat_history_sidebar", "feedback_table", "relative_age"]
