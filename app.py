@@ -13,6 +13,7 @@ pages = [
     st.Page("app_pages/compare.py", title="Compare", icon="⚖️"),
     st.Page("app_pages/gallery.py", title="Gallery", icon="🖼️"),
     st.Page("app_pages/batch.py", title="Batch", icon="🗂️"),
+    st.Page("app_pages/prompts.py", title="Prompts", icon="📚"),
     st.Page("app_pages/monitor.py", title="Monitor", icon="📈"),
     st.Page("app_pages/controls.py", title="Controls", icon="🎛️"),
 ]

@@ -26,6 +26,7 @@ from .sdk.backend import Backend
 from .sdk.loop import LoopThread
 from .service_budget import BudgetMethods, make_ledger, restore_ledger
 from .service_chat import ChatMethods
+from .service_compare import CompareMethods
 from .service_features import FeatureMethods
 from .service_prompts import PromptMethods
 from .session import SessionHandle
@@ -41,7 +42,7 @@ def _caller(caller: Caller | None, user: str, session: str, api_key: str | None)
     return caller if caller is not None else Caller(user, session, api_key)
 
 
-class BlossomService(FeatureMethods, PromptMethods, BudgetMethods, ChatMethods):
+class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethods, ChatMethods):
     """The process-wide service: one client on one loop, cache, limits, metrics.
 
     Args:

@@ -231,3 +231,23 @@ class SessionHandle:
     def feedback_by_model(self, since_s: float | None = None) -> pd.DataFrame:
         """``BlossomService.feedback_by_model``, the comments this caller may read."""
         return self.service.feedback_by_model(since_s, caller=self.caller)
+
+    # ----- comparisons' checks (service_compare) ---------------------------------------------
+
+    def comparison_refusal(self, needed: int) -> Any:
+        """``BlossomService.comparison_refusal`` for this user: None, or the error to show."""
+        return self.service.comparison_refusal(needed, user=self.user)
+
+    def models_recorded_for(self, kind: str, prompt: str) -> list[str]:
+        """``BlossomService.models_recorded_for`` (the recordings are the team's)."""
+        return list(self.service.models_recorded_for(kind, prompt))
+
+    # ----- images in (service_vision) ---------------------------------------------------
+
+    def vision_models(self) -> list[str]:
+        """``BlossomService.vision_models``: the text models that see images."""
+        return self.service.vision_models()
+
+    def model_sees_images(self, model: str | None) -> bool:
+        """``BlossomService.model_sees_images``: whether ``model`` takes images."""
+        return self.service.model_sees_images(model)
