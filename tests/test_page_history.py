@@ -30,6 +30,20 @@ def _script() -> None:
     feedback_table(handle)
 
 
+def _turns_script() -> None:
+    import streamlit as st
+
+    from blossom_dash import ui
+    from blossom_dash.ui.history import save_current_chat
+
+    handle = ui.session_handle()
+    prompt = st.chat_input("Ask", key="prompt")
+    if prompt:
+        st.session_state.setdefault("playground_messages", []).append({"role": "user", "content": prompt})
+        st.session_state["playground_messages"].append({"role": "assistant", "content": f"About {prompt}"})
+    st.caption(f"saved as: {save_current_chat(handle)}")
+
+
 def _chat(prompt: str, rid: str = "", status: str = "ok") -> list[dict]:
     answer = {"role": "assistant", "content": f"About {prompt}", "model": "demo-swift", "status": status}
     if rid:
@@ -115,6 +129,28 @@ class TestSidebar:
         assert _titles(at) == ["mia's question · just now"]
         at.button(key=f"history_open_{mine.id}").click().run()
         assert at.session_state["playground_chat_id"] == mine.id
+
+
+class TestSaveAsYouGo:
+    def test_each_turn_saves_under_one_id(self) -> None:
+        """Nothing is saved before the first turn; the first gets an id, later turns keep it."""
+        at = AppTest.from_function(_turns_script, default_timeout=30).run()
+        assert "saved as: None" in texts(at, "caption")
+        at.chat_input(key="prompt").set_value("first question").run()
+        chat_id = at.session_state["playground_chat_id"]
+        assert chat_id and f"saved as: {chat_id}" in texts(at, "caption")
+        at.chat_input(key="prompt").set_value("second question").run()
+        assert at.session_state["playground_chat_id"] == chat_id
+        chat = ui.get_service().load_chat(chat_id, caller=LOCAL)
+        assert chat.summary.title == "first question" and chat.summary.turns == 4
+
+    def test_a_chat_over_a_cap_says_it_is_not_saved(self) -> None:
+        """Past the 200-message cap the page warns, in words, and the chat goes on."""
+        at = AppTest.from_function(_turns_script, default_timeout=30).run()
+        at.session_state["playground_messages"] = [{"role": "user", "content": "x"}] * 200
+        at.chat_input(key="prompt").set_value("one more").run()
+        assert not at.exception
+        assert any("This chat is not saved" in w and "holds 200" in w for w in texts(at, "warning"))
 
 
 class TestAnswerFeedback:

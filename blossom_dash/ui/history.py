@@ -8,6 +8,8 @@
 - ``answer_feedback(handle, msg, key)``: ``st.feedback("thumbs")`` and an optional
   comment for one assistant message; the vote is stored (``rate_answer``), written into
   ``msg["feedback"]`` and the open chat saved again, so reopening it shows the vote.
+- ``save_current_chat(handle)``: the Playground calls it after every turn (saves the chat
+  as it goes; a new chat gets its ``playground_chat_id``).
 - ``feedback_table(handle)``: Monitor's "Answer feedback by model".
 """
 
@@ -20,6 +22,7 @@ import pandas as pd
 import streamlit as st
 
 from ..errors import DashError
+from ..features.chats import MAX_LISTED
 from ..session import SessionHandle
 from .feedback import guard, show_error
 from .times import local_time
@@ -91,6 +94,8 @@ def chat_history_sidebar(handle: SessionHandle) -> None:
                                             type="tertiary"):
             st.session_state[SHOWN] = shown + PAGE
             st.rerun()
+        if len(chats) >= MAX_LISTED and shown >= len(chats) and not (search and search.strip()):
+            st.caption(f"Your newest {MAX_LISTED} chats are listed; search to find an older one.")
 
 
 def _chat_row(handle: SessionHandle, chat: Any, *, is_open: bool, now: float) -> None:
@@ -118,13 +123,36 @@ def _chat_row(handle: SessionHandle, chat: Any, *, is_open: bool, now: float) ->
                 st.rerun()
 
 
+def save_current_chat(handle: SessionHandle) -> str | None:
+    """Save the Playground's chat (``playground_messages``) under ``playground_chat_id``;
+    call it after every turn. A new chat gets its id here (written to ``playground_chat_id``).
+
+    Nothing is saved, silently, for a viewer or a chat with nothing in it yet. A chat
+    that cannot be saved (over a cap, the database down) says so in one warning and the
+    chat goes on unsaved.
+
+    Returns:
+        The chat's id, or None when it was not saved.
+    """
+    messages = st.session_state.get(MESSAGES)
+    if handle.role == "viewer" or not isinstance(messages, list) or not any(
+            str(m.get("content") or "").strip() or m.get("images") for m in messages if isinstance(m, dict)):
+        return None
+    try:
+        saved = handle.save_chat(st.session_state.get(CHAT_ID), messages)
+    except DashError as err:
+        st.warning(f"**This chat is not saved: {err.message}**" + (f"\n\n{err.hint}" if err.hint else ""),
+                   icon=":material/cloud_off:")
+        return None
+    st.session_state[CHAT_ID] = saved.id
+    return saved.id
+
+
 def _save_open_chat(handle: SessionHandle, msg: dict[str, Any]) -> None:
     """Save the Playground's chat again when ``msg`` is one of its messages (the vote in it)."""
     messages = st.session_state.get(MESSAGES)
-    if not isinstance(messages, list) or not any(m is msg for m in messages):
-        return
-    with guard("saving the chat"):
-        st.session_state[CHAT_ID] = handle.save_chat(st.session_state.get(CHAT_ID), messages).id
+    if isinstance(messages, list) and any(m is msg for m in messages):
+        save_current_chat(handle)
 
 
 def answer_feedback(handle: SessionHandle, msg: dict[str, Any], key: str) -> bool:
@@ -214,4 +242,4 @@ def feedback_table(handle: SessionHandle, since_s: float | None = None) -> None:
     })
 
 
-__all__ = ["PAGE", "answer_feedback", "chat_history_sidebar", "feedback_table", "relative_age"]
+__all__ = ["PAGE", "answer_feedback", "chat_history_sidebar", "feedback_table", "relative_age", "save_current_chat"]
