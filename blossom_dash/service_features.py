@@ -8,7 +8,6 @@ A base class of ``service.BlossomService`` (kept apart so that the composition i
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,12 +17,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from .errors import BackendUnavailable, DashError, InvalidRequest
 from .features.batch import BatchRow, BatchRunner, BatchStatus, check_owner, check_rows, store_errors
 from .features.batch_cost import BatchEstimate, estimate_batch
-from .features.compare import Comparison, ComparisonStore, TextComparison, Vote, check_request, image_panel, run_all
 from .features.conversations import Conversation, ConversationError, ConversationStore
-from .gateway import Caller, Gateway, TextRequest, TextStream
+from .gateway import Caller, Gateway, TextStream
 from .gateway.account import AccountReader
 from .gateway.models import ModelInfo
-from .gateway.requests import SEED_MAX
 from .policies.cache import CacheStats
 from .policies.replay import ImportReport, RecordError
 from .results import ImageResult
@@ -93,122 +90,7 @@ class FeatureMethods(AccessMethods):
             return None  # an anonymous visitor is not shown the server key's balance
         return reader.get(self.backend, api_key=own, refresh=refresh, offline=offline)
 
-    # ----- comparisons (the Compare page; logic in compare.py) ---------------------------
-
-    def _comparisons(self) -> ComparisonStore:
-        """The comparison tables, created in the usage database on first use."""
-        with self._lock:
-            store = getattr(self, "_comparison_store", None)
-            if store is None:
-                store = self._comparison_store = ComparisonStore(self.store.engine)
-            return store
-
-    def compare_text(self, prompt: str, models: list[str], *, system: str | None = None,
-                     max_tokens: int | None = None, temperature: float | None = None, seed: int | None = None,
-                     user: str = "anonymous", session: str = "", api_key: str | None = None) -> TextComparison:
-        """Start one streamed answer per model to the same prompt, all at once.
-
-        Each stream is a ``stream_text`` request (cache, rate limit, one event each).
-        A model whose request is refused at the start (rate limit, bad model name)
-        gets its error in its own panel; the others still run.
-
-        Args:
-            prompt: The one prompt.
-            models: 2 to 4 distinct model names, in column order.
-            system / max_tokens / temperature / seed: As in ``generate_text``, for all models.
-
-        Returns:
-            ``TextComparison``: iterate ``updates()``, then ``finish()`` stores it.
-
-        Raises:
-            InvalidRequest: the prompt, the model list or a parameter is invalid.
-        """
-        models = check_request(prompt, models, max_prompt_chars=self.settings.max_prompt_chars)
-        params = {"system": system, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
-        # Parameters are checked once here, not as one identical error per panel.
-        TextRequest(prompt, models[0], system, None, max_tokens, temperature, seed).validate(
-            self.settings.max_prompt_chars)
-        starts: list[Any] = []
-        for model in models:
-            try:
-                starts.append(self.stream_text(prompt, model=model, **params, user=user, session=session,
-                                               api_key=api_key))
-            except DashError as err:
-                starts.append(err)
-        return TextComparison(prompt, models, params, starts, lambda panels: self._comparisons().save(
-            kind="text", prompt=prompt, params=params, panels=panels, user=user, session=session,
-            backend=self.backend.name))
-
-    def compare_images(self, prompt: str, models: list[str], *, width: int = 1024, height: int = 1024,
-                       seed: int | None = None, user: str = "anonymous", session: str = "",
-                       api_key: str | None = None) -> Comparison:
-        """Generate the same prompt with the same seed on 2 to 4 image models at once, and store it.
-
-        Args:
-            prompt: What to draw.
-            models: 2 to 4 distinct image model names.
-            width / height: Pixels, 64 to 2048.
-            seed: One seed for every model; None picks one at random.
-
-        Returns:
-            The stored ``Comparison``; a model that failed has its error in its panel.
-
-        Raises:
-            InvalidRequest: the prompt, the models, the size or the seed is invalid.
-            StorageFailed: the comparison could not be stored.
-        """
-        models = check_request(prompt, models, max_prompt_chars=self.settings.max_prompt_chars)
-        seed = random.randint(0, SEED_MAX) if seed is None else seed
-        outcomes = run_all([lambda m=m: self.generate_image(prompt, model=m, width=width, height=height, seed=seed,
-                                                            user=user, session=session, api_key=api_key)
-                            for m in models])
-        invalid = [o for o, _ in outcomes if isinstance(o, InvalidRequest)]
-        if len(invalid) == len(outcomes):
-            raise invalid[0]  # the request itself is wrong: say it once, not once per cell
-        panels = [image_panel(i, m, o, ms) for i, (m, (o, ms)) in enumerate(zip(models, outcomes, strict=True))]
-        return self._comparisons().save(kind="image", prompt=prompt, panels=panels, user=user, session=session,
-                                        params={"width": width, "height": height, "seed": seed},
-                                        backend=self.backend.name)
-
-    def compare_record(self, kind: str, prompt: str, panels: list[Any], *, params: dict[str, Any] | None = None,
-                       user: str = "anonymous", session: str = "", api_key: str | None = None) -> Comparison:
-        """Store a comparison made elsewhere (``compare.Panel`` per model).
-
-        Raises:
-            InvalidRequest: unknown kind, or not 2 to 4 panels.
-            StorageFailed: the write failed.
-        """
-        if kind not in ("text", "image"):
-            raise InvalidRequest(f"Unknown comparison kind {kind!r}.", "Use 'text' or 'image'.")
-        check_request(prompt, [p.model for p in panels], max_prompt_chars=self.settings.max_prompt_chars)
-        return self._comparisons().save(kind=kind, prompt=prompt, params=params or {}, panels=panels, user=user,
-                                        session=session, backend=self.backend.name)
-
-    def vote(self, comparison_id: str, choice: str, *, user: str = "anonymous", session: str = "",
-             api_key: str | None = None) -> Vote:
-        """Vote on a stored comparison: a model that answered, ``"tie"`` or ``"all_bad"``.
-
-        Voting again on the same comparison replaces the earlier vote.
-
-        Raises:
-            InvalidRequest: unknown comparison or choice. StorageFailed: the write failed.
-        """
-        return self._comparisons().vote(comparison_id, choice, user=user, session=session)
-
-    def leaderboard(self, kind: str = "text") -> Any:
-        """Votes, wins, ties, losses, win rate and its 95 % interval per model (a DataFrame).
-
-        See ``compare.ComparisonStore.leaderboard``.
-        """
-        return self._comparisons().leaderboard(kind)
-
-    def load_comparison(self, comparison_id: str) -> Comparison:
-        """A stored comparison (prompt, models, answers, figures, vote) for its permalink.
-
-        Raises:
-            InvalidRequest: malformed or unknown id. StorageFailed: the read failed.
-        """
-        return self._comparisons().load(comparison_id)
+    # ----- comparisons: service_compare.CompareMethods (delete_comparison below) --------
 
     # ----- batch jobs (the Batch page; logic in batch.py) --------------------------------
 

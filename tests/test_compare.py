@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from PIL import Image
 from sqlalchemy import create_engine, inspect
 
 from blossom_dash import BlossomService, InvalidRequest, RateLimited
+from blossom_dash.errors import BudgetExceeded
+from blossom_dash.features import compare
 from blossom_dash.features.compare import (
     ALL_BAD,
     LEADERBOARD_COLUMNS,
@@ -119,14 +122,50 @@ class TestCompareText:
         assert all(p.cached for p in again.panels)
         assert demo_stats(svc)["chat_stream"] == 2
 
-    def test_rate_limit_refusal_lands_in_its_panel(self, tmp_path: Path) -> None:
-        """With one request per minute left, the second model shows the rate limit."""
+    def test_a_comparison_the_window_cannot_cover_is_refused_unsent(self, tmp_path: Path) -> None:
+        """3 requests per minute, 2 used: a comparison of 2 models is refused whole, nothing sent or stored."""
+        with make_service(tmp_path, per_user_rpm=3) as svc:
+            alice = svc.session("alice", "s1")
+            alice.generate_text("one", model="demo-swift")
+            alice.generate_text("two", model="demo-swift")
+            sent = demo_stats(svc)["chat"] + demo_stats(svc)["chat_stream"]
+            refusal = alice.comparison_refusal(2)
+            assert isinstance(refusal, RateLimited) and refusal.severity == "warning"
+            assert "needs 2 requests" in refusal.message and "1 of 3 per minute left" in refusal.message
+            assert 0 < refusal.retry_after_s <= 60 and "next slot frees in" in refusal.hint
+            with pytest.raises(RateLimited, match="Nothing was sent"):
+                alice.compare_text("hello", ["demo-swift", "demo-deep"])
+            with pytest.raises(RateLimited, match="Nothing was sent"):
+                alice.compare_images("a cat", ["demo-sketch", "demo-mosaic"], width=64, height=64)
+            assert demo_stats(svc)["chat"] + demo_stats(svc)["chat_stream"] == sent
+            assert demo_stats(svc).get("image", 0) == 0
+            assert alice.comparison_refusal(1) is None, "one request still fits"
+            assert svc.leaderboard().empty
+            assert alice.rate_status().user.used == 2, "the check took no slot"
+
+    def test_more_models_than_the_limit_says_it_can_never_fit(self, tmp_path: Path) -> None:
+        """With a limit of 1 per minute, a 2-model comparison says so and what to do."""
         with make_service(tmp_path, per_user_rpm=1) as svc:
-            _, _, comp = run_text(svc, "hello", ["demo-swift", "demo-deep"])
-        assert comp.panels[0].ok
-        assert comp.panels[1].error_type == RateLimited.__name__
-        assert comp.panels[1].error().severity == "warning", "a rate limit still reads as 'wait', not as a failure"
-        assert comp.panels[0].error() is None
+            with pytest.raises(RateLimited, match="can never be sent at once") as info:
+                svc.session("alice").compare_text("hello", ["demo-swift", "demo-deep"])
+            assert "Controls" in info.value.hint
+            assert demo_stats(svc)["chat_stream"] == 0
+
+    def test_a_spent_request_budget_refuses_the_comparison(self, tmp_path: Path) -> None:
+        """A daily budget of 3 requests with 2 made: a 2-model comparison is refused with the budget's words."""
+        with make_service(tmp_path) as svc:
+            svc.configure_budgets(user_day_requests=3)
+            alice = svc.session("alice")
+            alice.generate_text("one", model="demo-swift")
+            alice.generate_text("two", model="demo-swift")
+            with pytest.raises(BudgetExceeded, match="1 of 3 left"):
+                alice.compare_text("hello", ["demo-swift", "demo-deep"])
+
+    def test_replay_only_is_never_refused_by_the_window(self, tmp_path: Path) -> None:
+        """Replay-only answers take no slot, so the check lets them through."""
+        with make_service(tmp_path, per_user_rpm=1) as svc:
+            svc.cache.configure(replay_only=True)
+            assert svc.session("alice").comparison_refusal(4) is None
 
     def test_bad_parameter_is_one_error_before_any_request(self, svc: BlossomService) -> None:
         """An out-of-range max_tokens raises once and calls no model."""
@@ -202,7 +241,8 @@ class TestLoadComparison:
     def test_reopens_prompt_answers_figures_and_vote(self, tmp_path: Path) -> None:
         """A comparison stored by one service is read back whole by a restarted one."""
         with make_service(tmp_path) as svc:
-            _, _, comp = run_text(svc, "What is a moving window?", ["demo-swift", "fault-500"], max_tokens=32)
+            _, _, comp = run_text(svc, "What is a moving window?", ["demo-swift", "fault-500", "demo-deep"],
+                                  max_tokens=32)
             svc.vote(comp.id, "demo-swift", user="alice")
             image = svc.compare_images("a cat", ["demo-sketch", "demo-mosaic"], width=128, height=128, seed=5)
         with make_service(tmp_path) as svc:
@@ -216,7 +256,7 @@ class TestLoadComparison:
         assert back.panels[1].error_message == comp.panels[1].error_message
         assert back.vote is not None and back.vote.describe() == "demo-swift was best"
         assert [p.image for p in back_image.panels] == [p.image for p in image.panels]
-        assert back.summary().startswith("Text comparison of 2 models · ")
+        assert back.summary().startswith("Text comparison of 3 models · ")
         assert "demo backend · max tokens 32" in back.summary()
         assert "seed 5" in back_image.summary() and "width 128" in back_image.summary()
 
@@ -286,6 +326,15 @@ class TestVote:
         assert board["votes"].tolist() == [1, 1]
         assert svc.load_comparison(comp.id).vote.model == "demo-deep"
 
+    @pytest.mark.parametrize("choice", ["demo-swift", TIE, ALL_BAD])
+    def test_a_comparison_with_one_answer_takes_no_vote(self, svc: BlossomService, choice: str) -> None:
+        """One model answered, one failed: nothing to compare, so no vote of any kind is stored."""
+        _, _, comp = run_text(svc, "hi", ["demo-swift", "fault-500"])
+        assert not comp.votable
+        with pytest.raises(InvalidRequest, match="a vote needs at least two"):
+            svc.vote(comp.id, choice, user="alice")
+        assert svc.load_comparison(comp.id).vote is None and svc.leaderboard().empty
+
     @pytest.mark.parametrize("choice", [TIE, ALL_BAD])
     def test_tie_and_all_bad_are_votes(self, svc: BlossomService, choice: str) -> None:
         """A tie or all-bad vote counts for every model that answered, as no win."""
@@ -299,7 +348,7 @@ class TestVote:
     @pytest.mark.parametrize("choice", ["fault-500", "demo-coder", ""])
     def test_a_choice_not_offered_is_refused(self, svc: BlossomService, choice: str) -> None:
         """A failed model, a model not in the comparison, or nothing cannot win."""
-        _, _, comp = run_text(svc, "hi", ["demo-swift", "fault-500"])
+        _, _, comp = run_text(svc, "hi", ["demo-swift", "demo-deep", "fault-500"])
         with pytest.raises(InvalidRequest, match="not a choice"):
             svc.vote(comp.id, choice, user="bob")
         assert svc.load_comparison(comp.id).vote is None
@@ -348,11 +397,11 @@ class TestLeaderboard:
 
     def test_failed_panels_and_other_kinds_do_not_count(self, svc: BlossomService) -> None:
         """A model that failed is not scored; image votes stay off the text board."""
-        _, _, comp = run_text(svc, "hi", ["demo-swift", "fault-500"])
+        _, _, comp = run_text(svc, "hi", ["demo-swift", "demo-deep", "fault-500"])
         svc.vote(comp.id, "demo-swift", user="alice")
         image = svc.compare_images("a cat", ["demo-sketch", "demo-mosaic"], width=128, height=128, seed=2)
         svc.vote(image.id, "demo-mosaic", user="alice")
-        assert svc.leaderboard("text")["model"].tolist() == ["demo-swift"]
+        assert svc.leaderboard("text")["model"].tolist() == ["demo-swift", "demo-deep"]
         assert svc.leaderboard("image").set_index("model").loc["demo-mosaic", "wins"] == 1
 
     def test_empty_and_bad_kind(self, svc: BlossomService) -> None:
@@ -361,3 +410,54 @@ class TestLeaderboard:
         assert list(svc.leaderboard("text").columns) == list(LEADERBOARD_COLUMNS)
         with pytest.raises(InvalidRequest):
             svc.leaderboard("audio")
+
+
+class TestBlindOrder:
+    def test_a_blind_comparison_is_shuffled_and_stored_in_its_shown_order(self, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        """Across seeds the columns leave the picker's order; each panel keeps its own model's answer."""
+        picked = ["demo-swift", "demo-balanced", "demo-coder"]
+        orders = set()
+        with make_service(tmp_path) as svc:
+            for seed in range(6):
+                monkeypatch.setattr(compare, "BLIND_RNG", random.Random(seed))
+                run, _, comp = run_text(svc, f"hi {seed}", picked, blind=True)
+                assert run.models == comp.models and sorted(comp.models) == sorted(picked)
+                assert comp.blind and comp.params["blind"] is True
+                for panel in comp.panels:
+                    assert f"`{panel.model}`" in panel.text, "a panel holds the answer of the model it names"
+                orders.add(tuple(comp.models))
+                back = svc.load_comparison(comp.id)
+                assert back.models == comp.models and back.blind
+            voted = svc.vote(comp.id, comp.models[0], user="alice")
+            assert voted.model == comp.models[0]
+        assert len(orders) > 1 and any(order != tuple(picked) for order in orders)
+
+    def test_blind_images_are_shuffled_too(self, svc: BlossomService, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An image comparison run blind is stored shuffled, with blind in its parameters."""
+        monkeypatch.setattr(compare, "BLIND_RNG", random.Random(1))
+        picked = ["demo-sketch", "demo-mosaic", "demo-gradient"]
+        comp = svc.compare_images("a cat", picked, width=64, height=64, seed=3, blind=True)
+        assert comp.blind and sorted(comp.models) == sorted(picked) and comp.models != picked
+
+    def test_mask_names_hides_every_model_name(self) -> None:
+        """Answers and errors that name a model show its panel label instead (longest name first)."""
+        names = ["demo-swift", "demo-swift-2"]
+        said = "I am demo-swift-2, not demo-swift."
+        assert compare.mask_names(said, names) == "I am Model B, not Model A."
+
+
+class TestRecordedModels:
+    def test_models_recorded_for_a_prompt(self, tmp_path: Path) -> None:
+        """Replay-only lists the models whose answer to this very prompt is recorded, per kind."""
+        with make_service(tmp_path, persistent_cache=True) as svc:
+            svc.generate_text("What is p95?", model="demo-swift")
+            svc.generate_text("What is p95?", model="demo-deep", system="Be brief.")
+            svc.generate_text("Something else", model="demo-coder")
+            svc.generate_image("a cat", model="demo-sketch", width=64, height=64, seed=1)
+            assert svc.models_recorded_for("text", " What is p95? ") == ["demo-deep", "demo-swift"]
+            assert svc.models_recorded_for("text", "a cat") == []
+            assert svc.models_recorded_for("image", "a cat") == ["demo-sketch"]
+            svc.generate_text("What is p95?", model="demo-coder")
+            assert svc.session("bob").models_recorded_for("text", "What is p95?") == [
+                "demo-coder", "demo-deep", "demo-swift"], "a new recording is seen at once"

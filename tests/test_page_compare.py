@@ -122,7 +122,7 @@ class TestBlindVote:
 class TestPermalink:
     def test_the_query_param_reopens_the_comparison_read_only(self) -> None:
         """?comparison=<id> shows the prompt, answers, figures and vote, with no vote buttons."""
-        at = _compare(["demo-swift", "fault-500"], prompt="Explain a moving window")
+        at = _compare(["demo-swift", "fault-500", "demo-deep"], prompt="Explain a moving window")
         at.button(key="compare_text_vote_0").click().run()
         cid = at.session_state["compare_text_last"]
         links = [str(m.value) for m in at.markdown if "Permalink" in str(m.value)]
@@ -134,7 +134,7 @@ class TestPermalink:
         assert not view.exception
         assert [c.value for c in view.code] == ["Explain a moving window"]
         columns = _model_columns(view)
-        assert list(columns) == ["demo-swift", "fault-500"]
+        assert list(columns) == ["demo-swift", "fault-500", "demo-deep"]
         assert "TTFT" in " ".join(str(c.value) for c in columns["demo-swift"].caption)
         assert "HTTP 500" in str(columns["fault-500"].error[0].value)
         assert "**Vote:** demo-swift was best" in [str(m.value) for m in view.markdown]

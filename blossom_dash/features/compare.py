@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +27,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DashError, InvalidRequest
-from .compare_panels import ALL_BAD, TIE, Comparison, Panel, Vote, image_panel, panel_label, text_panel
+from .compare_panels import (
+    ALL_BAD,
+    TIE,
+    Comparison,
+    Panel,
+    Vote,
+    blind_panel,
+    image_panel,
+    mask_names,
+    panel_label,
+    text_panel,
+)
 from .compare_store import (
     LEADERBOARD_COLUMNS,
     MAX_STORED_IMAGE_BYTES,
@@ -49,6 +61,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("blossom_dash.compare")
 
 MIN_MODELS, MAX_MODELS = 2, 4
+#: The shuffle of blind comparisons (a test may put a seeded ``random.Random`` here).
+BLIND_RNG: random.Random = random.SystemRandom()
+
+
+def blind_order(models: Sequence[str], rng: random.Random | None = None) -> list[str]:
+    """``models`` in a fresh random order for a blind vote (every order equally likely,
+    the picker's included, so the order says nothing about which model is where).
+
+    Args:
+        models: The models as picked.
+        rng: The randomness; ``BLIND_RNG`` when None.
+
+    Returns:
+        A new list: the panels' order, which the comparison is stored in.
+    """
+    order = list(models)
+    (rng or BLIND_RNG).shuffle(order)
+    return order
 
 
 def permalink(page_url: str | None, comparison_id: str, page_path: str = "compare") -> str:
@@ -205,10 +235,13 @@ class TextComparison:
         params: The request's parameters, stored with the comparison.
         starts: Per model, its ``TextStream`` or the ``DashError`` that stopped it.
         save: Stores the finished panels; returns the stored ``Comparison``.
+        comparison_id: The id it will be stored under ("" when not picked yet).
     """
 
     def __init__(self, prompt: str, models: list[str], params: dict[str, Any],
-                 starts: list[TextStream | DashError], save: Callable[[list[Panel]], Comparison]) -> None:
+                 starts: list[TextStream | DashError], save: Callable[[list[Panel]], Comparison],
+                 comparison_id: str = "") -> None:
+        self.id = comparison_id
         self.prompt = prompt
         self.models = models
         self.params = params
@@ -284,11 +317,15 @@ __all__ = [
     "Panel",
     "PanelUpdate",
     "StorageFailed",
+    "BLIND_RNG",
     "TextComparison",
     "Vote",
+    "blind_order",
+    "blind_panel",
     "check_request",
     "image_panel",
     "leaderboard_table",
+    "mask_names",
     "merge_streams",
     "new_comparison_id",
     "panel_label",

@@ -7,7 +7,7 @@ keeps them, the Compare page draws them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -90,6 +90,24 @@ class Panel:
 def panel_label(position: int) -> str:
     """The anonymous name of a column in a blind comparison: ``Model A`` … ``Model D``."""
     return f"Model {chr(ord('A') + position)}"
+
+
+def mask_names(text: str, names: list[str]) -> str:
+    """``text`` with each of ``names`` (a blind comparison's models, in panel order)
+    replaced by its panel label (``Model A`` …), longest name first, so that an answer
+    or an error that names its model does not give the blind vote away."""
+    for position, name in sorted(enumerate(names), key=lambda pn: -len(pn[1])):
+        if name:
+            text = text.replace(name, panel_label(position))
+    return text
+
+
+def blind_panel(panel: Panel, names: list[str]) -> Panel:
+    """``panel`` as a blind vote shows it: its label for its model, and every model name
+    in its answer and error words masked (``mask_names``)."""
+    return replace(panel, model=panel_label(panel.position), text=mask_names(panel.text, names),
+                   error_message=mask_names(panel.error_message, names),
+                   error_hint=mask_names(panel.error_hint, names))
 
 
 def text_panel(position: int, model: str, result: TextResult | None, error: DashError | None,
@@ -186,6 +204,16 @@ class Comparison:
         if self.vote is None:
             return None
         return self.vote.model if self.vote.choice == "model" else self.vote.choice
+
+    @property
+    def blind(self) -> bool:
+        """Whether it was run blind: panels shuffled, names hidden until the vote."""
+        return bool(self.params.get("blind"))
+
+    @property
+    def votable(self) -> bool:
+        """Whether a vote means something: at least two models answered."""
+        return sum(p.ok for p in self.panels) >= 2
 
     def vote_options(self) -> list[str]:
         """What a vote may name: the models that answered, then ``tie`` and ``all_bad``."""

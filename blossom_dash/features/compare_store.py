@@ -190,8 +190,11 @@ class ComparisonStore:
                                 "Check BLOSSOM_DASH_DATABASE_URL and that the database is writable.") from exc
 
     def save(self, *, kind: str, prompt: str, params: dict[str, Any], panels: Sequence[Panel], user: str,
-             session: str, backend: str, ts: float | None = None) -> Comparison:
+             session: str, backend: str, ts: float | None = None, comparison_id: str | None = None) -> Comparison:
         """Store a finished comparison with all its panels in one transaction.
+
+        ``comparison_id`` is the id picked before the requests were sent (so that they can
+        name it); a new one when None.
 
         Returns:
             The stored ``Comparison`` (its panels keep the full image bytes).
@@ -199,7 +202,7 @@ class ComparisonStore:
         Raises:
             StorageFailed: the write failed (nothing is stored).
         """
-        cid, ts = new_comparison_id(), time.time() if ts is None else ts
+        cid, ts = comparison_id or new_comparison_id(), time.time() if ts is None else ts
         rows = []
         for p in panels:
             image, stored_type = _storable_image(p.image)
@@ -281,6 +284,9 @@ class ComparisonStore:
             StorageFailed: the write failed.
         """
         comp = self.load(comparison_id)
+        if not comp.votable:
+            raise InvalidRequest(f"This comparison has {sum(p.ok for p in comp.panels)} answer(s); a vote needs "
+                                 "at least two.", "Run the comparison again when the models can answer.")
         if choice not in comp.vote_options():
             raise InvalidRequest(f"{str(choice)[:60]!r} is not a choice in this comparison.",
                                  f"Vote for one of {', '.join(comp.vote_options())}.")

@@ -42,6 +42,7 @@ import diskcache
 import orjson
 
 from ..errors import NotRecorded
+from .replay_prompts import models_for
 from .replay_zip import (  # the zip's caps; the constants are re-exported from here
     _KEY_RE,
     EXPORT_FORMAT,
@@ -294,6 +295,7 @@ class RecordingStore:
         self._index = diskcache.Cache(str(self.directory / "index"), eviction_policy="none")
         self._lock = threading.Lock()
         self._models: dict[str, list[str]] | None = None
+        self._by_prompt: dict[tuple[str, str], list[str]] = {}  # valid while _models is set
         #: Records that could not be read or written (logged each time).
         self.errors = 0
 
@@ -336,6 +338,7 @@ class RecordingStore:
                 self._index.set(f"alias:{alias}", key)
         with self._lock:
             self._models = None
+            self._by_prompt = {}
         return new
 
     def get(self, key: str, *, max_age_s: float | None = None) -> Recording | None:
@@ -391,6 +394,20 @@ class RecordingStore:
                 self._models = models
         return list(models.get(kind, []))
 
+    def models_recorded_for(self, kind: str, prompt: str) -> list[str]:
+        """Models with a one-turn recording of ``prompt`` as ``kind`` (``replay_prompts.models_for``):
+        most recorded first, then by name. Every record is read once per store change."""
+        key = (kind, prompt.strip())
+        with self._lock:
+            found = self._by_prompt.get(key) if self._models is not None else None
+        if found is None:
+            found = models_for((h.get("request") or {} for _k, h, _b in self._records()), kind, prompt)
+            self.recorded_models(kind)  # sets _models, which a write clears with _by_prompt
+            with self._lock:
+                if self._models is not None:
+                    self._by_prompt[key] = found
+        return list(found)
+
     def clear(self) -> int:
         """Delete every recording.
 
@@ -402,6 +419,7 @@ class RecordingStore:
         self._index.clear()
         with self._lock:
             self._models = None
+            self._by_prompt = {}
         return n
 
     def close(self) -> None:
