@@ -20,7 +20,8 @@ if service.replay_only:
 
 bar = st.container(horizontal=True, vertical_alignment="center")
 chosen = st.session_state.get("playground_model")
-with bar.popover(f"Model: {chosen}" if chosen else "Model and parameters", icon="⚙️",
+dock = st.bottom.container(horizontal=True, vertical_alignment="bottom")  # pinned: the settings beside the input
+with dock.popover(f"Model: {chosen}" if chosen else "Model and parameters", icon="⚙️",
                  help="The model, its parameters and a system prompt"):
     model = ui.model_picker(service, "text", key="playground_model")
     left, right = st.columns(2)
@@ -39,7 +40,7 @@ if chat and bar.button("🔗 Share", key="playground_share", help="Save this cha
         st.success("Anyone with this link sees the chat as it is now, read-only:", icon="🔗")
         st.code(conversations.share_link(st.context.url, handle.save_conversation(chat).id), language=None)
 
-prompt = st.chat_input("Ask a model…", key="playground_prompt", submit_mode="stop")
+prompt = dock.chat_input("Ask a model…", key="playground_prompt", submit_mode="stop")
 if prompt is not None and not prompt.strip():
     st.error("The prompt is empty: type a question or an instruction, then press Enter.", icon="✏️")
     prompt = None

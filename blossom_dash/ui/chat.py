@@ -40,6 +40,36 @@ STOPPED = "playground_stopped"
 WATCH_EVERY_S = 0.5
 
 
+#: Keeps the newest answer in view while it streams, as chat apps do: Streamlit has no
+#: scroll API, so this constant script (no user text in it) scrolls the chat's scroll
+#: container to its end every 200 ms until the user scrolls up or the answer ends.
+FOLLOW_SCRIPT = """<script>
+(() => {
+  if (window.__blossomFollow) clearInterval(window.__blossomFollow);
+  let stick = true, idle = 0;
+  const scroller = (el) => {
+    while (el && el !== document.body) {
+      const s = getComputedStyle(el);
+      if (/(auto|scroll)/.test(s.overflowY) && el.scrollHeight > el.clientHeight) return el;
+      el = el.parentElement;
+    }
+    return document.scrollingElement;
+  };
+  const up = (e) => { if (e.deltaY < 0) stick = false; };
+  window.addEventListener("wheel", up, {passive: true});
+  window.__blossomFollow = setInterval(() => {
+    const all = document.querySelectorAll('[data-testid="stChatMessage"]');
+    const running = document.querySelector('[data-testid="stChatInputStopButton"]');
+    idle = running ? 0 : idle + 1;
+    if (idle > 10 || !stick) {
+      clearInterval(window.__blossomFollow); window.removeEventListener("wheel", up); return;
+    }
+    if (all.length) { const box = scroller(all[all.length - 1]); box.scrollTop = box.scrollHeight; }
+  }, 200);
+})();
+</script>"""
+
+
 @dataclass(frozen=True)
 class PendingTurn:
     """What the next run answers.
@@ -235,6 +265,7 @@ def answer(handle: SessionHandle, chat: list[dict[str, Any]], params: dict[str, 
     stream = None
     try:
         with st.chat_message("assistant"):
+            st.html(FOLLOW_SCRIPT, unsafe_allow_javascript=True)
             if stream_on:
                 stop_watcher()
                 stream = handle.stream_text(prompt.get("content", ""), **kwargs)

@@ -1,0 +1,92 @@
+"""The Playground chat in a real browser: the answer streams in view, Stop keeps it, marked.
+
+Headless Chromium at a presenter's 1440×900 against ``streamlit run app.py`` on the demo
+backend with its simulated latency (``demo-deep`` takes ~15 s an answer), reusing
+``tests/test_browser.py``'s server and browser set-up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _keep, _serve
+
+pytestmark = pytest.mark.browser
+
+VIEWPORT = {"width": 1440, "height": 900}
+
+
+@pytest.fixture(scope="module")
+def chat_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on the demo backend with simulated latency, its own data dir."""
+    yield from _serve({"BLOSSOM_DASH_BACKEND": "demo", "BLOSSOM_DASH_DEMO_LATENCY": "true",
+                       "BLOSSOM_DASH_DATA_DIR": str(tmp_path_factory.mktemp("chat-browser"))})
+
+
+def _in_view(page: object, locator: object) -> bool:
+    """Whether some of ``locator``'s box lies inside the viewport."""
+    box = locator.bounding_box()  # type: ignore[attr-defined]
+    height = page.viewport_size["height"]  # type: ignore[attr-defined]
+    return box is not None and box["y"] < height and box["y"] + box["height"] > 0
+
+
+def _ask(page: object, text: str) -> None:
+    box = page.get_by_placeholder("Ask a model…")  # type: ignore[attr-defined]
+    box.fill(text)
+    box.press("Enter")
+
+
+def _pick_model(page: object, name: str) -> None:
+    """Open the model popover and choose ``name`` in its picker."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name=re.compile(r"^(Model:|Model and parameters)")).click()  # type: ignore[attr-defined]
+    picker = page.get_by_test_id("stPopoverBody").get_by_test_id("stSelectbox").first  # type: ignore[attr-defined]
+    expect(picker).to_be_visible(timeout=15_000)
+    picker.click()
+    page.keyboard.type(name)  # type: ignore[attr-defined]
+    page.keyboard.press("Enter")  # type: ignore[attr-defined]
+    expect(page.get_by_role("button", name=f"Model: {name}")).to_be_visible(timeout=15_000)  # type: ignore[attr-defined]
+    page.keyboard.press("Escape")  # type: ignore[attr-defined]
+
+
+def test_the_streaming_answer_stays_in_view_and_stop_keeps_it(chat_url: str, tmp_path: Path) -> None:
+    """Two turns fill the screen; while the third (long) answer streams, it and the input are in
+    the viewport; Stop ends it, the partial text stays, marked stopped, and stops growing."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(chat_url)
+        expect(page.get_by_placeholder("Ask a model…")).to_be_visible(timeout=30_000)
+        messages = page.get_by_test_id("stChatMessage")
+        for n, question in enumerate(["What is a moving window?", "And what is a fencing token?"], start=1):
+            _ask(page, question)
+            expect(messages).to_have_count(2 * n, timeout=30_000)
+            expect(page.get_by_role("button", name="Regenerate")).to_be_visible(timeout=30_000)
+        _pick_model(page, "demo-deep")
+        _ask(page, "Explain p95 latency at length")
+        streaming = messages.nth(5)
+        expect(streaming).to_contain_text("▌", timeout=30_000)
+        page.wait_for_timeout(3000)  # well into the answer: it has grown past its first lines
+        assert "▌" in streaming.inner_text(), "the answer is still streaming"
+        assert _in_view(page, streaming.get_by_test_id("stMarkdown").last), "the newest answer is off screen"
+        assert _in_view(page, page.get_by_placeholder("Ask a model…")), "the chat input is off screen"
+        _keep(page, tmp_path, "chat-streaming.png")
+
+        page.get_by_test_id("stChatInputStopButton").click()
+        stopped = messages.nth(5)
+        expect(stopped).to_contain_text("Stopped", timeout=15_000)
+        kept = stopped.inner_text()
+        assert "▌" not in kept and "Demo backend" in kept
+        assert "stopped early" in kept, "the figures are the stopped stream's (its partial usage)"
+        page.wait_for_timeout(2000)
+        assert messages.nth(5).inner_text() == kept, "a stopped answer does not grow"
+        expect(page.get_by_role("button", name="Regenerate")).to_be_visible()
+        _keep(page, tmp_path, "chat-stopped.png")
+        assert page.get_by_text("Traceback").count() == 0
+        browser.close()
