@@ -16,15 +16,19 @@ Who may do what:
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import pandas as pd
 
-from .errors import PermissionDenied
+from .errors import DashError, PermissionDenied
 from .features.chat_feedback import AnswerVote, FeedbackStore
 from .features.chats import Chat, ChatStore, ChatSummary
 from .gateway import Caller
+from .service_access import FACTS_EVERY_S
+
+log = logging.getLogger("blossom_dash")
 
 
 def _who(caller: Caller | None) -> Caller:
@@ -185,6 +189,27 @@ class ChatMethods:
         return self._feedback_store().by_model(
             since_ts=since_ts, all_comments=caller.is_admin,
             comments_of=None if caller.is_admin or caller.role == "viewer" else caller.user)
+
+    def answer_votes(self) -> dict[str, tuple[int, int]]:
+        """Every user's 👍 and 👎 on answers per model, all time, for the model facts beside
+        the pickers: ``{model: (up, down)}``; the team's counts, no comment and no user.
+
+        Read once for every caller of this process and kept ``FACTS_EVERY_S`` (30 s), as the
+        pickers' other facts; ``{}`` when the store cannot be read (logged).
+        """
+        with self._lock:
+            cached = getattr(self, "_answer_votes", None)
+            if cached is not None and time.monotonic() - cached[0] < FACTS_EVERY_S:
+                return dict(cached[1])
+        try:
+            table = self._feedback_store().by_model()
+        except DashError:
+            log.exception("answer feedback could not be read for the model facts")
+            return {}
+        votes = {str(r.model): (int(r.up), int(r.down)) for r in table.itertuples()}
+        with self._lock:
+            self._answer_votes = (time.monotonic(), votes)
+        return dict(votes)
 
 
 __all__ = ["ChatMethods"]

@@ -203,6 +203,34 @@ class TestAnswerFeedback:
         assert any("No answer has a 👍 or 👎 yet" in i for i in texts(at, "info"))
 
 
+def _facts_script() -> None:
+    from blossom_dash import ui
+    from blossom_dash.ui.model_facts import render_model_facts
+
+    render_model_facts(ui.get_service(), "text", ["demo-swift", "demo-deep"])
+
+
+class TestModelFacts:
+    def test_picker_facts_show_the_share_of_thumbs_up(self) -> None:
+        """Beside a text picker, a model with votes reads '👍 67 % of 3 votes on answers'; one without, nothing."""
+        at = AppTest.from_function(_facts_script, default_timeout=30).run()
+        svc = ui.get_service()
+        for n, score in enumerate((1, 1, -1)):
+            svc.rate_answer(f"rid00000000001{n}", score, model="demo-swift",
+                            caller=Caller(f"u{n}@team.test", role="member"))
+        svc._answer_votes = None  # the 30 s share would otherwise keep the first read (no votes)
+        at.run()
+        swift, deep = texts(at, "caption")[0].split("  \n")
+        assert swift.endswith("· 👍 67 % of 3 votes on answers") and "👍" not in deep
+
+    def test_line_with_votes(self) -> None:
+        """One vote is singular; no votes add nothing."""
+        from blossom_dash.ui.model_facts import facts_line
+
+        assert facts_line("m", None, None, (1, 0)).endswith("· 👍 100 % of 1 vote on answers")
+        assert facts_line("m", None, None, (0, 0)) == facts_line("m", None)
+
+
 class TestRelativeAge:
     @pytest.mark.parametrize(("age_s", "words"), [(-5, "just now"), (59, "just now"), (61, "1 min ago"),
                                                   (7200, "2 h ago"), (3 * 86400, "3 d ago"),

@@ -9,7 +9,9 @@ The price, paid-only and health come from the backend's model endpoints
 (``BlossomService.model_info``: ``/text/models``, ``/image/models``, ``/audio/models``);
 a model without a price reads "unpriced", never a 0. The history is ours
 (``BlossomService.model_facts``: success rate and p50 latency over the last 24 h, with
-the number of requests behind them; shared per process for 30 s).
+the number of requests behind them; shared per process for 30 s), and for a text model
+the team's 👍 share of its answers (``BlossomService.answer_votes``, all time, shared
+for 30 s too).
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def _unit_words(unit: str) -> str:
     return f"{rest.removesuffix('s') if rest.endswith('seconds') else rest} ({side})"
 
 
-def facts_line(model: str, facts: ModelFacts | None, info: ModelInfo | Any = None) -> str:
+def facts_line(model: str, facts: ModelFacts | None, info: ModelInfo | Any = None,
+               votes: tuple[int, int] | None = None) -> str:
     """One model's facts as one markdown line (the model name as inert code).
 
     Args:
@@ -83,6 +86,8 @@ def facts_line(model: str, facts: ModelFacts | None, info: ModelInfo | Any = Non
         facts: Our history of it (``ModelFacts``), or None without requests.
         info: The backend's ``ModelInfo`` (``price``, ``paid_only``, ``health``), or None
             when the backend says nothing about the model.
+        votes: The team's 👍 and 👎 on its answers (``BlossomService.answer_votes``),
+            shown as "👍 80 % of 5 votes on answers"; None or no votes: nothing.
     """
     parts = [code_span(model)]
     price = getattr(info, "price", None)
@@ -94,6 +99,8 @@ def facts_line(model: str, facts: ModelFacts | None, info: ModelInfo | Any = Non
     summary = facts.summary() if facts is not None else ""
     window = facts.window_s if facts is not None else DEFAULT_WINDOW_S
     parts.append(summary or f"no requests here in {int(window // 3600)} h")
+    if votes and (n := votes[0] + votes[1]):
+        parts.append(f"👍 {round(100 * votes[0] / n)} % of {n:,} vote{'s' * (n != 1)} on answers")
     return " · ".join(parts)
 
 
@@ -121,7 +128,8 @@ def render_model_facts(service: BlossomService, kind: str, models: Iterable[str 
         history = service.model_facts(kind)
     except DashError:
         history = {}
-    lines = [facts_line(m, history.get(m), _info(service, kind, m)) for m in chosen]
+    votes = service.answer_votes() if kind == "text" else {}  # answer feedback: text answers only
+    lines = [facts_line(m, history.get(m), _info(service, kind, m), votes.get(m)) for m in chosen]
     (where or st).caption("  \n".join(lines), help=facts_help([history[m] for m in chosen if m in history]))
 
 
