@@ -21,6 +21,13 @@ def estimate_tokens(text: str) -> int:
     return len(_TOKEN_RE.findall(text))
 
 
+def _text(content: Any) -> str:
+    """A message's text: a string, or a content array's text parts (images count no tokens here)."""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content)
+
+
 @dataclass(frozen=True)
 class Usage:
     """Token usage of one answer, as the backend reported it."""
@@ -32,7 +39,7 @@ class Usage:
     @classmethod
     def estimate(cls, messages: list[dict[str, Any]], text: str) -> Usage:
         """Estimated usage (``estimate_tokens``) when the backend reported none."""
-        p = estimate_tokens(" ".join(str(m["content"]) for m in messages))
+        p = estimate_tokens(" ".join(_text(m["content"]) for m in messages))
         c = estimate_tokens(text)
         return cls(p, c, p + c)
 

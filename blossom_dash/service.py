@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import BackendUnavailable, InvalidRequest, PermissionDenied
@@ -29,6 +30,7 @@ from .service_chat import ChatMethods
 from .service_compare import CompareMethods
 from .service_features import FeatureMethods
 from .service_prompts import PromptMethods
+from .service_vision import VisionMethods
 from .session import SessionHandle
 from .settings import POLLINATIONS_URL, Settings
 from .telemetry.collector import MetricsCollector
@@ -42,7 +44,7 @@ def _caller(caller: Caller | None, user: str, session: str, api_key: str | None)
     return caller if caller is not None else Caller(user, session, api_key)
 
 
-class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethods, ChatMethods):
+class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethods, ChatMethods, VisionMethods):
     """The process-wide service: one client on one loop, cache, limits, metrics.
 
     Args:
@@ -225,7 +227,8 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
     def generate_text(self, prompt: str, *, model: str | None = None, system: str | None = None,
                       messages: list[dict[str, Any]] | None = None, max_tokens: int | None = None,
                       temperature: float | None = None, seed: int | None = None, caller: Caller | None = None,
-                      user: str = "anonymous", session: str = "", api_key: str | None = None) -> TextResult:
+                      user: str = "anonymous", session: str = "", api_key: str | None = None,
+                      images: Sequence[Any] = ()) -> TextResult:
         """Generate one answer (``gateway.TextRequest`` documents every argument's range).
 
         Args:
@@ -233,11 +236,17 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
             model: A model name from ``list_models("text")``; None = the default.
             system: Optional system prompt.
             messages: Earlier turns ``[{"role": "user"|"assistant", "content": str}]``;
-                the oldest are dropped to fit the 5,000-character request cap.
+                the oldest are dropped to fit the 5,000-character request cap (text
+                only: a user turn's ``"images"`` count no characters and are re-sent
+                while the request's image caps allow, ``gateway.vision``).
             max_tokens: 1 to 8192 (default 1024).
             temperature: 0.0 to 2.0; None = the model's default.
             seed: 0 to 2**31-1 for a repeatable answer.
             caller: Who asks (or ``user`` / ``session`` / ``api_key``).
+            images: Images attached to ``prompt``: message-contract dicts ``{"name",
+                "mime", "data": bytes}`` (or ``gateway.vision.ImageInput``), at most 4,
+                PNG/JPEG/WebP/GIF by their bytes, 5 MB each; only to a model that sees
+                images (``vision_models``), else ``InvalidRequest`` before sending.
 
         Returns:
             ``TextResult`` (``ttft_ms`` is None: TTFT is a stream's figure).
@@ -246,13 +255,15 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
             InvalidRequest, NotRecorded, RateLimited, BackendUnavailable (CircuitOpen
             included), UpstreamError (ResponseTooLarge included), AuthenticationFailed.
         """
-        request = TextRequest(prompt, model, system, messages, max_tokens, temperature, seed)
+        request = TextRequest(prompt, model, system, messages, max_tokens, temperature, seed,
+                              images=tuple(images or ()))
         return self._gw.run(request, _caller(caller, user, session, api_key))  # type: ignore[return-value]
 
     def stream_text(self, prompt: str, *, model: str | None = None, system: str | None = None,
                     messages: list[dict[str, Any]] | None = None, max_tokens: int | None = None,
                     temperature: float | None = None, seed: int | None = None, caller: Caller | None = None,
-                    user: str = "anonymous", session: str = "", api_key: str | None = None) -> TextStream:
+                    user: str = "anonymous", session: str = "", api_key: str | None = None,
+                    images: Sequence[Any] = ()) -> TextStream:
         """Stream one answer as it is generated (``Gateway.stream``).
 
         Takes the same arguments as ``generate_text``. Validation, the cache lookup
@@ -263,7 +274,8 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
         Returns:
             ``TextStream``: iterate it for ``str`` deltas; ``.result`` afterwards.
         """
-        request = TextRequest(prompt, model, system, messages, max_tokens, temperature, seed)
+        request = TextRequest(prompt, model, system, messages, max_tokens, temperature, seed,
+                              images=tuple(images or ()))
         return self._gw.stream(request, _caller(caller, user, session, api_key))
 
     def generate_image(self, prompt: str, *, model: str | None = None, width: int = 1024, height: int = 1024,

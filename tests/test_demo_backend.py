@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import threading
@@ -133,14 +134,17 @@ class TestChat:
 
     def test_usage_follows_the_token_rule(self, client: httpx.Client) -> None:
         """usage counts only text parts and the returned text, with one rule."""
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (0, 0, 255)).save(buf, "PNG")
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
         messages = [
             {"role": "system", "content": "Be brief, please."},
             {"role": "user", "content": [
                 {"type": "text", "text": "What is in this picture?"},
-                {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}},
+                {"type": "image_url", "image_url": {"url": url}},
             ]},
         ]
-        data = chat(client, messages=messages).json()
+        data = chat(client, messages=messages, model="demo-vision").json()
         usage = data["usage"]
         assert usage["prompt_tokens"] == count_tokens("Be brief, please.") + count_tokens(
             "What is in this picture?"
@@ -148,6 +152,14 @@ class TestChat:
         assert usage["completion_tokens"] == count_tokens(data["choices"][0]["message"]["content"])
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
         assert count_tokens("Hi, there!") == 4
+
+    def test_images_are_for_vision_models_and_must_be_images(self, client: httpx.Client) -> None:
+        """A model without image input, a URL it cannot fetch offline: 400s in OpenAI's shape."""
+        parts = [{"type": "text", "text": "Look"}, {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]
+        blind = chat(client, messages=[{"role": "user", "content": parts}])
+        assert blind.status_code == 400 and "does not accept image input" in blind.json()["error"]["message"]
+        offline = chat(client, messages=[{"role": "user", "content": parts}], model="demo-vision")
+        assert offline.status_code == 400 and offline.json()["error"]["type"] == "invalid_request_error"
 
     def test_deterministic(self, client: httpx.Client) -> None:
         """Same request, same text; another seed or model, other text."""

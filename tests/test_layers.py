@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     # the facade (service), its base classes (service_*: one mixin a feature area) and the
     # per-session handle (session, which names the service for type checking only)
     {"service", "service_features", "service_access", "service_budget", "service_prompts", "service_chat",
-     "service_compare", "session"},
+     "service_compare", "service_vision", "session"},
     {"ui"},
 ]
 

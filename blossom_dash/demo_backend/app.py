@@ -34,6 +34,7 @@ from .content import (
 )
 from .faults import Fault, FaultQueue, error_response, resolve_fault
 from .images import DEFAULT_SIDE_PX, clamp_side, render_png
+from .vision import carries_images, describe_all, image_parts
 
 STAT_KINDS: tuple[str, ...] = ("chat", "chat_stream", "image", "models", "faults")
 DEFAULT_TEXT_MODEL = next(iter(TEXT_MODELS))
@@ -52,12 +53,15 @@ class DemoState:
         faults_enabled: Whether fault injection exists at all (``create_app(faults=...)``).
         faults: Queued fault plans.
         stats: Requests seen per kind (``STAT_KINDS``) since start or last reset.
+        last_chat: The last chat request's body as received (kept only with faults
+            enabled, the test mode: ``GET /_demo/last-chat`` shows it).
     """
 
     latency: bool
     faults_enabled: bool = False
     faults: FaultQueue = field(default_factory=FaultQueue)
     stats: Counter[str] = field(default_factory=Counter)
+    last_chat: dict[str, Any] | None = None
 
 
 STATE = web.AppKey("demo_state", DemoState)
@@ -65,6 +69,12 @@ STATE = web.AppKey("demo_state", DemoState)
 
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _invalid_image(message: str) -> web.Response:
+    """A 400 in OpenAI's error shape for an image the request carried."""
+    return web.json_response({"error": {"message": message, "type": "invalid_request_error",
+                                        "param": "messages", "code": "invalid_image"}}, status=400)
 
 
 def _drop_connection(request: web.Request) -> web.Response:
@@ -127,6 +137,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict):
         state.stats["chat"] += 1
         return _error(400, "BAD_REQUEST", "Request body must be a JSON object")
+    if state.faults_enabled:
+        state.last_chat = body
     stream = body.get("stream") is True
     modalities = body.get("modalities")
     speech = "audio" in body or (isinstance(modalities, list) and "audio" in modalities)
@@ -142,7 +154,20 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     profile = TEXT_MODELS.get(model) or TEXT_MODELS[DEFAULT_TEXT_MODEL]
     try:
         messages, max_tokens, seed = _parse_chat(body)
-        answer = make_answer(profile.name, messages, seed, max_tokens)
+    except ValueError as exc:
+        return _error(400, "BAD_REQUEST", str(exc))
+    if carries_images(messages) and "image" not in profile.input_modalities:
+        seeing = ", ".join(m.name for m in TEXT_MODELS.values() if "image" in m.input_modalities)
+        return _invalid_image(f"Model '{model}' does not accept image input. Vision models: {seeing}")
+    try:
+        images, earlier = image_parts(messages)
+        # Off the loop thread: decoding a 5 MB photo must not stall other requests' pacing.
+        preface = await asyncio.get_running_loop().run_in_executor(None, describe_all, images, earlier) \
+            if images else ""
+    except ValueError as exc:
+        return _invalid_image(str(exc))
+    try:
+        answer = make_answer(profile.name, messages, seed, max_tokens, preface)
     except ValueError as exc:
         return _error(400, "BAD_REQUEST", str(exc))
     name = fault.name if fault else None
@@ -317,6 +342,11 @@ async def _faults(request: web.Request) -> web.Response:
     return web.json_response({"queue": queue.snapshot()})
 
 
+async def _last_chat(request: web.Request) -> web.Response:
+    """``GET /_demo/last-chat``: the last chat request's body as received (test mode only)."""
+    return web.json_response({"body": request.app[STATE].last_chat})
+
+
 async def _stats(request: web.Request) -> web.Response:
     stats = request.app[STATE].stats
     if request.method == "POST":
@@ -331,13 +361,15 @@ def create_app(*, latency: bool = True, faults: bool = False) -> web.Application
         latency: Simulate each model's time to first token and tokens per second
             (and image render time). ``False`` answers as fast as possible.
         faults: Enable fault injection: the ``/_demo/faults`` queue, the
-            ``X-Demo-Fault`` header and the ``fault-*`` models (``FAULTS``). Off by
+            ``X-Demo-Fault`` header and the ``fault-*`` models (``FAULTS``), and the
+            test hook ``GET /_demo/last-chat`` (the last chat body received). Off by
             default, so that a demo reachable by others cannot be made to fail.
 
     Returns:
         A fresh ``aiohttp.web.Application`` with its own stats and fault queue.
     """
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    # 32 MB: a message's four 5 MB images in base64 (gateway.vision) and their JSON.
+    app = web.Application(client_max_size=32 * 1024 * 1024)
     app[STATE] = DemoState(latency=latency, faults_enabled=faults)
     add = app.router.add_route
     add("POST", "/v1/chat/completions", _chat)
@@ -354,6 +386,7 @@ def create_app(*, latency: bool = True, faults: bool = False) -> web.Application
     if faults:
         for method in ("GET", "POST", "DELETE"):
             add(method, "/_demo/faults", _faults)
+        add("GET", "/_demo/last-chat", _last_chat)
     add("GET", "/_demo/stats", _stats)
     add("POST", "/_demo/stats/reset", _stats)
     return app

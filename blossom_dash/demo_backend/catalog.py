@@ -31,6 +31,8 @@ DEMO_PRICES: dict[str, dict[str, str]] = {
     "demo-deep": {"promptTextTokens": "0.000001", "completionTextTokens": "0.000004",
                   "completionReasoningTokens": "0.000004"},
     "demo-coder": {"promptTextTokens": "0.0000003", "completionTextTokens": "0.0000012"},
+    "demo-vision": {"promptTextTokens": "0.0000002", "promptImageTokens": "0.0000002",
+                    "completionTextTokens": "0.0000008"},
     "demo-voice": {"promptTextTokens": "0.0000002", "completionTextTokens": "0.0000008",
                    "completionAudioTokens": "0.000008"},
     "demo-sketch": {"completionImageTokens": "0.0001"},
@@ -50,7 +52,7 @@ def _text_entry(name: str) -> dict[str, object]:
     m = TEXT_MODELS[name]
     speaks = "audio" in m.output_modalities
     return {"name": m.name, "aliases": [], "description": m.description + _LABEL,
-            "input_modalities": ["text"], "output_modalities": list(m.output_modalities),
+            "input_modalities": list(m.input_modalities), "output_modalities": list(m.output_modalities),
             "paid_only": False, "health": "ok", "context_length": 8192,
             **({"voices": list(VOICES)} if speaks else {}), "pricing": _pricing(m.name)}
 

@@ -37,6 +37,8 @@ class TextModel:
         description: Human-readable description, says it is synthetic.
         output_modalities: What it can answer with; ``"audio"`` marks a voice model
             (like Pollinations' ``openai-audio``) that also speaks text as a WAV.
+        input_modalities: What it reads; ``"image"`` marks a vision model, which
+            describes the images it receives (``vision.describe_all``).
     """
 
     name: str
@@ -45,6 +47,7 @@ class TextModel:
     sections: int
     description: str
     output_modalities: tuple[str, ...] = ("text",)
+    input_modalities: tuple[str, ...] = ("text",)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ TEXT_MODELS: dict[str, TextModel] = {m.name: m for m in (
     TextModel("demo-balanced", 400, 60.0, 3, f"{_SYNTHETIC}: middle of the road."),
     TextModel("demo-deep", 900, 30.0, 5, f"{_SYNTHETIC}: slow and long-winded."),
     TextModel("demo-coder", 300, 80.0, 3, f"{_SYNTHETIC}: answers with a code block."),
+    TextModel("demo-vision", 350, 70.0, 2, f"{_SYNTHETIC}: sees images: states each attached image's format, "
+              "size and main colours (measured with Pillow, not understood).", input_modalities=("text", "image")),
     # Last, so that it is never the default text model.
     TextModel("demo-voice", 250, 90.0, 2, f"{_SYNTHETIC}: speaks text as synthetic tones in a WAV "
               "(no words; like openai-audio with modalities text+audio).", ("text", "audio")),
@@ -170,8 +175,10 @@ def _sentence(rng: random.Random) -> str:
     )
 
 
-def _compose(model: TextModel, system: str, prompt: str, rng: random.Random) -> str:
+def _compose(model: TextModel, system: str, prompt: str, rng: random.Random, preface: str = "") -> str:
     parts = [f"**Demo backend: synthetic answer from `{model.name}`**"]
+    if preface:
+        parts.append(preface)
     if system:
         parts.append(f"_Following the system prompt: “{_clip(system, ECHO_CHARS)}”._")
     parts.append(
@@ -202,7 +209,7 @@ def _split_deltas(text: str, tokens_per_delta: int) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=512)
-def _answer(model_name: str, key: str, max_tokens: int) -> Answer:
+def _answer(model_name: str, key: str, max_tokens: int, preface: str = "") -> Answer:
     # Keyed on the canonical request JSON so repeated requests (benchmarks) are free.
     # max_tokens stays out of the seed: a shorter answer is a prefix of a longer one.
     messages, _seed = json.loads(key)  # the seed only matters through the digest
@@ -211,7 +218,7 @@ def _answer(model_name: str, key: str, max_tokens: int) -> Answer:
     texts = [(m.get("role"), _message_text(m.get("content"))) for m in messages]
     system = next((t for r, t in texts if r in ("system", "developer") and t), "")
     prompt = next((t for r, t in reversed(texts) if r == "user"), "") or "(no user message)"
-    text = _compose(TEXT_MODELS[model_name], system, prompt, rng)
+    text = _compose(TEXT_MODELS[model_name], system, prompt, rng, preface)
     finish_reason = "stop"
     tokens = list(TOKEN_RE.finditer(text))
     if len(tokens) > max_tokens:
@@ -228,7 +235,7 @@ def _answer(model_name: str, key: str, max_tokens: int) -> Answer:
 
 
 def make_answer(
-    model: str, messages: list[dict[str, Any]], seed: int | None, max_tokens: int
+    model: str, messages: list[dict[str, Any]], seed: int | None, max_tokens: int, preface: str = ""
 ) -> Answer:
     """Build the deterministic answer for one chat request.
 
@@ -238,6 +245,8 @@ def make_answer(
         seed: The request's seed, or ``None``; different seeds give different text.
         max_tokens: Token budget (``1..MAX_TOKENS_CAP``); a longer natural answer is cut
             and reported with ``finish_reason="length"``.
+        preface: A paragraph put right after the heading (the vision model's
+            description of the images it received).
 
     Returns:
         The ``Answer``, identical for identical arguments.
@@ -249,4 +258,4 @@ def make_answer(
     key = json.dumps([messages, seed], sort_keys=True, ensure_ascii=False)
     # Huge requests (inline images) bypass the cache so it cannot hoard memory.
     answer = _answer.__wrapped__ if len(key) > 65536 else _answer
-    return answer(model, key, max_tokens)
+    return answer(model, key, max_tokens, preface)

@@ -59,6 +59,7 @@ from .costs import cost_of
 from .models import ModelCatalog, ModelInfo, ModelList, no_models
 from .requests import Caller, Prepared, Request, TextRequest, check_model
 from .streams import DONE, StreamEnd, TextStream
+from .vision import require_sight
 
 log = logging.getLogger("blossom_dash")
 _WORDS_RE = re.compile(r"\S+\s*|\s+")
@@ -322,6 +323,7 @@ class Gateway:
             ticket.model = str(request.model or "")
             ticket.model = self._model_for(request, deadline)
             prepared = request.prepare(ticket.model, max_chars)
+            require_sight(self, request, ticket.model)  # before the cache, the limits, the network
         except DashError as err:
             raise self._failed(ticket, err) from None
         backend = self._backend

@@ -19,6 +19,15 @@ from urllib.parse import quote
 from ..errors import InvalidRequest
 from ..pricing import Price, estimate_cost
 from ..sdk.speech import MAX_SPEECH_CHARS, speech_body, validate_speech
+from .vision import (
+    MAX_REQUEST_IMAGE_BYTES,
+    MAX_REQUEST_IMAGES,
+    ImageInput,
+    check_images,
+    content_parts,
+    key_messages,
+    text_of,
+)
 
 MAX_TOKENS_LIMIT = 8192
 DEFAULT_MAX_TOKENS = 1024
@@ -95,7 +104,7 @@ class Prepared:
         (the audio's length is unknown before). None when ``price`` is None (unpriced).
         """
         if self.kind == "text":
-            chars = sum(len(str(m.get("content") or "")) for m in self.wire.get("messages", []))
+            chars = sum(len(text_of(m.get("content"))) for m in self.wire.get("messages", []))  # images: no chars
             max_tokens = int(self.wire.get("max_tokens") or 0)
         else:
             chars, max_tokens = len(prompt or ""), 0
@@ -130,7 +139,15 @@ class TextRequest:
         model: A model name; None = the backend's default.
         system: Optional system prompt.
         history: Earlier turns ``[{"role": "user"|"assistant", "content": str}]``; the
-            oldest are dropped to fit the request cap (the SDK's 5,000 characters).
+            oldest are dropped to fit the request cap (the SDK's 5,000 characters). A
+            user turn may carry ``"images"`` (as the Playground's message contract:
+            ``[{"name", "mime", "data": bytes}]``), re-sent while the request's image
+            caps allow (``gateway.vision``).
+        images: Images attached to ``prompt`` (``vision.ImageInput`` or contract
+            dicts): at most ``vision.MAX_IMAGES``, each checked by its bytes
+            (``vision.check_image``); with images the prompt may be empty. Only a
+            model whose input modalities include images may get them (the pipeline
+            checks before anything is sent).
         max_tokens: 1 to ``MAX_TOKENS_LIMIT``; None = ``DEFAULT_MAX_TOKENS``.
         temperature: 0.0 to 2.0; None = the model's default.
         seed: 0 to ``SEED_MAX`` for a repeatable answer.
@@ -143,8 +160,16 @@ class TextRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     seed: int | None = None
+    images: tuple[ImageInput | dict[str, Any], ...] = ()
 
     kind = "text"
+
+    @property
+    def has_images(self) -> bool:
+        """Whether the request carries images (its own, or an earlier user turn's)."""
+        return bool(self.images) or any(isinstance(m, dict) and m.get("role") == "user" and m.get("images")
+                                        for m in self.history or [])
+
 
     @property
     def event_prompt(self) -> str | None:
@@ -166,7 +191,12 @@ class TextRequest:
                 found.append(err)
 
         prompt = self.prompt
-        if not isinstance(prompt, str) or not prompt.strip():
+        if self.has_images:
+            check(check_images, self.images)
+            for msg in self.history or []:
+                if isinstance(msg, dict) and msg.get("role") == "user" and msg.get("images"):
+                    check(check_images, msg["images"])
+        if not isinstance(prompt, str) or (not prompt.strip() and not self.images):
             found.append(InvalidRequest("The prompt is empty.", "Type a question or an instruction first."))
         elif len(prompt) > limit:
             found.append(InvalidRequest(f"The prompt has {len(prompt):,} characters; the limit is {limit:,}.",
@@ -204,20 +234,47 @@ class TextRequest:
 
     def messages(self, max_prompt_chars: int) -> list[dict[str, Any]]:
         """The messages sent: system, the newest history that fits, then the prompt."""
+        return self._layout(max_prompt_chars)[0]
+
+    def _layout(self, max_prompt_chars: int) -> tuple[list[dict[str, Any]], dict[int, tuple[ImageInput, ...]]]:
+        """``(messages, {message index: its images})``: a user turn with images has a
+        content array (``vision.content_parts``). The character budget counts text only;
+        earlier turns' images are re-sent newest first while the request holds at most
+        ``MAX_REQUEST_IMAGES`` images and ``MAX_REQUEST_IMAGE_BYTES``, and a turn whose
+        images no longer fit says so in its text."""
         system = (self.system or "").strip()
         head = [{"role": "system", "content": system}] if system else []
-        tail = [{"role": "user", "content": self.prompt.strip()}]
-        budget = max_prompt_chars - sum(len(m["content"]) for m in head + tail)
-        history: list[dict[str, Any]] = []
+        own = check_images(self.images) if self.images else ()
+        prompt = self.prompt.strip()
+        tail = [{"role": "user", "content": content_parts(prompt, own) if own else prompt}]
+        budget = max_prompt_chars - len(system) - len(prompt)
+        count, nbytes = len(own), sum(len(i.data) for i in own)
+        history: list[tuple[dict[str, Any], tuple[ImageInput, ...]]] = []
         for msg in reversed(self.history or []):  # keep the newest history that fits
             if not isinstance(msg, dict) or msg.get("role") not in {"user", "assistant"}:
                 continue
             content = str(msg.get("content") or "").strip()
-            if not content or len(content) > budget:
+            pictures: tuple[ImageInput, ...] = ()
+            if msg["role"] == "user" and msg.get("images"):
+                try:
+                    pictures = check_images(msg["images"])
+                except InvalidRequest:  # problems() names it; messages() alone never raises
+                    pictures = ()
+                size = sum(len(i.data) for i in pictures)
+                if count + len(pictures) > MAX_REQUEST_IMAGES or nbytes + size > MAX_REQUEST_IMAGE_BYTES:
+                    note = f"[{len(pictures)} image(s) attached here are not re-sent: over this request's image limit]"
+                    content, pictures = f"{content}\n{note}".strip(), ()
+                count, nbytes = count + len(pictures), nbytes + (size if pictures else 0)
+            if (not content and not pictures) or len(content) > budget:
                 break
             budget -= len(content)
-            history.insert(0, {"role": msg["role"], "content": content})
-        return head + history + tail
+            history.insert(0, ({"role": msg["role"], "content": content_parts(content, pictures) if pictures
+                                else content}, pictures))
+        messages = head + [m for m, _ in history] + tail
+        images = {len(head) + i: pics for i, (_, pics) in enumerate(history) if pics}
+        if own:
+            images[len(messages) - 1] = own
+        return messages, images
 
     def prepare(self, model: str, max_prompt_chars: int) -> Prepared:
         """Validate and resolve (``model`` is the name to send).
@@ -228,14 +285,14 @@ class TextRequest:
             InvalidRequest: as ``validate``.
         """
         self.validate(max_prompt_chars)
-        messages = self.messages(max_prompt_chars)
+        messages, images = self._layout(max_prompt_chars)
         extra: dict[str, Any] = {}
         if self.temperature is not None:
             extra["temperature"] = float(self.temperature)
         if self.seed is not None:
             extra["seed"] = self.seed
         max_tokens = self.max_tokens or DEFAULT_MAX_TOKENS
-        return Prepared("text", model, {"kind": "text", "model": model, "messages": messages,
+        return Prepared("text", model, {"kind": "text", "model": model, "messages": key_messages(messages, images),
                                         "max_tokens": max_tokens, **extra},
                         wire={"messages": messages, "max_tokens": max_tokens, "extra": extra})
 

@@ -96,7 +96,19 @@ class Backend:
 
     async def chat(self, messages: list[dict[str, Any]], *, model: str, max_tokens: int,
                    extra: dict[str, Any]) -> str:
-        """One chat completion through the SDK; ``usage`` lands in the observation."""
+        """One chat completion through the SDK; ``usage`` lands in the observation.
+
+        Messages with a content array (``image_url`` parts, ``gateway.vision``) are posted
+        through the SDK's own HTTP client (its URL, key, size cap and observation) and
+        its own response parser, but not through ``client.text.chat``: that sums
+        ``len(str(content))`` of every message against its 5,000-character cap
+        (``ChatParamsV2.to_body``), so the base64 of any image over ~3.5 KB would fail.
+        The body is the one the SDK builds (model, messages, max_tokens, extra_params).
+        """
+        if any(isinstance(m.get("content"), list) for m in messages):
+            body = {"model": model, "messages": messages, "max_tokens": max_tokens, **extra}
+            resp = await self.http.post(ENDPOINTS.TEXT_CHAT, json=body, headers={"Content-Type": "application/json"})
+            return self.client.text._parse_response(resp)  # the SDK's parser: its errors, mapped as for chat
         # temperature and seed travel in extra_params: the SDK prints a 35 KB banner
         # for every temperature != 1.0 passed the documented way.
         return await self.client.text.chat(messages, model=model, max_tokens=max_tokens, extra_params=extra)
