@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 from pages_helpers import app, queue_fault, texts
+
+from blossom_dash.ui.chat import history_for
 
 
 def _chat(prompt: str) -> object:
@@ -224,3 +229,61 @@ class TestDeleteSharedChat:
         again.query_params["conversation"] = conv_id
         again.run()
         assert any("does not open anything" in e for e in texts(again, "error"))
+
+
+class TestChatActions:
+    """Regenerate, edit and resend, copy, and a refused prompt kept with Retry and its countdown."""
+
+    def test_regenerate_answers_again_with_a_new_seed(self) -> None:
+        at = _chat("What is a lease?")
+        first = at.session_state["playground_messages"][-1]
+        at.button(key="playground_regenerate").click().run()
+        assert not at.exception
+        chat = at.session_state["playground_messages"]
+        assert [m["role"] for m in chat] == ["user", "assistant"], "the answer is replaced, not added"
+        assert chat[-1]["request_id"] != first["request_id"]
+        assert "'seed':" in chat[-1]["code"], "a regenerated answer names the new seed it was asked with"
+
+    def test_edit_and_resend_replaces_the_last_prompt(self) -> None:
+        at = _chat("What is a lease?")
+        at.text_area(key="playground_edit_text").set_value("What is a fencing token?")
+        at.button(key="playground_edit_send").click().run()
+        assert not at.exception
+        chat = at.session_state["playground_messages"]
+        assert [m["content"] for m in chat if m["role"] == "user"] == ["What is a fencing token?"]
+        assert "fencing token" in chat[-1]["content"] and chat[-1]["status"] == "ok"
+
+    def test_copy_offers_the_answer_as_text(self) -> None:
+        at = _chat("What is a lease?")
+        answer = at.session_state["playground_messages"][-1]["content"]
+        assert any(c.value == answer and c.language == "markdown" for c in at.code)
+
+    def test_a_refused_prompt_stays_with_a_countdown_then_retry(self, monkeypatch: object) -> None:
+        monkeypatch.setenv("BLOSSOM_DASH_PER_USER_RPM", "1")  # type: ignore[attr-defined]
+        at = _chat("first question")
+        at.chat_input(key="playground_prompt").set_value("second question").run()
+        assert not at.exception
+        chat = at.session_state["playground_messages"]
+        assert [m["content"] for m in chat if m["role"] == "user"] == ["first question", "second question"]
+        refused = chat[-1]
+        assert refused["status"] == "refused" and "limit of 1 requests per minute" in refused["error"]
+        assert refused["retry_at"] > time.time()
+        assert any("limit of 1 requests per minute" in w for w in texts(at, "warning"))
+        wait = at.button(key="playground_retry_wait")
+        assert wait.disabled and re.match(r"Retry in \d+ s", str(wait.label))
+        assert not [b for b in at.button if b.key == "playground_retry"], "no Retry before the window allows"
+        refused["retry_at"] = time.time() - 1  # as if the window had moved on
+        at.run()
+        at.button(key="playground_retry").click().run()  # still over the limit: refused again, in place
+        chat = at.session_state["playground_messages"]
+        assert len(chat) == 4 and chat[-1]["status"] == "refused" and chat[-2]["content"] == "second question"
+        at.chat_input(key="playground_prompt").set_value("third question").run()
+        assert [b for b in at.button if b.key == "playground_reask_3"], "an older refusal can be asked again"
+
+    def test_refused_and_failed_turns_are_not_sent_as_history(self) -> None:
+        chat = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "A", "status": "ok"},
+                {"role": "user", "content": "b"}, {"role": "assistant", "content": "", "status": "refused"},
+                {"role": "user", "content": "c"}, {"role": "assistant", "content": "C…", "status": "stopped"},
+                {"role": "user", "content": "d"}]
+        assert history_for(chat) == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "A"},
+                                     {"role": "user", "content": "c"}, {"role": "assistant", "content": "C…"}]
