@@ -228,7 +228,7 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
                       messages: list[dict[str, Any]] | None = None, max_tokens: int | None = None,
                       temperature: float | None = None, seed: int | None = None, caller: Caller | None = None,
                       user: str = "anonymous", session: str = "", api_key: str | None = None,
-                      images: Sequence[Any] = ()) -> TextResult:
+                      context: str = "", images: Sequence[Any] = ()) -> TextResult:
         """Generate one answer (``gateway.TextRequest`` documents every argument's range).
 
         Args:
@@ -243,6 +243,9 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
             temperature: 0.0 to 2.0; None = the model's default.
             seed: 0 to 2**31-1 for a repeatable answer.
             caller: Who asks (or ``user`` / ``session`` / ``api_key``).
+            context: What the request belongs to, kept on its event and never part of
+                the cache key: ``"chat:<id>"``, ``"comparison:<id>"``,
+                ``"batch:<job_id>"`` ("" for nothing); Monitor links the request to it.
             images: Images attached to ``prompt``: message-contract dicts ``{"name",
                 "mime", "data": bytes}`` (or ``gateway.vision.ImageInput``), at most 4,
                 PNG/JPEG/WebP/GIF by their bytes, 5 MB each; only to a model that sees
@@ -255,7 +258,7 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
             InvalidRequest, NotRecorded, RateLimited, BackendUnavailable (CircuitOpen
             included), UpstreamError (ResponseTooLarge included), AuthenticationFailed.
         """
-        request = TextRequest(prompt, model, system, messages, max_tokens, temperature, seed,
+        request = TextRequest(prompt, model, system, messages, max_tokens, temperature, seed, context=context,
                               images=tuple(images or ()))
         return self._gw.run(request, _caller(caller, user, session, api_key))  # type: ignore[return-value]
 
@@ -263,7 +266,7 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
                     messages: list[dict[str, Any]] | None = None, max_tokens: int | None = None,
                     temperature: float | None = None, seed: int | None = None, caller: Caller | None = None,
                     user: str = "anonymous", session: str = "", api_key: str | None = None,
-                    images: Sequence[Any] = ()) -> TextStream:
+                    context: str = "", images: Sequence[Any] = ()) -> TextStream:
         """Stream one answer as it is generated (``Gateway.stream``).
 
         Takes the same arguments as ``generate_text``. Validation, the cache lookup
@@ -274,13 +277,13 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
         Returns:
             ``TextStream``: iterate it for ``str`` deltas; ``.result`` afterwards.
         """
-        request = TextRequest(prompt, model, system, messages, max_tokens, temperature, seed,
+        request = TextRequest(prompt, model, system, messages, max_tokens, temperature, seed, context=context,
                               images=tuple(images or ()))
         return self._gw.stream(request, _caller(caller, user, session, api_key))
 
     def generate_image(self, prompt: str, *, model: str | None = None, width: int = 1024, height: int = 1024,
                        seed: int | None = None, caller: Caller | None = None, user: str = "anonymous",
-                       session: str = "", api_key: str | None = None) -> ImageResult:
+                       session: str = "", api_key: str | None = None, context: str = "") -> ImageResult:
         """Generate one image (``gateway.ImageRequest``).
 
         Args:
@@ -288,6 +291,7 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
             model: A name from ``list_models("image")``; None = the default.
             width / height: Pixels, 64 to 2048 (the SDK's bounds).
             seed: 0 to 2**31-1; None picks a random one (returned in the result).
+            context: As ``generate_text``.
 
         Returns:
             ``ImageResult`` whose ``data`` Pillow has opened and verified.
@@ -295,12 +299,12 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
         Raises:
             As ``generate_text``; UpstreamError also for a body that is not an image.
         """
-        request = ImageRequest(prompt, model, width, height, seed)
+        request = ImageRequest(prompt, model, width, height, seed, context=context)
         return self._gw.run(request, _caller(caller, user, session, api_key))  # type: ignore[return-value]
 
     def generate_speech(self, text: str, *, voice: str = "alloy", audio_format: str = "wav",
                         model: str | None = None, caller: Caller | None = None, user: str = "anonymous",
-                        session: str = "", api_key: str | None = None) -> AudioResult:
+                        session: str = "", api_key: str | None = None, context: str = "") -> AudioResult:
         """Read ``text`` aloud with a chat model that has audio output (``gateway.SpeechRequest``).
 
         Args:
@@ -309,6 +313,7 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
             audio_format: ``"wav"`` or ``"mp3"`` (the demo backend sends WAV only; the
                 result's ``note`` says so).
             model: A name from ``list_models("audio")``; None = the first one.
+            context: As ``generate_text``.
 
         Returns:
             ``AudioResult`` whose ``data`` is a verified WAV or MP3.
@@ -316,7 +321,7 @@ class BlossomService(FeatureMethods, CompareMethods, PromptMethods, BudgetMethod
         Raises:
             As ``generate_text``; UpstreamError also for an answer without audio.
         """
-        request = SpeechRequest(text, voice, audio_format, model)
+        request = SpeechRequest(text, voice, audio_format, model, context=context)
         return self._gw.run(request, _caller(caller, user, session, api_key))  # type: ignore[return-value]
 
     # ----- models and health -----------------------------------------------------------------

@@ -29,7 +29,7 @@ from .telemetry.store import UsageStore, mask_url
 log = logging.getLogger("blossom_dash")
 #: The read-only ``telemetry.analytics`` functions pages may run (``BlossomService.monitor``).
 MONITOR_QUERIES = ("snapshot", "headline", "request_log", "request_detail", "filter_options", "count_older_than",
-                   "export_log", "kpis", "spend")
+                   "export_log", "kpis", "spend", "conversation")
 #: The Monitor reads one result of which may serve every viewer of the process for a
 #: refresh interval (``monitor(..., every_s=...)``): the team's aggregates, which are the
 #: same whoever asks (counts per user, model and outcome; no prompt, no request id).
@@ -236,10 +236,11 @@ class AccessMethods:
         Args:
             query: One of ``MONITOR_QUERIES`` (``snapshot``, ``headline``,
                 ``request_log``, ``request_detail``, ``filter_options``,
-                ``count_older_than``, ``export_log``, ``kpis``; ``spend`` from
+                ``count_older_than``, ``export_log``, ``kpis``, ``conversation``
+                (a context's requests: a member gets their own only); ``spend`` from
                 ``telemetry.spend``).
             *args / **kwargs: That function's arguments after the store (a
-                ``MonitorQuery`` first for all but ``request_detail``).
+                ``MonitorQuery`` first for all but ``request_detail`` and ``conversation``).
             caller: Who asks (None: the process's owner, an admin).
             every_s: The viewer's refresh interval in seconds, to share the result
                 for; None (or a query outside ``SHARED_QUERIES``): read now, for this
@@ -257,6 +258,8 @@ class AccessMethods:
         if not caller.is_admin and query in ("request_log", "export_log") and args:
             q = args[0]
             args = (dataclasses.replace(q, users=(caller.user,)), *args[1:])  # their own requests only
+        if not caller.is_admin and query == "conversation":
+            kwargs = {**kwargs, "user": caller.user}
         result = (_QUERY_FUNCTIONS.get(query) or getattr(analytics, query))(self.store, *args, **kwargs)
         if query == "spend" and not caller.is_admin:
             return result.only_user(caller.user)

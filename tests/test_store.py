@@ -45,6 +45,9 @@ from blossom_dash.telemetry.store import (
 )
 
 SECRET = "sk_unit_test_secret_9f8e7d6c"
+#: Columns of an event row before schema 5 (no cost, context, params, answer).
+PRE5 = ROW_COLUMNS.index("cost")
+COST = ROW_COLUMNS.index("cost")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,7 +72,7 @@ def row(request_id: str, ts: float, **fields: Any) -> tuple[Any, ...]:
         "ts": ts, "request_id": request_id, "user": "u", "session": "s", "kind": "text", "model": "demo-swift",
         "backend": "demo", "outcome": "ok", "error_type": "", "status_code": 200, "latency_ms": 12.5,
         "ttft_ms": 12.5, "prompt_tokens": 3, "completion_tokens": 9, "bytes": 40, "prompt": "hello",
-        "cost": None,
+        "cost": None, "context": "", "params": None, "answer": None,
     }
     values.update(fields)
     return tuple(values[c] for c in ROW_COLUMNS)
@@ -456,7 +459,7 @@ class TestRollups:
         sql(path, "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         events_before = sql(path, "SELECT * FROM events ORDER BY id")
         again = UsageStore(path)
-        assert again.schema_version() == SCHEMA_VERSION == 5
+        assert again.schema_version() == SCHEMA_VERSION == 6
         again.write_many([upgrade_row(r) for r in rows[350:]])  # 50 replayed, 100 new
         indexes = {i["name"] for i in inspect(again.engine).get_indexes("events")}
         again.close()
@@ -472,8 +475,8 @@ class TestRollups:
         legacy = legacy_rows(60, seed=6)
         with sqlite3.connect(path) as conn:
             conn.executescript(SCHEMA_1_DDL)
-            conn.executemany(f"INSERT INTO events ({', '.join(ROW_COLUMNS[:-1])}) VALUES ({', '.join('?' * 16)})",
-                             [r[:-1] for r in (*legacy, legacy[0])])  # schema 1 had no cost
+            conn.executemany(f"INSERT INTO events ({', '.join(ROW_COLUMNS[:PRE5])}) VALUES ({', '.join('?' * PRE5)})",
+                             [r[:PRE5] for r in (*legacy, legacy[0])])  # schema 1 had no cost
         store = UsageStore(sqlite_url(path))
         assert (store.schema_version(), store.count()) == (SCHEMA_VERSION, 60)
         store.close()
@@ -534,7 +537,7 @@ class TestRollups:
         legacy = legacy_rows(50, seed=10)
         journal = tmp_path / "journal" / f"journal-{dead}-0000.jsonl"
         journal.parent.mkdir()
-        journal.write_bytes(b"".join(orjson.dumps(r[:-1]) + b"\n" for r in legacy))  # lines without cost
+        journal.write_bytes(b"".join(orjson.dumps(r[:PRE5]) + b"\n" for r in legacy))  # lines without cost
         store = UsageStore(database_url)
         collector = MetricsCollector(store, journal.parent)
         collector.close()
@@ -794,7 +797,7 @@ class TestCost:
             scan = conn.execute(select(func.sum(events.c.cost)).where(events.c.outcome == "ok")).scalar()
         store.close()
         assert isinstance(spent, Decimal) and spent == scan
-        assert spent == sum((r[-1] for r in rows if r[ROW_COLUMNS.index("outcome")] == "ok" and r[-1] is not None),
+        assert spent == sum((r[COST] for r in rows if r[ROW_COLUMNS.index("outcome")] == "ok" and r[COST] is not None),
                             Decimal(0))
         assert_rollups_exact(database_url)
 
@@ -811,10 +814,57 @@ class TestCost:
             sql(database_url, f"ALTER TABLE {table} DROP COLUMN priced")
         sql(database_url, "UPDATE meta SET value = '4' WHERE key = 'schema_version'")
         again = UsageStore(database_url)
-        assert again.schema_version() == SCHEMA_VERSION == 5 and again.count() == 200
+        assert again.schema_version() == SCHEMA_VERSION == 6 and again.count() == 200
         assert sql(database_url, "SELECT count(*) FROM events WHERE cost IS NOT NULL") == [(0,)]
         assert sql(database_url, "SELECT sum(cost), sum(priced) FROM rollup_hour") == [(0, 0)]
         again.write_many(random_rows(300, seed=23, prefix="new"))
         again.close()
         assert_rollups_exact(database_url)
         assert sql(database_url, "SELECT sum(priced) FROM rollup_user_day")[0][0] > 0
+
+
+class TestEventDetailColumns:
+    def test_detail_columns_round_trip(self, database_url: str) -> None:
+        """context, params and answer are stored and read back; a context of None is stored as ""."""
+        store = UsageStore(database_url)
+        store.write_many([row("d1", DAY0, context="chat:abc", params='{"seed":1}', answer="Tulips."),
+                          row("d2", DAY0 + 1, context=None)])
+        store.close()
+        got = sql(database_url, "SELECT request_id, context, params, answer FROM events ORDER BY id")
+        assert got == [("d1", "chat:abc", '{"seed":1}', "Tulips."), ("d2", "", None, None)]
+
+    def test_schema_5_database_gains_the_detail_columns(self, database_url: str) -> None:
+        """Schema 5 -> 6: the events gain context "" and NULL params/answer and the (context, ts)
+        index; the events and rollups are unchanged, and later writes keep the rollups exact."""
+        store = UsageStore(database_url)
+        store.write_many(random_rows(200, seed=31, prefix="five"))
+        store.close()
+        sql(database_url, "DROP INDEX ix_events_context_ts")
+        for name in ("context", "params", "answer"):
+            sql(database_url, f"ALTER TABLE events DROP COLUMN {name}")
+        sql(database_url, "UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+        before = sql(database_url, "SELECT * FROM events ORDER BY id")
+        again = UsageStore(database_url)
+        assert again.schema_version() == SCHEMA_VERSION == 6 and again.count() == 200
+        indexes = {i["name"] for i in inspect(again.engine).get_indexes("events")}
+        again.write_many(random_rows(100, seed=32, prefix="six"))
+        again.close()
+        assert "ix_events_context_ts" in indexes
+        after = sql(database_url, "SELECT * FROM events ORDER BY id LIMIT 200")
+        assert after == [(*r, "", None, None) for r in before]
+        assert_rollups_exact(database_url)
+
+    def test_a_schema_5_journal_is_replayed_with_empty_detail(self, tmp_path: Path) -> None:
+        """Journal lines written by schema 5 (one cost, no detail columns) replay with context ""."""
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        rows = random_rows(20, seed=33, prefix="j5")
+        journal = tmp_path / "journal" / f"journal-{dead}-0000.jsonl"
+        journal.parent.mkdir()
+        five = len(ROW_COLUMNS) - 3
+        journal.write_bytes(b"".join(orjson.dumps([*r[:five - 1], None]) + b"\n" for r in rows))
+        store = UsageStore(sqlite_url(tmp_path / "usage.db"))
+        MetricsCollector(store, journal.parent).close()
+        got = sql(sqlite_url(tmp_path / "usage.db"), "SELECT count(*), min(context), max(context) FROM events")
+        store.close()
+        assert got == [(20, "", "")]

@@ -437,7 +437,8 @@ class BatchRunner:
         with self._cond:
             key = self._keys.get(job.job_id)
         try:
-            result = self._gateway.run(TextRequest(row.prompt, **row.params()), Caller(job.user, job.session, key))
+            result = self._gateway.run(TextRequest(row.prompt, **row.params(), context=f"batch:{job.job_id}"),
+                                       Caller(job.user, job.session, key))
         except RateLimited as err:
             upstream_until: float | None = None
             with self._cond:

@@ -56,6 +56,7 @@ from ..telemetry.collector import Event, MetricsCollector, new_request_id
 from .answers import BUILDERS as _BUILDERS
 from .answers import from_cache as _from_cache
 from .costs import cost_of
+from .event_detail import event_context, event_params, stored_text
 from .models import ModelCatalog, ModelInfo, ModelList, no_models
 from .requests import Caller, Prepared, Request, TextRequest, check_model
 from .streams import DONE, StreamEnd, TextStream
@@ -116,6 +117,9 @@ class _Ticket:
     #: The model's price as admitted (None: unpriced), and what the budgets hold for it.
     price: Price | None = None
     reservation: Reservation | None = None
+    #: What the event records beyond its figures (``event_detail``).
+    context: str = ""
+    params: str | None = None
 
 
 class Gateway:
@@ -261,8 +265,10 @@ class Gateway:
     def _record(self, ticket: _Ticket, outcome: str, *, error: DashError | None = None,
                 latency_ms: float | None = None, ttft_ms: float | None = None, usage: Usage | None = None,
                 nbytes: int | None = None, status_code: int | None = None,
-                saved: Decimal | None = None) -> Decimal | None:
+                saved: Decimal | None = None, answer: str | None = None) -> Decimal | None:
         """Record the request's one event; returns its ``cost`` (pollen, None: unpriced).
+
+        ``answer`` (the text served) is kept as ``stored_text`` allows.
 
         ``cost`` is usage x price for an answered request (``cost_of``), ``saved`` (the
         cost of the cached answer: what the hit saved) for a ``cache_hit``, else None.
@@ -281,7 +287,8 @@ class Gateway:
         event = Event(ticket.ts, ticket.request_id, ticket.caller.user, ticket.caller.session, ticket.kind,
                       ticket.model, ticket.backend, outcome, type(error).__name__ if error else "", status_code,
                       latency_ms, ttft_ms, usage.prompt_tokens if usage else None,
-                      usage.completion_tokens if usage else None, nbytes, prompt, cost)
+                      usage.completion_tokens if usage else None, nbytes, prompt, cost, ticket.context,
+                      ticket.params, stored_text(answer, s))
         try:
             self._collector.record(event)
         except (OSError, ValueError):  # ValueError: the journal is closed (service shut down)
@@ -314,6 +321,7 @@ class Gateway:
         t0 = monotonic_ms()
         deadline = time.monotonic() + self._timeout_s(request.kind)
         ticket = self._ticket(kind, caller, request.event_prompt, t0)
+        ticket.context = event_context(request)
         if self.closed:
             raise self._failed(ticket, BackendUnavailable("The service has been shut down.",
                                                           "Reload the page to start it again."))
@@ -324,6 +332,7 @@ class Gateway:
             ticket.model = self._model_for(request, deadline)
             prepared = request.prepare(ticket.model, max_chars)
             require_sight(self, request, ticket.model)  # before the cache, the limits, the network
+            ticket.params = event_params(request, prepared)
         except DashError as err:
             raise self._failed(ticket, err) from None
         backend = self._backend
@@ -375,7 +384,8 @@ class Gateway:
             if result.cost is None:  # cached before costs were kept: at today's price
                 result = dataclasses.replace(result, cost=cost_of(ticket.kind, self.prices(request.kind, ticket.model),
                                                                   usage))
-            self._record(ticket, "cache_hit", latency_ms=latency, usage=usage, nbytes=hit.nbytes, saved=result.cost)
+            self._record(ticket, "cache_hit", latency_ms=latency, usage=usage, nbytes=hit.nbytes, saved=result.cost,
+                         answer=getattr(result, "text", None) if request.kind == "text" else None)
             return result
         backend = self._backend
         breaker = self.breaker(backend)
@@ -399,7 +409,8 @@ class Gateway:
             self._verdict(breaker, err, probe)
             raise self._failed(ticket, err) from None
         breaker.success(probe)
-        cost = self._record(ticket, "ok", latency_ms=latency, usage=usage, nbytes=nbytes, status_code=obs.status_code)
+        cost = self._record(ticket, "ok", latency_ms=latency, usage=usage, nbytes=nbytes, status_code=obs.status_code,
+                            answer=getattr(result, "text", None) if request.kind == "text" else None)
         result = dataclasses.replace(result, cost=cost)
         self._cache.put(key, result, nbytes=nbytes, latency_ms=latency)
         return result
@@ -437,7 +448,7 @@ class Gateway:
                                     cached.usage, True, ticket.request_id, cached.finish_reason,
                                     stopped_early=not end.done, cost=saved)
                 self._record(ticket, "cache_hit", latency_ms=end.latency_ms, ttft_ms=end.ttft_ms,
-                             usage=cached.usage, nbytes=hit.nbytes, saved=saved)
+                             usage=cached.usage, nbytes=hit.nbytes, saved=saved, answer=end.text)
                 return result
 
             return TextStream(items, replayed, cancel=None, t0_ms=ticket.t0, first_timeout_s=s.request_timeout_s,
@@ -484,7 +495,7 @@ class Gateway:
                                 ticket.request_id, end.finish_reason, stopped_early=not end.done)
             nbytes = len(end.text.encode())
             cost = self._record(ticket, "ok", latency_ms=end.latency_ms, ttft_ms=end.ttft_ms, usage=usage,
-                                nbytes=nbytes, status_code=seen.status_code)
+                                nbytes=nbytes, status_code=seen.status_code, answer=end.text)
             result = dataclasses.replace(result, cost=cost)
             if end.done:
                 self._cache.put(key, result, nbytes=nbytes, latency_ms=end.latency_ms)

@@ -151,6 +151,9 @@ class TextRequest:
         max_tokens: 1 to ``MAX_TOKENS_LIMIT``; None = ``DEFAULT_MAX_TOKENS``.
         temperature: 0.0 to 2.0; None = the model's default.
         seed: 0 to ``SEED_MAX`` for a repeatable answer.
+        context: What the request belongs to, recorded on its event and never part of
+            the cache key: ``"chat:<id>"``, ``"comparison:<id>"``, ``"batch:<job_id>"``,
+            "" when nothing (``gateway.event_detail``).
     """
 
     prompt: str
@@ -160,6 +163,7 @@ class TextRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     seed: int | None = None
+    context: str = ""
     images: tuple[ImageInput | dict[str, Any], ...] = ()
 
     kind = "text"
@@ -308,6 +312,9 @@ class ImageRequest:
         width / height: Pixels, ``IMAGE_MIN_PX`` to ``IMAGE_MAX_PX`` (the SDK's bounds).
         seed: 0 to ``SEED_MAX``; None picks one at random at ``prepare`` (returned in
             the result), so "generate again" gives a new image.
+        context: What the request belongs to, recorded on its event and never part of
+            the cache key: ``"chat:<id>"``, ``"comparison:<id>"``, ``"batch:<job_id>"``,
+            "" when nothing (``gateway.event_detail``).
     """
 
     prompt: str
@@ -315,6 +322,7 @@ class ImageRequest:
     width: int = 1024
     height: int = 1024
     seed: int | None = None
+    context: str = ""
 
     kind = "image"
 
@@ -369,12 +377,16 @@ class SpeechRequest:
         voice: One of ``sdk.speech.VOICES``.
         audio_format: ``"wav"`` or ``"mp3"``.
         model: A model with audio output; None = the first the backend lists.
+        context: What the request belongs to, recorded on its event and never part of
+            the cache key: ``"chat:<id>"``, ``"comparison:<id>"``, ``"batch:<job_id>"``,
+            "" when nothing (``gateway.event_detail``).
     """
 
     text: str
     voice: str = "alloy"
     audio_format: str = "wav"
     model: str | None = None
+    context: str = ""
 
     kind = "audio"
 

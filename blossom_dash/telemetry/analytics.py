@@ -70,9 +70,11 @@ from .query import (
     min_refresh_s,
 )
 from .requests_log import (
+    CONVERSATION_COLUMNS,
     LOG_COLUMNS,
     SEARCHABLE,
     SORTABLE,
+    conversation,
     count_older_than,
     filter_options,
     request_detail,
@@ -564,10 +566,11 @@ def export_frames(store: UsageStore, q: MonitorQuery, *, search: str = "", max_r
 # Re-exported so that callers import this one module. A re-exported constant is a copy
 # of the name: tuning one (``ROLLUP_MIN_SPAN_S``, say) means setting it in its own module.
 __all__ = [
-    "AGGREGATES", "BUCKET_STEPS_S", "DIMENSIONS", "EXPORT_MAX_ROWS", "FORMULA_PREFIXES", "LATENCY_BINS_PER_E",
+    "AGGREGATES", "BUCKET_STEPS_S", "CONVERSATION_COLUMNS", "DIMENSIONS", "EXPORT_MAX_ROWS", "FORMULA_PREFIXES",
+    "LATENCY_BINS_PER_E",
     "LATENCY_BIN_ERROR", "LOG_COLUMNS", "MAX_POINTS", "OUTCOMES", "RANGES", "ROLLUP_MIN_SPAN_S", "SEARCHABLE",
     "SORTABLE", "CacheSavings", "Headline", "MonitorQuery", "MonitorSnapshot", "Timeseries", "aggregate_frames",
-    "bin_bounds", "bucket_seconds", "cache_savings", "count_older_than", "encode", "errors_by_type",
+    "bin_bounds", "bucket_seconds", "cache_savings", "conversation", "count_older_than", "encode", "errors_by_type",
     "export_aggregates", "export_frames", "export_log", "filter_options", "headline", "histogram_quantile", "kpis",
     "latency_by_model", "latency_percentiles", "min_refresh_s", "model_latency_summary", "neutralise_formulas",
     "per_user", "rate_limited_by_user", "request_detail", "request_log", "request_log_export", "retention_cutoff",

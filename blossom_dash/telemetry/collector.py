@@ -173,6 +173,14 @@ class Event(NamedTuple):
             a ``cache_hit``, the cost the hit saved (what the answer cost when it was
             fetched). None when the model is unpriced or nothing was served. Journaled
             as a decimal string.
+        context: What the request belongs to (schema 6): ``"chat:<id>"``,
+            ``"comparison:<id>"``, ``"batch:<job_id>"``, "" when nothing.
+        params: The request's parameters as JSON text (``gateway.event_detail``:
+            model, max_tokens, temperature, seed, width/height, voice...; never a
+            key, never the prompt); None when not recorded (before schema 6).
+        answer: The answer text, cut to ``settings.prompt_chars`` like the prompt,
+            only when ``settings.store_prompts``; None otherwise and for images and
+            speech.
     """
 
     ts: float
@@ -192,6 +200,9 @@ class Event(NamedTuple):
     bytes: int | None = None
     prompt: str | None = None
     cost: Decimal | None = None
+    context: str = ""
+    params: str | None = None
+    answer: str | None = None
 
 
 assert Event._fields == ROW_COLUMNS

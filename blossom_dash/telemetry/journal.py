@@ -23,11 +23,13 @@ from typing import Any
 
 import orjson
 
-from .store import ROW_COLUMNS, upgrade_row
+from .store import DETAIL_COLUMNS, ROW_COLUMNS, upgrade_row
 
 #: Journal file names; a journal being created is ``.<name>.new`` until it is locked.
 PATTERN = "journal-*.jsonl"
 CREATING = ".journal-*.new"
+#: The lengths of a journal line: today's, schema 5's, and before schema 5.
+_LENGTHS = (len(ROW_COLUMNS), len(ROW_COLUMNS) - len(DETAIL_COLUMNS), len(ROW_COLUMNS) - len(DETAIL_COLUMNS) - 1)
 
 
 class Journal:
@@ -134,8 +136,9 @@ class Journal:
                 row = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # empty or torn line: its result never returned
-            # One column short: a line written before schema 5 (no cost; upgrade_row adds it).
-            if isinstance(row, list) and len(row) in (len(ROW_COLUMNS), len(ROW_COLUMNS) - 1):
+            # Shorter lines were written before schema 6 (no context, params, answer) or
+            # before schema 5 (no cost either); upgrade_row pads them.
+            if isinstance(row, list) and len(row) in _LENGTHS:
                 rows.append(tuple(row))
         return rows
 

@@ -19,6 +19,7 @@ from .query import (
     DIMENSIONS,
     E,
     MonitorQuery,
+    _frame,
     _is_raw,
     _iso,
     _merged,
@@ -151,6 +152,45 @@ def request_detail(store: UsageStore, request_id: str) -> dict[str, Any] | None:
         return None
     detail = dict(zip(ROW_COLUMNS, row[0], strict=True))
     return {"time": _iso(detail["ts"]), **detail}
+
+
+#: Columns of the conversation view, in this order.
+CONVERSATION_COLUMNS: tuple[str, ...] = ("ts", "request_id", "user", "kind", "model", "outcome", "error_type",
+                                         "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost",
+                                         "prompt", "answer")
+#: Most requests the conversation view reads for one context (a batch job may hold thousands).
+CONVERSATION_MAX_ROWS = 1000
+
+
+def conversation(store: UsageStore, context: str, *, user: str | None = None,
+                 limit: int = CONVERSATION_MAX_ROWS) -> pd.DataFrame:
+    """The requests of one conversation (comparison, batch job), oldest first.
+
+    Reads the ``(context, ts)`` index (schema 6), so it costs the chat's own requests,
+    not the history.
+
+    Args:
+        store: The usage store.
+        context: ``"chat:<id>"``, ``"comparison:<id>"`` or ``"batch:<job_id>"`` as the
+            requests recorded it; "" gives an empty frame (requests that belong to
+            nothing are not one conversation).
+        user: Only this user's requests (a member sees their own); None: everyone's.
+        limit: At most this many, the oldest first.
+
+    Returns:
+        ``CONVERSATION_COLUMNS``: ``ts`` epoch seconds (float), ``latency_ms`` /
+        ``ttft_ms`` ms, tokens as nullable integers, ``cost`` pollen (``Decimal`` or
+        None: unpriced), ``prompt`` / ``answer`` None when prompts are not stored.
+    """
+    if not context:
+        return pd.DataFrame(columns=list(CONVERSATION_COLUMNS))
+    stmt = select(*(E[c] for c in CONVERSATION_COLUMNS)).where(E.context == context)
+    if user is not None:
+        stmt = stmt.where(E.user == user)
+    df = _frame(store, stmt.order_by(E.ts, E.id).limit(limit), CONVERSATION_COLUMNS)
+    for col in ("prompt_tokens", "completion_tokens"):
+        df[col] = df[col].astype("Int64")
+    return df
 
 
 def filter_options(store: UsageStore, since: float, until: float | None = None, limit: int = 200

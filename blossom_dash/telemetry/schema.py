@@ -54,7 +54,9 @@ from ..pricing import COST_QUANTUM
 #: for streams only, with the history brought to both (``upgrade_row``). 5: ``cost`` on
 #: the events (``Pollen``) and ``cost`` and ``priced`` on ``rollup_hour`` and
 #: ``rollup_user_day`` (earlier events are unpriced: NULL, so the sums start at 0).
-SCHEMA_VERSION = 5
+#: 6: ``context``, ``params`` and ``answer`` on the events (earlier events: "", NULL,
+#: NULL) and an index on ``(context, ts)`` for the conversation view.
+SCHEMA_VERSION = 6
 
 #: Latency histogram resolution: bin ``k`` holds ``[e^(k/N), e^((k+1)/N))`` ms, so one
 #: bin spans a factor ``e^(1/16) ≈ 1.0645`` (6.45 %); bin ``-1`` holds ``[0, 1)`` ms.
@@ -75,8 +77,12 @@ _BASE_COLUMNS: tuple[str, ...] = (
 #: ``cost`` (schema 5).
 EVENT_COLUMNS: tuple[str, ...] = (*_BASE_COLUMNS, "cost")
 #: What a stored row holds: the event columns before schema 5, the (truncated) prompt,
-#: then ``cost`` (last, so rows and journals of earlier versions are a prefix of it).
-ROW_COLUMNS: tuple[str, ...] = (*_BASE_COLUMNS, "prompt", "cost")
+#: then ``cost`` (schema 5), then ``context``, ``params`` and ``answer`` (schema 6): each
+#: version appends, so rows and journals of earlier versions are a prefix of it.
+ROW_COLUMNS: tuple[str, ...] = (*_BASE_COLUMNS, "prompt", "cost", "context", "params", "answer")
+#: The columns schema 6 added (``upgrade_row`` pads older rows with ``DETAIL_DEFAULTS``).
+DETAIL_COLUMNS: tuple[str, ...] = ("context", "params", "answer")
+DETAIL_DEFAULTS: tuple[Any, ...] = ("", None, None)
 
 
 class Pollen(TypeDecorator[Decimal]):
@@ -134,10 +140,20 @@ events = Table(
     # Pollen (``Pollen``): usage x price; for a cache hit, the cost the hit saved (what
     # the same answer cost from the backend). NULL when the model is unpriced.
     Column("cost", Pollen(), nullable=True),
+    # Schema 6. What the request belongs to: "chat:<id>", "comparison:<id>",
+    # "batch:<job_id>", "" when nothing (gateway ``Request.context``).
+    Column("context", String(128), nullable=False, default="", server_default=""),
+    # The request's parameters as JSON text (model, max_tokens, temperature, seed,
+    # width/height, voice...; never a key or the prompt): ``gateway.event_detail``.
+    Column("params", Text, nullable=True),
+    # The answer text, cut like the prompt, only when prompts are stored; else NULL.
+    Column("answer", Text, nullable=True),
     # Unique so that replaying a journal after a crash never duplicates an event.
     Index("ix_events_request_id", "request_id", unique=True),
     # The Monitor's user filter reads one user's range of events without a full scan.
     Index("ix_events_user_ts", "user", "ts"),
+    # The conversation view reads one chat's (comparison's, job's) events in order.
+    Index("ix_events_context_ts", "context", "ts"),
 )
 
 #: Events that schema 4 moved from ``error`` to ``rejected`` (a SQL condition): a replay-only refusal
@@ -151,9 +167,11 @@ _COL = {name: i for i, name in enumerate(ROW_COLUMNS)}
 
 
 def upgrade_row(row: Sequence[Any]) -> tuple[Any, ...]:
-    """An event row (``ROW_COLUMNS`` order) recorded before schema 4 or 5, in today's terms.
+    """An event row (``ROW_COLUMNS`` order) recorded before schema 4, 5 or 6, in today's terms.
 
-    A row without ``cost`` (before schema 5: one column short) gets ``cost`` None. Its
+    A row without ``cost`` (before schema 5: four columns short) gets ``cost`` None; a
+    row without ``context, params, answer`` (before schema 6: three short) gets
+    ``"", None, None`` (``DETAIL_DEFAULTS``). Its
     outcome becomes ``rejected`` where ``LEGACY_REJECTED`` says so, and its
     ``ttft_ms`` None unless it is a stream (earlier versions recorded the whole
     latency as the TTFT of other kinds). A row already in today's terms is returned
@@ -161,8 +179,10 @@ def upgrade_row(row: Sequence[Any]) -> tuple[Any, ...]:
     crash (``MetricsCollector.recover``) may predate it.
     """
     out = list(row)
-    if len(out) == len(ROW_COLUMNS) - 1:
+    if len(out) == len(ROW_COLUMNS) - len(DETAIL_COLUMNS) - 1:
         out.append(None)
+    if len(out) == len(ROW_COLUMNS) - len(DETAIL_COLUMNS):
+        out.extend(DETAIL_DEFAULTS)
     outcome, error_type = out[_COL["outcome"]], out[_COL["error_type"]]
     if outcome == "error" and (error_type == "NotRecorded"
                                or (error_type == "InvalidRequest" and out[_COL["status_code"]] is None)):
@@ -178,6 +198,9 @@ _TEXT_FIELDS: tuple[tuple[int, int | None], ...] = tuple(
     (i, events.c[name].type.length) for i, name in enumerate(ROW_COLUMNS) if isinstance(events.c[name].type, String))
 
 
+_CONTEXT = ROW_COLUMNS.index("context")
+
+
 def fit_row(row: Sequence[Any]) -> Sequence[Any]:
     """An event row (``ROW_COLUMNS`` order) that every database stores as it is: each
     text cut to its column's length, and NUL characters dropped.
@@ -186,11 +209,14 @@ def fit_row(row: Sequence[Any]) -> Sequence[Any]:
     cannot contain NUL), where SQLite stores anything; one such row would otherwise
     fail its whole batch, and the collector would retry it forever. A user name over
     128 characters is stored cut (the Monitor shows it so). A row that fits is
-    returned as it is.
+    returned as it is. A ``context`` of None (a row built by hand) is stored as "".
     """
     out: list[Any] | None = None
+    if row[_CONTEXT] is None:
+        out = list(row)
+        out[_CONTEXT] = ""
     for i, limit in _TEXT_FIELDS:
-        value = row[i]
+        value = (row if out is None else out)[i]
         if isinstance(value, str) and ((limit is not None and len(value) > limit) or "\x00" in value):
             out = list(row) if out is None else out
             value = value.replace("\x00", "")
@@ -336,6 +362,8 @@ def mask_url(url: str) -> str:
 
 __all__ = [
     "DAY_S",
+    "DETAIL_COLUMNS",
+    "DETAIL_DEFAULTS",
     "EVENT_COLUMNS",
     "HOUR_S",
     "LATENCY_BINS_PER_E",

@@ -84,6 +84,7 @@ from ..errors import StorageUnavailable
 from . import sqlite_checks
 from .schema import (
     DAY_S,
+    DETAIL_COLUMNS,
     EVENT_COLUMNS,
     HOUR_S,
     LATENCY_BINS_PER_E,
@@ -311,6 +312,7 @@ class UsageStore:
             metadata.create_all(conn)
             if not fresh:
                 self._add_cost_columns(conn)  # schema 5, before any step below reads them
+                self._add_detail_columns(conn)  # schema 6
             row = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema_version")).first()
             version = SCHEMA_VERSION if fresh else int(row[0]) if row else 1
             if version < 2:
@@ -348,6 +350,19 @@ class UsageStore:
                     continue
                 kind = "BIGINT" if table is events else "BIGINT NOT NULL DEFAULT 0"
                 conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"))
+
+    @staticmethod
+    def _add_detail_columns(conn: Connection) -> None:
+        """Schema 6: ``events.context`` ("" for the history: it belonged to nothing
+        recorded), ``params`` and ``answer`` (NULL: not recorded then), and the
+        ``(context, ts)`` index; only what is missing. No rollup changes: the rollups
+        do not group by these."""
+        have = {c["name"] for c in inspect(conn).get_columns(events.name)}
+        for name, kind in (("context", "VARCHAR(128) NOT NULL DEFAULT ''"), ("params", "TEXT"),
+                           ("answer", "TEXT")):
+            if name not in have:
+                conn.execute(text(f"ALTER TABLE {events.name} ADD COLUMN {name} {kind}"))
+        next(i for i in events.indexes if i.name == "ix_events_context_ts").create(conn, checkfirst=True)
 
     def _upgrade_events(self, conn: Connection) -> list[int]:
         """Schema 4 on the events (``upgrade_row``'s rules, in SQL).
@@ -491,6 +506,7 @@ class UsageStore:
 
 #: The schema's names are re-exported here, where the readers have always found them.
 __all__ = [
+    "DETAIL_COLUMNS",
     "DAY_S",
     "EVENT_COLUMNS",
     "HOUR_S",
