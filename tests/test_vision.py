@@ -197,3 +197,10 @@ class TestFacadeAndUi:
         assert limits_text(["demo-vision"]) == ("Attach up to 4 images (PNG, JPEG, WebP or GIF, 5 MB each) "
                                                 "for a model that sees images: demo-vision.")
         assert check_image(ImageInput(images[0]["data"])).mime == "image/png"
+
+    def test_the_model_facts_say_which_model_sees(self, svc: BlossomService) -> None:
+        """The line beside a picker says "sees images" for demo-vision only."""
+        from blossom_dash.ui.model_facts import facts_line
+
+        assert "👁️ sees images" in facts_line("demo-vision", None, svc.model_info("text", "demo-vision"))
+        assert "sees images" not in facts_line("demo-swift", None, svc.model_info("text", "demo-swift"))

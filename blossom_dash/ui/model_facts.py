@@ -84,14 +84,17 @@ def facts_line(model: str, facts: ModelFacts | None, info: ModelInfo | Any = Non
     Args:
         model: The model's name.
         facts: Our history of it (``ModelFacts``), or None without requests.
-        info: The backend's ``ModelInfo`` (``price``, ``paid_only``, ``health``), or None
-            when the backend says nothing about the model.
+        info: The backend's ``ModelInfo`` (``price``, ``input_modalities``: "sees images"
+            when they include images, ``paid_only``, ``health``), or None when the
+            backend says nothing about the model.
         votes: The team's 👍 and 👎 on its answers (``BlossomService.answer_votes``),
             shown as "👍 80 % of 5 votes on answers"; None or no votes: nothing.
     """
     parts = [code_span(model)]
     price = getattr(info, "price", None)
     parts.append(price_text(price) + (" (demo prices)" if getattr(price, "source", "") == "demo" else ""))
+    if "image" in (getattr(info, "input_modalities", None) or ()):  # gateway.vision: who may get images
+        parts.append("👁️ sees images" if getattr(info, "kind", "text") == "text" else "takes an input image")
     if getattr(info, "paid_only", False):
         parts.append("paid only")
     if health := getattr(info, "health", None):
