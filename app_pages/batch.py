@@ -34,14 +34,16 @@ upload = left.file_uploader("CSV of prompts", type=["csv", "tsv", "txt"], key="b
 right.download_button("Template", batch.template_csv(), file_name="batch-template.csv", mime="text/csv",
                       key="batch_template", icon="📄", on_click="ignore")
 st.caption(f"One prompt per row in a column named **prompt**; optional columns **model**, **system**, "
-           f"**temperature**, **max_tokens**, **seed** (blank = the default). UTF-8, up to "
+           f"**temperature**, **max_tokens**, **seed** (blank = the default); or, instead of **prompt**, a "
+           f"**template** (`name`, `name@production`, `name@3`) and one column per variable. UTF-8, up to "
            f"{batch.MAX_ROWS:,} rows and {batch.MAX_FILE_BYTES // 1_048_576} MB.")
 if upload is not None:
     with ui.guard("reading the file"):
         listed = service.model_list("text")
         models = None if listed.fallback else list(listed.names)  # a fallback list cannot judge a name
         parsed = batch.parse_csv(upload.getvalue(), known_models=models,
-                                 max_prompt_chars=service.settings.max_prompt_chars)
+                                 max_prompt_chars=service.settings.max_prompt_chars,
+                                 templates=handle.prompt_resolver())  # a "template" column (Prompts page)
         valid, invalid = parsed.valid, parsed.invalid
         st.markdown(f"**{upload.name}** · {len(parsed.rows):,} rows · ✅ {len(valid):,} valid · "
                     f"❌ {len(invalid):,} invalid")

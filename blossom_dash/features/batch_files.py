@@ -6,7 +6,8 @@ None of this imports streamlit or touches the database:
   ``keep_default_na=False``, so "NA" stays a prompt and "007" stays a seed); the rules
   for each row are this module's (``row_problems``), the same ones the service applies
   to one request, so a row that passes here is not refused later. ``check_rows``
-  applies them again to the rows of a job being submitted.
+  applies them again to the rows of a job being submitted. A ``template`` column (with
+  one column per variable) fills rows from the prompt library (``batch_templates``).
 - **The template** (``template_csv``): an example file to fill in.
 - **Export** (``results_csv``, ``results_jsonl``): a job's results as downloads.
 
@@ -35,6 +36,7 @@ from ..errors import InvalidRequest
 from ..gateway.requests import TextRequest
 from ..telemetry.analytics import neutralise_formulas
 from ..telemetry.export import CSV_LINE_TERMINATOR, plain_decimal
+from .batch_templates import Resolver, expand_templates
 
 #: Largest CSV accepted, bytes (5 MB holds 10,000 prompts of ~500 characters).
 MAX_FILE_BYTES = 5 * 1024 * 1024
@@ -50,7 +52,10 @@ RESAVE_HINT = ("Re-save it as UTF-8: in Excel, File › Save As › “CSV UTF-8
                "tick “Edit filter settings” and pick “Unicode (UTF-8)”; Google Sheets' File › Download › CSV "
                "is already UTF-8.")
 FORMAT_HINT = ("The first row names the columns: “prompt” (required), and optionally “model”, “system”, "
-               "“temperature”, “max_tokens”, “seed”. Then one prompt per row.")
+               "“temperature”, “max_tokens”, “seed”. Then one prompt per row. Instead of “prompt”, a "
+               "“template” column (name, name@label or name@3) and one column per variable.")
+#: Either column gives a row its prompt (``batch_templates``).
+_PROMPT_COLUMNS = frozenset({"prompt", "template"})
 
 
 # ----- parsing and validation ----------------------------------------------------------
@@ -205,7 +210,8 @@ def _read_frame(text: str, sep: str) -> pd.DataFrame:
 
 
 def parse_csv(data: bytes, *, known_models: Collection[str] | None = None, max_prompt_chars: int = 5000,
-              max_rows: int = MAX_ROWS, max_bytes: int = MAX_FILE_BYTES) -> ParsedBatch:
+              max_rows: int = MAX_ROWS, max_bytes: int = MAX_FILE_BYTES,
+              templates: Resolver | None = None) -> ParsedBatch:
     """Parse and validate a batch file.
 
     Args:
@@ -215,6 +221,10 @@ def parse_csv(data: bytes, *, known_models: Collection[str] | None = None, max_p
         max_prompt_chars: Longest prompt (system prompt included), as the service's
             ``Settings.max_prompt_chars``.
         max_rows / max_bytes: The file limits (``MAX_ROWS``, ``MAX_FILE_BYTES``).
+        templates: Looks up a ``template`` cell for the uploader
+            (``SessionHandle.prompt_resolver()``); such rows are filled in from the
+            template and its variable columns (``batch_templates``). None: a template
+            row is invalid and says why.
 
     Returns:
         ``ParsedBatch`` with every non-blank row; invalid rows carry their ``errors``.
@@ -230,10 +240,10 @@ def parse_csv(data: bytes, *, known_models: Collection[str] | None = None, max_p
     header = text.split("\n", 1)[0]
     df = _read_frame(text, ",")
     notes: list[str] = []
-    if "prompt" not in {_norm_column(c) for c in df.columns}:
+    if not _PROMPT_COLUMNS & {_norm_column(c) for c in df.columns}:
         # Excel in many European locales saves "CSV" with semicolons; some tools use tabs.
         for sep, label in ((";", "semicolons"), ("\t", "tabs")):
-            if sep in header and "prompt" in {_norm_column(c) for c in header.split(sep)}:
+            if sep in header and _PROMPT_COLUMNS & {_norm_column(c) for c in header.split(sep)}:
                 df = _read_frame(text, sep)
                 notes.append(f"The columns are separated by {label}; read that way.")
                 break
@@ -244,18 +254,22 @@ def parse_csv(data: bytes, *, known_models: Collection[str] | None = None, max_p
             "doubled (\"\"); spreadsheet programs do this when they save as CSV.")
     names = [_norm_column(c) for c in df.columns]
     counts = Counter(names)  # linear: names.count() per column was quadratic in the width
-    duplicated = sorted(n for n in COLUMNS if counts[n] > 1)
+    duplicated = sorted(n for n in (*COLUMNS, "template") if counts[n] > 1)
     if duplicated:
         raise InvalidRequest(f"The column “{duplicated[0]}” appears more than once.", "Keep one of them.")
-    if "prompt" not in names:
+    if not _PROMPT_COLUMNS & set(names):
         found = ", ".join(f"“{c}”" for c in df.columns[:8]) or "none"
         raise InvalidRequest(f"The file has no “prompt” column (its columns: {found}).", FORMAT_HINT)
     df.columns = names
-    ignored = [c for c in df.columns if c not in COLUMNS]
+    expanded = expand_templates(df, templates) if "template" in names else None
+    if expanded is not None:
+        df, templated = expanded.frame, expanded.variable_columns | {"template"}
+        notes += expanded.notes
+    ignored = [c for c in df.columns if c not in COLUMNS and (expanded is None or c not in templated)]
     if ignored:
         notes.append("Ignored columns: " + ", ".join(ignored[:10]) + (" …" if len(ignored) > 10 else "") + ".")
     used = [c for c in COLUMNS if c in df.columns]
-    df = df[used]
+    df = df[used + (["template"] if expanded is not None else [])]  # a template row is not blank
     blank = df.apply(lambda col: col.str.strip() == "").all(axis=1)
     if blank.any():
         notes.append(f"Skipped {int(blank.sum()):,} blank row(s).")
@@ -266,7 +280,8 @@ def parse_csv(data: bytes, *, known_models: Collection[str] | None = None, max_p
         raise InvalidRequest(f"The file has {len(df):,} rows; a batch holds at most {max_rows:,}.",
                              f"Split it into files of up to {max_rows:,} rows and run them one after another.")
     known = frozenset(known_models) if known_models is not None else None
-    rows = tuple(validate_row(int(pos) + 2, record, known_models=known, max_prompt_chars=max_prompt_chars)
+    rows = tuple(validate_row(int(pos) + 2, record, known_models=known, max_prompt_chars=max_prompt_chars,
+                              template_errors=expanded.errors.get(pos) if expanded else None)
                  for pos, record in zip(df.index, df.to_dict("records"), strict=True))
     return ParsedBatch(rows, tuple(used), tuple(notes))
 
@@ -294,13 +309,15 @@ def _number(name: str, raw: str, errors: list[str], *, whole: bool) -> float | i
 
 
 def validate_row(row: int, values: Mapping[str, str], *, known_models: Collection[str] | None = None,
-                 max_prompt_chars: int = 5000) -> BatchRow:
+                 max_prompt_chars: int = 5000, template_errors: Sequence[str] | None = None) -> BatchRow:
     """One file row (cells as text) as a ``BatchRow``, with its problems.
 
     Args:
         row: The row's number in the file (header = 1).
         values: Cells by column name (``COLUMNS``); missing or blank = not given.
         known_models / max_prompt_chars: As in ``parse_csv``.
+        template_errors: Why the row's template could not be used (``batch_templates``):
+            listed first, in place of "the prompt is empty" that follows from them.
 
     Returns:
         ``BatchRow``; ``errors`` lists bad numbers and everything ``row_problems`` finds.
@@ -314,6 +331,8 @@ def validate_row(row: int, values: Mapping[str, str], *, known_models: Collectio
                       max_tokens=None if max_tokens is None else int(max_tokens),
                       seed=None if seed is None else int(seed))
     errors += row_problems(parsed, known_models=known_models, max_prompt_chars=max_prompt_chars)
+    if template_errors:
+        errors = [*template_errors, *(e for e in errors if e != "The prompt is empty")]
     return replace(parsed, errors=tuple(errors))
 
 
