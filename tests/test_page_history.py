@@ -60,7 +60,14 @@ def _started(user: dict | None = None) -> AppTest:
 
 
 def _titles(at: AppTest) -> list[str]:
-    return [b.label for b in at.sidebar.button if b.key and b.key.startswith("history_open_")]
+    """The chats listed in the sidebar, as "title · age" (the open one's title is bold)."""
+    out = []
+    for b in at.sidebar.button:
+        if b.key and b.key.startswith("history_open_"):
+            title, age = b.label.split("  \n")
+            assert age.startswith(":gray[:small[") and age.endswith("]]"), b.label
+            out.append(f"{title} · {age.removeprefix(':gray[:small[').removesuffix(']]')}")
+    return out
 
 
 class TestSidebar:
@@ -76,7 +83,8 @@ class TestSidebar:
         at.button(key=f"history_open_{old.id}").click().run()
         assert at.session_state["playground_chat_id"] == old.id
         assert "user: moving windows" in texts(at, "markdown")
-        assert next(b for b in at.sidebar.button if b.key == f"history_open_{old.id}").proto.type == "primary"
+        assert "**moving windows** · just now · open" in _titles(at)
+        assert next(b for b in at.sidebar.button if b.key == f"history_open_{old.id}").proto.type == "secondary"
         at.button(key="history_new").click().run()
         assert at.session_state["playground_chat_id"] is None and at.session_state["playground_messages"] == []
         assert new.id in {b.key.removeprefix("history_open_") for b in at.sidebar.button if b.key}
@@ -96,10 +104,15 @@ class TestSidebar:
         at.text_input(key=f"history_title_{chat.id}").set_value("Windows, explained").run()
         at.button(key=f"history_rename_{chat.id}").click().run()
         assert "Windows, explained · just now" in _titles(at)
+        svc.save_chat(None, _chat("![x](http://127.0.0.1:9/x.png) [see](http://127.0.0.1:9)"), caller=LOCAL)
+        at.run()
+        assert "\\[image: x\\] see (`http://127.0.0.1:9`) · just now" in _titles(at)  # a prompt loads nothing
         assert at.button(key=f"history_delete_{chat.id}").disabled
         at.checkbox(key=f"history_sure_{chat.id}").check().run()
         at.button(key=f"history_delete_{chat.id}").click().run()
-        assert not at.exception and _titles(at) == ["token buckets · just now"]
+        assert not at.exception and chat.id not in {b.key.removeprefix("history_open_") for b in at.sidebar.button
+                                                    if b.key}
+        assert "token buckets · just now" in _titles(at)
 
     def test_a_dozen_at_a_time(self) -> None:
         """More than a dozen chats: the newest twelve, then Show more."""

@@ -25,6 +25,7 @@ from ..errors import DashError
 from ..features.chats import MAX_LISTED
 from ..session import SessionHandle
 from .feedback import guard, show_error
+from .safe import safe_markdown
 from .times import local_time
 
 MESSAGES = "playground_messages"
@@ -100,15 +101,20 @@ def chat_history_sidebar(handle: SessionHandle) -> None:
 
 def _chat_row(handle: SessionHandle, chat: Any, *, is_open: bool, now: float) -> None:
     left, right = st.columns([0.84, 0.16], gap="small", vertical_alignment="center")
-    label = f"{chat.title} · {relative_age(chat.updated, now)}"
-    if left.button(label, key=f"history_open_{chat.id}", type="primary" if is_open else "tertiary",
+    title = safe_markdown(chat.title, limit=80)  # a prompt: inert, it loads and links nothing
+    age = relative_age(chat.updated, now) + (" · open" if is_open else "")
+    # Two lines (the title, cut with an ellipsis to the sidebar's width; its age under it); the open
+    # chat is boxed (secondary) and bold, the others plain (tertiary).
+    label = f"{f'**{title}**' if is_open else title}  \n:gray[:small[{age}]]"
+    if left.button(label, key=f"history_open_{chat.id}", type="secondary" if is_open else "tertiary",
                    help=f"Last saved {local_time(chat.updated)} · {chat.turns:,} messages"
                         + (" · open now" if is_open else ""), width="stretch"):
         with guard("opening the chat"):
             loaded = handle.load_chat(chat.id)
             _open_chat(loaded.id, loaded.messages)
             st.rerun()
-    with right.popover("⋮", key=f"history_menu_{chat.id}", help="Rename or delete this chat"):
+    with right.popover("", icon=":material/more_vert:", key=f"history_menu_{chat.id}",
+                       help="Rename or delete this chat"):
         title = st.text_input("Title", value=chat.title, key=f"history_title_{chat.id}", max_chars=80)
         if st.button("Rename", key=f"history_rename_{chat.id}"):
             with guard("renaming the chat"):
