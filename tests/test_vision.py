@@ -21,7 +21,7 @@ from blossom_dash import BlossomService
 from blossom_dash.errors import InvalidRequest
 from blossom_dash.gateway import TextRequest
 from blossom_dash.gateway.vision import MAX_IMAGE_BYTES, ImageInput, check_image
-from blossom_dash.ui.attachments import ACCEPT_TYPES, MAX_IMAGE_MB, limits_text, to_images
+from blossom_dash.ui.attachments import ACCEPT_TYPES, MAX_IMAGE_MB, limits_text, to_images, vision_warning
 
 BLUE = (0x33, 0x66, 0xCC)
 
@@ -204,3 +204,11 @@ class TestFacadeAndUi:
 
         assert "👁️ sees images" in facts_line("demo-vision", None, svc.model_info("text", "demo-vision"))
         assert "sees images" not in facts_line("demo-swift", None, svc.model_info("text", "demo-swift"))
+
+    def test_a_page_can_warn_before_sending(self, svc: BlossomService) -> None:
+        """``vision_warning``: words for a model that cannot see, None otherwise."""
+        handle = svc.session("ana")
+        images = [attached(picture())]
+        assert vision_warning(handle, "demo-swift", images) == "demo-swift cannot see images; pick one of: demo-vision."
+        assert vision_warning(handle, "demo-vision", images) is None
+        assert vision_warning(handle, "demo-swift", []) is None

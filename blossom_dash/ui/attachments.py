@@ -39,6 +39,23 @@ def limits_text(vision_models: Iterable[str] = ()) -> str:
     return f"Attach up to {MAX_ATTACHED} images (PNG, JPEG, WebP or GIF, {MAX_IMAGE_MB} MB each){who}"
 
 
+def vision_warning(handle: Any, model: str | None, images: Iterable[Any] | None) -> str | None:
+    """The words a page shows *before* sending when ``model`` cannot see the attached
+    ``images`` (None when nothing is attached or it can): the gateway refuses such a
+    request anyway, this only says so early.
+
+    Args:
+        handle: A ``SessionHandle`` (or the service): ``model_sees_images``, ``vision_models``.
+        model: The chosen model (None: the default).
+        images: What is attached (message-contract dicts or uploaded files).
+    """
+    if not list(images or ()) or handle.model_sees_images(model):
+        return None
+    able = handle.vision_models()
+    pick = f"pick one of: {', '.join(able)}" if able else "this backend lists no model that does"
+    return f"{model or 'The default model'} cannot see images; {pick}."
+
+
 def to_images(files: Iterable[Any] | None) -> list[dict[str, Any]]:
     """Uploaded files (``st.chat_input(accept_file=...)``'s ``files``: ``UploadedFile``)
     as message-contract image dicts ``{"name": str, "mime": str, "data": bytes}``.
@@ -71,4 +88,5 @@ def show_images(msg: Mapping[str, Any]) -> None:
                 st.caption(f"🖼️ {image.get('name') or 'image'} (cannot be shown)")
 
 
-__all__ = ["ACCEPT_TYPES", "MAX_ATTACHED", "MAX_IMAGE_MB", "THUMB_PX", "limits_text", "show_images", "to_images"]
+__all__ = ["ACCEPT_TYPES", "MAX_ATTACHED", "MAX_IMAGE_MB", "THUMB_PX", "limits_text", "show_images", "to_images",
+           "vision_warning"]
