@@ -61,9 +61,10 @@ items: list[GalleryItem] = st.session_state[GALLERY_KEY]
 limits = (f"It keeps the last {GALLERY_MAX_IMAGES} images (at most {GALLERY_MAX_BYTES // 2**20} MB); "
           "older ones drop off.")
 if not items:
-    st.info("The gallery is empty. Generate an image on the **Playground** page, tab **🖼️ Image** "
-            "(Playground is in the sidebar): every image you generate in this browser session appears here "
-            "with its prompt, model, seed, size and latency, ready to download or to regenerate with a new seed.")
+    st.info("The gallery is empty. Generate an image on the **Image** page, or compare image models on "
+            "**Compare** (tab **🖼️ Images**; a blind comparison's images once you have voted), both in the "
+            "sidebar: every image you generate in this browser session appears here with its prompt, model, seed, "
+            "size and latency, ready to download or to regenerate with a new seed.")
     st.caption("The gallery lives in this browser session only: nothing is stored on the server, and a reload "
                f"empties it. {limits}")
     st.stop()

@@ -95,7 +95,8 @@ class CompareMethods(AccessMethods):
                      api_key: str | None = None) -> TextComparison:
         """Start one streamed answer per model to the same prompt, all at once.
 
-        Each stream is a ``stream_text`` request (cache, rate limit, one event each).
+        Each stream is a ``stream_text`` request (cache, rate limit, one event each, its
+        ``context`` ``"comparison:<id>"``, the id it is stored under).
         First the whole comparison must fit the caller's rate-limit window and budgets
         (``comparison_refusal``): else it is refused before anything is sent. A model
         whose request is still refused at its start (another tab took the slot, a bad
@@ -130,7 +131,7 @@ class CompareMethods(AccessMethods):
         for model in models:
             try:
                 starts.append(self.stream_text(prompt, model=model, **params, user=user, session=session,
-                                               api_key=api_key))
+                                               api_key=api_key, context=f"comparison:{cid}"))
             except DashError as err:
                 starts.append(err)
         return TextComparison(prompt, models, stored, starts, lambda panels: self._comparisons().save(
@@ -166,7 +167,8 @@ class CompareMethods(AccessMethods):
         cid = new_comparison_id()
         models = blind_order(models) if blind else models
         outcomes = run_all([lambda m=m: self.generate_image(prompt, model=m, width=width, height=height, seed=seed,
-                                                            user=user, session=session, api_key=api_key)
+                                                            user=user, session=session, api_key=api_key,
+                                                            context=f"comparison:{cid}")
                             for m in models])
         invalid = [o for o, _ in outcomes if isinstance(o, InvalidRequest)]
         if len(invalid) == len(outcomes):

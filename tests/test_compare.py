@@ -461,3 +461,16 @@ class TestRecordedModels:
             svc.generate_text("What is p95?", model="demo-coder")
             assert svc.session("bob").models_recorded_for("text", "What is p95?") == [
                 "demo-coder", "demo-deep", "demo-swift"], "a new recording is seen at once"
+
+
+class TestRequestLinks:
+    def test_each_request_names_its_comparison(self, svc: BlossomService) -> None:
+        """Every request of a comparison records context comparison:<id>, the id it is stored under."""
+        _, _, comp = run_text(svc, "hi", ["demo-swift", "demo-deep"])
+        image = svc.compare_images("a cat", ["demo-sketch", "demo-mosaic"], width=64, height=64, seed=1)
+        svc.flush_events()
+        with svc.store.engine.connect() as conn:
+            rows = conn.execute(events.select().with_only_columns(events.c.model, events.c.context)).all()
+        contexts = {model: context for model, context in rows}
+        assert contexts["demo-swift"] == contexts["demo-deep"] == f"comparison:{comp.id}"
+        assert contexts["demo-sketch"] == contexts["demo-mosaic"] == f"comparison:{image.id}"

@@ -33,7 +33,7 @@ class TestGallery:
         at = app("app_pages/gallery.py").run()
         assert not at.exception
         info = " ".join(texts(at, "info"))
-        assert "empty" in info and "Playground" in info and "Image" in info
+        assert "empty" in info and "**Image** page" in info and "**Compare**" in info
         assert not at.get("image") and not at.get("download_button")
 
     def test_images_show_newest_first_with_their_figures(self) -> None:

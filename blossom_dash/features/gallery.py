@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ..gateway.requests import SEED_MAX
 from ..results import ImageResult
+from .compare_panels import Comparison
 
 #: Session-state key of the gallery list (shared by the Playground and the Gallery).
 GALLERY_KEY = "gallery_images"
@@ -92,6 +93,23 @@ def add_image(items: list[GalleryItem], image: ImageResult, prompt: str, *, now:
     return out
 
 
+def add_comparison(items: list[GalleryItem], comp: Comparison, *, now: float | None = None) -> list[GalleryItem]:
+    """A new gallery list with every image of an image comparison first, in column order.
+
+    A failed panel adds nothing; a text comparison adds nothing. Each image joins as
+    ``add_image`` adds one (the same picture again moves to the front), with the
+    comparison's prompt, its model, seed, size, latency and request id.
+    """
+    out = items
+    for p in reversed(comp.panels if comp.kind == "image" else ()):
+        if p.ok and p.image:
+            image = ImageResult(p.image, p.content_type or "image/png", p.width or 0, p.height or 0, p.model,
+                                comp.backend, p.seed if p.seed is not None else 0, p.latency_ms or 0.0, p.cached,
+                                p.request_id, p.cost)
+            out = add_image(out, image, comp.prompt, now=now)
+    return out
+
+
 def new_seed(item: GalleryItem, rng: random.Random | None = None) -> int:
     """A seed for "regenerate": random in the service's range, never the item's own."""
     rng = rng or random.Random()
@@ -119,5 +137,6 @@ def total_bytes(items: list[GalleryItem]) -> int:
     return sum(len(i.image.data) for i in items)
 
 
-__all__ = ["GALLERY_KEY", "GALLERY_MAX_BYTES", "GALLERY_MAX_IMAGES", "GalleryItem", "add_image", "markdown_text",
+__all__ = ["GALLERY_KEY", "GALLERY_MAX_BYTES", "GALLERY_MAX_IMAGES", "GalleryItem", "add_comparison", "add_image",
+           "markdown_text",
            "new_seed", "total_bytes"]
