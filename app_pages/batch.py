@@ -108,7 +108,7 @@ def job_panel(job_id: str, was_active: bool) -> None:
         return
     if was_active and not status.active:
         st.rerun()  # the job has stopped: redraw the page once, which stops the polling
-    batch_view.render_status(status)
+    batch_view.render_status(status, handle.rate_status() if status.active else None)
     actions = [(label, icon, key, act) for label, icon, key, act, show in (
         ("Cancel", "⏹️", "batch_cancel", lambda: handle.cancel_batch(job_id), status.active),
         ("Resume", "▶️", "batch_resume", lambda: handle.resume_batch(job_id), status.resumable),

@@ -41,7 +41,8 @@ class RateLimited(DashError):
 
     Args:
         retry_after_s: Seconds until a request will be admitted again (> 0).
-        scope: ``"user"``, ``"global"`` or ``"upstream"``.
+        scope: ``"user"``, ``"global"``, ``"batch"`` (a user's batch used its share of
+            their limit: ``policies.ratelimit``) or ``"upstream"``.
     """
 
     severity = "warning"

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
         replay_only: Serve recorded answers only and never call a backend (offline
             demos); implies ``persistent_cache``.
         per_user_rpm / global_rpm: moving-window request limits per minute.
+        batch_share: The fraction of a user's ``per_user_rpm`` their batch rows may
+            take (0.05 to 1.0; ``ceil(share × per_user_rpm)`` requests per minute), so a
+            running batch leaves the rest of the window to their interactive requests
+            (``policies.ratelimit``). Applies always, not only while they chat.
         data_dir: Folder for the SQLite usage store (created on first run).
         database_url: Any SQLAlchemy URL; empty means ``sqlite:///<data_dir>/usage.db``.
         max_prompt_chars: Longest accepted prompt (all messages together); the SDK
@@ -151,6 +155,7 @@ class Settings(BaseSettings):
 
     per_user_rpm: int = Field(default=30, ge=1, le=100_000)
     global_rpm: int = Field(default=120, ge=1, le=1_000_000)
+    batch_share: float = Field(default=0.5, ge=0.05, le=1.0)
 
     data_dir: Path = Path("data")
     database_url: str = ""

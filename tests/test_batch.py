@@ -399,7 +399,7 @@ class TestJobs:
 class TestRateLimits:
     def test_rows_wait_for_the_window_instead_of_failing(self, tmp_path: Path) -> None:
         """12 rows at 10 RPM: 10 run, then the job waits (no row fails) and resumes when there is room."""
-        with make_service(tmp_path, per_user_rpm=10) as svc:
+        with make_service(tmp_path, per_user_rpm=10, batch_share=1.0) as svc:
             job = svc.submit_batch(rows(12), user="ana")
             wait_for(lambda: paused(svc, job), "the job to wait for the window")
             status = svc.batch_status(job)
@@ -413,7 +413,7 @@ class TestRateLimits:
 
     def test_cancel_while_waiting(self, tmp_path: Path) -> None:
         """A job waiting for the window can be cancelled; the waiting rows are skipped, not failed."""
-        with make_service(tmp_path, per_user_rpm=10) as svc:
+        with make_service(tmp_path, per_user_rpm=10, batch_share=1.0) as svc:
             job = svc.submit_batch(rows(12), user="ana")
             wait_for(lambda: paused(svc, job), "the job to wait for the window")
             status = svc.cancel_batch(job, user="ana")
@@ -476,7 +476,7 @@ class TestRestart:
 
     def test_restart_carries_the_job_on(self, tmp_path: Path) -> None:
         """A restart keeps the finished rows and the next service runs only the rest, by itself."""
-        with make_service(tmp_path, per_user_rpm=6) as first:
+        with make_service(tmp_path, per_user_rpm=6, batch_share=1.0) as first:
             job = first.submit_batch(rows(12), user="ana")
             wait_for(lambda: paused(first, job), "the job to wait for the window")
             runner = first._batch_runner()
@@ -510,7 +510,7 @@ class TestRestart:
             sys.path.insert(0, {str(ROOT / "tests")!r})
             from helpers import make_service
             from pathlib import Path
-            svc = make_service(Path({str(tmp_path)!r}), per_user_rpm=5)
+            svc = make_service(Path({str(tmp_path)!r}), per_user_rpm=5, batch_share=1.0)
             job = svc.submit_batch([{{"prompt": f"question {{i}}"}} for i in range(10)], user="ana")
             while not (svc.batch_status(job).waiting_s > 0 and svc.batch_status(job).running == 0):
                 time.sleep(0.02)

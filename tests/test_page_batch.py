@@ -184,11 +184,26 @@ class TestJobs:
     def test_waiting_for_the_rate_limit_is_shown(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Over the user's RPM the job says it waits (and for what) instead of failing rows."""
         monkeypatch.setenv("BLOSSOM_DASH_PER_USER_RPM", "3")
+        monkeypatch.setenv("BLOSSOM_DASH_BATCH_SHARE", "1.0")  # the user's own window, not the batch's share
         at = upload(app("app_pages/batch.py").run(), csv(5))
         at.button(key="batch_run").click().run()
         until(at, lambda a: any("Waiting for your requests-per-minute limit" in i for i in texts(a, "info")),
               "the job to wait for the window")
         assert [m.value for m in at.metric][:3] == ["3", "0", "2"]
+        at.button(key="batch_cancel").click().run()
+        assert not at.exception
+
+    def test_the_batch_share_of_the_quota_is_shown(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """At 10 RPM and share 0.5 the job waits for its share after 5 rows and says how much of the quota it holds."""
+        monkeypatch.setenv("BLOSSOM_DASH_PER_USER_RPM", "10")
+        monkeypatch.setenv("BLOSSOM_DASH_BATCH_SHARE", "0.5")
+        at = upload(app("app_pages/batch.py").run(), csv(8))
+        at.button(key="batch_run").click().run()
+        until(at, lambda a: any("this batch's share of your requests-per-minute limit" in i for i in texts(a, "info")),
+              "the job to wait for its share")
+        assert [m.value for m in at.metric][:3] == ["5", "0", "3"]
+        assert ("Your batch is using 5 of your 10 requests/min (its share is 50%: at most 5; the rest is kept for "
+                "your chats).") in texts(at, "caption")
         at.button(key="batch_cancel").click().run()
         assert not at.exception
 

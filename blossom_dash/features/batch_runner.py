@@ -71,6 +71,7 @@ MAX_RATE_LIMIT_WAITS = 30
 #: on the Controls page resumes the job at once).
 LIMIT_POLL_S = 1.0
 _WAIT_REASONS = {"user": "your requests-per-minute limit", "global": "the limit for all users",
+                 "batch": "this batch's share of your requests-per-minute limit (the rest is kept for your chats)",
                  "upstream": "the backend's rate limit (HTTP 429)",
                  "budget": "a spending budget used up (until it resets or an admin raises it)"}
 
@@ -93,7 +94,10 @@ class BatchRunner:
     a short one. A row goes through the gateway (``Gateway.run``) as the job's user:
     cache hits are instant, misses take a rate-limit slot and record a ``text``
     event that the Monitor shows. Before a row is claimed, the user's and the global
-    moving windows are checked; when one is full, the job waits until it has room
+    moving windows are checked, and the user's batch window (their batch share,
+    ``policies.ratelimit``: a row is a ``Caller`` of purpose ``"batch"``, so a running
+    batch leaves the rest of the user's limit to their chats); when one is full, the job
+    waits until it has room
     (re-checked every ``LIMIT_POLL_S``). A refusal anyway (a race, or the backend's
     own 429) hands the row back and pauses the job for ``retry_after_s`` (at most
     ``MAX_WAIT_S``); an upstream 429 pauses the job on every replica (``wait_until``)
@@ -238,7 +242,7 @@ class BatchRunner:
         counts, recent = self._db.counts(job_id, job["run_started_ts"])
         st = job_status(job, counts)
         waiting_s, scope = 0.0, ""
-        limited = job["wait_scope"] in ("user", "global")
+        limited = job["wait_scope"] in ("user", "global", "batch")
         if job["wait_until"] is not None and job["wait_until"] > now:
             waiting_s, scope = job["wait_until"] - now, job["wait_scope"] or ""
         with self._cond:
@@ -339,10 +343,10 @@ class BatchRunner:
                 self._order.remove(job.job_id)
 
     def _has_room(self, job: ActiveJob, now: float) -> bool:
-        """Whether the user's and the global windows have a slot; else pause ``job``."""
+        """Whether the user's, their batch share's and the global windows have a slot; else pause ``job``."""
         status = self._gateway.limit_status(job.user)
-        for scope, window in (("user", status.user), ("global", status.global_)):
-            if window.remaining <= 0:
+        for scope, window in (("user", status.user), ("batch", status.batch), ("global", status.global_)):
+            if window is not None and window.remaining <= 0:
                 job.not_before = now + min(max(window.reset_in_s, 0.05), MAX_WAIT_S)
                 job.wait_scope, job.limited = scope, True
                 return False
@@ -438,7 +442,7 @@ class BatchRunner:
             key = self._keys.get(job.job_id)
         try:
             result = self._gateway.run(TextRequest(row.prompt, **row.params(), context=f"batch:{job.job_id}"),
-                                       Caller(job.user, job.session, key))
+                                       Caller(job.user, job.session, key, purpose="batch"))
         except RateLimited as err:
             upstream_until: float | None = None
             with self._cond:

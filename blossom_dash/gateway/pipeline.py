@@ -85,7 +85,7 @@ def outcome_of(err: DashError) -> str:
     """
     if isinstance(err, NotRecorded | BudgetExceeded) or (isinstance(err, InvalidRequest) and err.status_code is None):
         return "rejected"
-    if isinstance(err, RateLimited) and err.scope in ("user", "global"):
+    if isinstance(err, RateLimited) and err.scope in ("user", "global", "batch"):
         return "rate_limited"
     return "error"
 
@@ -347,7 +347,8 @@ class Gateway:
             if self._cache.replay_only:  # every cache miss passes here before the network: refuse it unsent
                 raise not_recorded(ticket.kind, ticket.prompt, prepared.model)
             caller = ticket.caller
-            self._limiter.acquire(caller.user, rpm=self.settings.kiosk_rpm if caller.is_kiosk else None)
+            self._limiter.acquire(caller.user, rpm=self.settings.kiosk_rpm if caller.is_kiosk else None,
+                                  batch=caller.purpose == "batch")
             ticket.price = self.prices(prepared.kind, prepared.model)
             ticket.reservation = self.budget.reserve(caller.user, prepared.estimated_cost(ticket.price, ticket.prompt))
             return breaker.admit()

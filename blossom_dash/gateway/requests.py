@@ -59,12 +59,16 @@ class Caller:
             team's aggregates only). A Caller made in code without a role is the
             process's own owner, an admin; the pages make theirs from the signed-in
             identity (``BlossomService.role_for``).
+        purpose: ``"interactive"`` (a person waiting on the answer) or ``"batch"`` (a
+            row of their batch job: it also takes a slot of the user's batch share,
+            ``policies.ratelimit``).
     """
 
     user: str = "anonymous"
     session: str = ""
     api_key: str | None = field(default=None, repr=False)
     role: str = "admin"
+    purpose: str = "interactive"
 
     @property
     def is_admin(self) -> bool:

@@ -22,13 +22,14 @@ def cache_and_limiter(s: Settings) -> tuple[ResponseCache, RateLimiter]:
         "max_bytes": s.cache_max_bytes, "persist_dir": s.data_dir / "replay", "persistent": s.persistent_cache,
         "replay_only": s.replay_only}
     if s.redis_url is None:
-        return ResponseCache(**cache_opts), RateLimiter(per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm)
+        return ResponseCache(**cache_opts), RateLimiter(per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm,
+                                                        batch_share=s.batch_share)
     from .shared_cache import SharedResponseCache
     from .shared_limits import SharedRateLimiter
 
     url = s.redis_url.get_secret_value()
     return (SharedResponseCache(url, **cache_opts),
-            SharedRateLimiter(url, per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm))
+            SharedRateLimiter(url, per_user_rpm=s.per_user_rpm, global_rpm=s.global_rpm, batch_share=s.batch_share))
 
 
 __all__ = ["cache_and_limiter"]

@@ -8,6 +8,15 @@ A window is keyed by who it counts (a user, or everyone), not by its limit, so w
 ``configure()`` changes a limit the requests already made stay in the window at the
 times they were made and count against the new limit until they are 60 s old.
 
+A user's batch rows (a ``Caller`` of purpose ``"batch"``) also take a slot from a third
+window, the user's batch window, whose limit is their share of the user's limit:
+``batch_rpm(per_user_rpm, batch_share)`` (``Settings.batch_share``, default 0.5). So a
+running batch never holds more than that part of the user's window, and the rest
+stays free for their chats, Compare and every other interactive request. The share
+applies always, not only once the user has chatted in the last minute: a batch that had
+filled the window before the user started typing would refuse their first prompt,
+which is what the share is there to prevent.
+
 These windows are this process's; ``shared_limits.SharedRateLimiter`` keeps them in
 Redis for every replica (``Settings.redis_url``).
 """
@@ -15,6 +24,7 @@ Redis for every replica (``Settings.redis_url``).
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 import time
 import weakref
@@ -29,6 +39,25 @@ from ..errors import RateLimited
 
 _GLOBAL_ID = "all"
 _EXPIRE_EVERY_S = 1.0
+
+
+def batch_rpm(per_user_rpm: int, share: float) -> int:
+    """The requests per minute a user's batch may take: ``ceil(share × per_user_rpm)``, at least 1.
+
+    Args:
+        per_user_rpm: The user's limit (RPM) in force.
+        share: The batch's fraction of it (``Settings.batch_share``, 0.05 to 1.0).
+
+    Returns:
+        Whole requests per minute; ``15`` for 30 RPM at 0.5, ``4`` for 10 RPM at 0.35.
+    """
+    # round() first: 0.1 * 30 is 3.0000000000000004 in binary floating point, not 4 requests.
+    return max(1, math.ceil(round(share * per_user_rpm, 9)))
+
+
+def _check_share(value: float) -> None:
+    if not 0.05 <= value <= 1.0:
+        raise ValueError(f"batch_share must be between 0.05 and 1.0 (a fraction of the per-user limit), not {value}")
 
 
 class _Limit(RateLimitItemPerMinute):
@@ -216,11 +245,17 @@ class LimitStatus:
             unreachable; ``shared_limits.SharedRateLimiter``), "" when they were. Then
             nothing is admitted: ``remaining`` is 0, ``used`` is 0 (unknown),
             ``reset_in_s`` is when to look again and ``limit`` the last one read.
+        batch: The user's batch window: ``used`` is how many of ``user.used`` their
+            batch rows took, ``limit`` is ``batch_rpm(user.limit, batch_share)``.
+            None only where a status is made without one.
+        batch_share: The fraction of the user's limit a batch may take (0.05 to 1.0).
     """
 
     user: WindowStatus
     global_: WindowStatus
     unavailable: str = ""
+    batch: WindowStatus | None = None
+    batch_share: float = 1.0
 
 
 def _check_rpm(name: str, value: int) -> None:
@@ -241,17 +276,21 @@ class RateLimiter:
     Args:
         per_user_rpm: Requests per minute one user identity may make.
         global_rpm: Requests per minute all users together may make.
+        batch_share: The fraction of ``per_user_rpm`` a user's batch rows may take
+            (module docstring); 1.0 lets a batch use the whole window.
         clock: Current time in seconds; must never go backwards (the check and the
             take of one request read it separately).
 
     Raises:
-        ValueError: a limit below 1.
+        ValueError: a limit below 1, or a share outside 0.05 to 1.0.
     """
 
-    def __init__(self, *, per_user_rpm: int = 30, global_rpm: int = 120,
+    def __init__(self, *, per_user_rpm: int = 30, global_rpm: int = 120, batch_share: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         _check_rpm("per_user_rpm", per_user_rpm)
         _check_rpm("global_rpm", global_rpm)
+        _check_share(batch_share)
+        self.batch_share = batch_share
         self._lock = threading.Lock()
         self._storage = _Storage(clock)
         self._strategy = MovingWindowRateLimiter(self._storage)
@@ -263,33 +302,54 @@ class RateLimiter:
         return WindowStatus(limit=item.amount, remaining=max(0, item.amount - used),
                             reset_in_s=round(rises_in, 3), used=used)
 
-    def acquire(self, user: str, *, rpm: int | None = None) -> None:
-        """Take one slot for ``user`` and one global slot, or neither.
+    def _batch_item(self, user_item: _Limit) -> _Limit:
+        """The batch window's limit under the user limit ``user_item``."""
+        return _Limit(batch_rpm(user_item.amount, self.batch_share), namespace="batch")
+
+    def acquire(self, user: str, *, rpm: int | None = None, batch: bool = False) -> None:
+        """Take one slot for ``user`` and one global slot (and one batch slot for a batch row), or none.
 
         Args:
             user: Whose window.
             rpm: A lower per-user limit for this user (kiosk visitors); the per-user
                 limit in force still caps it.
+            batch: A row of the user's batch: it must also fit the user's batch
+                window (``batch_rpm`` of the per-user limit in force).
 
         Raises:
             RateLimited: a window is full; ``retry_after_s`` is when its next slot
-                frees, ``scope`` says which window ("user"/"global"; global first).
+                frees, ``scope`` says which window ("global", then "user", then
+                "batch": in the order they are checked).
         """
         with self._lock:
-            # test(global), then hit(user) which tests and takes in one step, then
-            # hit(global), which cannot fail under the lock on a clock that never goes
-            # back (a window only loses entries as time passes): both slots or neither.
+            # test(global), test(batch) (when the user's window has room: a full one is
+            # the reason to give), then hit(user) which tests and takes in one step, then
+            # hit(batch) and hit(global), which cannot fail under the lock on a clock that
+            # never goes back (a window only loses entries as time passes): every slot or none.
             if not self._strategy.test(self._global_item, _GLOBAL_ID):
                 raise self._refusal(self._global_item, _GLOBAL_ID, "global")
             item = self._user_item
             if rpm is not None and rpm < item.amount:
                 item = _Limit(max(1, rpm), namespace="user")  # the same window: keys leave the amount out
+            share = self._batch_item(item) if batch else None
+            if share is not None and self._strategy.test(item, user) and not self._strategy.test(share, user):
+                raise self._refusal(share, user, "batch", of=item.amount)  # the user's own window first
             if not self._strategy.hit(item, user):
                 raise self._refusal(item, user, "user")
+            if share is not None:
+                self._strategy.hit(share, user)
             self._strategy.hit(self._global_item, _GLOBAL_ID)
 
-    def _refusal(self, item: _Limit, ident: str, scope: str) -> RateLimited:
+    def _refusal(self, item: _Limit, ident: str, scope: str, *, of: int = 0) -> RateLimited:
         status = self._window(item, ident)
+        if scope == "batch":
+            return RateLimited(
+                f"Your batch has used its share of your limit: {item.amount} of your {of} requests per minute "
+                f"({self.batch_share:.0%}).",
+                f"It goes on as slots free up (in {status.reset_in_s:.0f} s); the rest of your limit stays free "
+                "for your chats.",
+                retry_after_s=max(status.reset_in_s, 0.001), scope="batch", status_code=None,
+            )
         who = "You have" if scope == "user" else "All users together have"
         return RateLimited(
             f"{who} reached the limit of {item.amount} requests per minute.",
@@ -301,10 +361,12 @@ class RateLimiter:
         """The current windows of ``user`` and of the process, without taking a slot.
 
         Requests made before a limit changed are included (``used``, ``remaining``,
-        ``reset_in_s`` all count them).
+        ``reset_in_s`` all count them); ``batch`` is the user's batch window.
         """
         with self._lock:
-            return LimitStatus(self._window(self._user_item, user), self._window(self._global_item, _GLOBAL_ID))
+            return LimitStatus(self._window(self._user_item, user), self._window(self._global_item, _GLOBAL_ID),
+                               batch=self._window(self._batch_item(self._user_item), user),
+                               batch_share=self.batch_share)
 
     def configure(self, *, per_user_rpm: int | None = None, global_rpm: int | None = None) -> None:
         """Change the limits; they apply to the next request.

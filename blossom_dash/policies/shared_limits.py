@@ -26,6 +26,13 @@ Differences from the in-process ``RateLimiter`` that come from the library's sto
 - ``limits`` trims a window to the limit in force at each admission, so a limit
   lowered and raised again within a minute forgets the admissions trimmed off, and
   ``WindowStatus.used`` is at most ``limit``.
+- A batch row tests the user's window, then hits (checks and takes) the user's batch
+  window, then the user's window (in-process all under one lock). When another replica
+  fills the user's window between the test and the last hit, the row is refused and its
+  batch slot stays taken until it is 60 s old: that slows the batch, never the user's
+  chats; the other order could let a refused batch row hold one of the slots kept for them.
+- ``batch_share`` is this replica's setting (``Settings.batch_share``), not kept in
+  Redis: replicas should be started with the same value.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import time
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from .ratelimit import _GLOBAL_ID, LimitStatus, RateLimiter, WindowStatus, _check_rpm, _Limit
+from .ratelimit import _GLOBAL_ID, LimitStatus, RateLimiter, WindowStatus, _check_rpm, _Limit, batch_rpm
 from .shared import PREFIX, REDIS_ERRORS, Outage, connect
 
 #: Seconds after which a page or a paused batch looks again while Redis is unreachable.
@@ -89,14 +96,19 @@ class SharedRateLimiter(RateLimiter):
         per_user_rpm: The per-user limit of this replica's settings (in force when Redis
             holds none yet, or holds another seed: module docstring).
         global_rpm: The global limit of its settings (the same).
+        batch_share: The fraction of the per-user limit a user's batch may take
+            (``RateLimiter``; this replica's setting).
         prefix: Key prefix in Redis.
 
     Raises:
-        ValueError: a limit below 1, or a URL redis-py does not accept.
+        ValueError: a limit below 1, a share outside 0.05 to 1.0, or a URL redis-py
+            does not accept.
     """
 
-    def __init__(self, url: str, *, per_user_rpm: int = 30, global_rpm: int = 120, prefix: str = PREFIX) -> None:
-        super().__init__(per_user_rpm=per_user_rpm, global_rpm=global_rpm)  # validates; keeps the last read
+    def __init__(self, url: str, *, per_user_rpm: int = 30, global_rpm: int = 120, batch_share: float = 1.0,
+                 prefix: str = PREFIX) -> None:
+        # validates; keeps the last read
+        super().__init__(per_user_rpm=per_user_rpm, global_rpm=global_rpm, batch_share=batch_share)
         self._seed = (per_user_rpm, global_rpm)
         self._client = connect(url)
         self._redis_storage = RedisStorage(url, connection_pool=self._client.connection_pool,
@@ -143,18 +155,20 @@ class SharedRateLimiter(RateLimiter):
         return WindowStatus(limit=item.amount, remaining=max(0, item.amount - used), reset_in_s=round(rises_in, 3),
                             used=used)
 
-    def acquire(self, user: str, *, rpm: int | None = None) -> None:
-        """Take one slot for ``user`` and one global slot, on every replica's windows.
+    def acquire(self, user: str, *, rpm: int | None = None, batch: bool = False) -> None:
+        """Take one slot for ``user`` and one global slot (and a batch slot for a batch
+        row), on every replica's windows.
 
         Args:
             user: Whose window.
             rpm: A lower per-user limit for this user (kiosk visitors); the per-user
                 limit in force still caps it.
+            batch: A row of the user's batch (its share of the user's window, too).
 
         Raises:
             RateLimited: a window is full; ``retry_after_s`` is when its next slot
-                frees, ``scope`` "user" or "global" (see the class docstring for a
-                global refusal after the user's slot was taken).
+                frees, ``scope`` "global", "user" or "batch" (see the class and module
+                docstrings for a refusal after an earlier window's slot was taken).
             SharedStateUnavailable: Redis did not answer (nothing was admitted).
         """
         try:
@@ -163,6 +177,11 @@ class SharedRateLimiter(RateLimiter):
             mine = _Limit(min(user_rpm, max(1, rpm)) if rpm is not None else user_rpm, namespace="user")
             if not self._shared.test(glob, _GLOBAL_ID):
                 raise self._refusal(glob, _GLOBAL_ID, "global")
+            if batch:  # test(user) first: a full window of chats must not cost the batch a slot
+                if not self._shared.test(mine, user):
+                    raise self._refusal(mine, user, "user")
+                if not self._shared.hit(share := self._batch_item(mine), user):
+                    raise self._refusal(share, user, "batch", of=mine.amount)
             if not self._shared.hit(mine, user):
                 raise self._refusal(mine, user, "user")
             if not self._shared.hit(glob, _GLOBAL_ID):
@@ -180,12 +199,16 @@ class SharedRateLimiter(RateLimiter):
         try:
             user_rpm, global_rpm = self._read_limits()
             status = LimitStatus(self._window(_Limit(user_rpm, namespace="user"), user),
-                                 self._window(_Limit(global_rpm, namespace="global"), _GLOBAL_ID))
+                                 self._window(_Limit(global_rpm, namespace="global"), _GLOBAL_ID),
+                                 batch=self._window(_Limit(batch_rpm(user_rpm, self.batch_share), namespace="batch"),
+                                                    user),
+                                 batch_share=self.batch_share)
         except REDIS_ERRORS as exc:
             message = self._outage.failed(exc).message
             user_rpm, global_rpm = super().limits
             return LimitStatus(WindowStatus(user_rpm, 0, RETRY_S, 0), WindowStatus(global_rpm, 0, RETRY_S, 0),
-                               unavailable=message)
+                               unavailable=message, batch_share=self.batch_share,
+                               batch=WindowStatus(batch_rpm(user_rpm, self.batch_share), 0, RETRY_S, 0))
         self._outage.recovered()
         return status
 

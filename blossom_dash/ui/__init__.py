@@ -20,6 +20,7 @@ from ..session import SessionHandle
 from ..settings import Settings
 from . import auth
 from .account import render_account_sidebar
+from .batch_view import batch_quota_text
 from .budget import render_budget_sidebar
 from .feedback import guard, history_banner, show_error
 from .model_facts import render_model_facts
@@ -285,6 +286,8 @@ def sidebar(handle: SessionHandle) -> None:
         else:
             st.progress(status.user.remaining / status.user.limit,
                         text=f"Your quota: {status.user.remaining}/{status.user.limit} requests per minute")
+            if held := batch_quota_text(status):  # a running batch holds part of it (its share)
+                st.caption(held)
         render_budget_sidebar(service, handle.caller)  # a line per budget set; a warning from 80 %
         mode = st.session_state.get("_access_mode", "local")
         who = "a kiosk visitor" if mode == "kiosk" else f"`{handle.user}`"

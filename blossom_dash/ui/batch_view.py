@@ -6,6 +6,7 @@ import streamlit as st
 
 from ..features.batch import BatchStatus
 from ..features.batch_cost import BatchEstimate
+from ..policies.ratelimit import LimitStatus
 from ..pricing import format_cost
 
 
@@ -16,6 +17,24 @@ def _duration(seconds: float | None) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def batch_quota_text(status: LimitStatus) -> str:
+    """How much of the user's per-user window their batch rows hold, in words; "" when none.
+
+    Args:
+        status: ``SessionHandle.rate_status()`` (its ``batch`` window and ``batch_share``).
+
+    Returns:
+        e.g. "Your batch is using 12 of your 30 requests/min (its share is 50%: at most 15;
+        the rest is kept for your chats)."; "" when no batch row was sent in the last
+        minute, or the windows could not be read.
+    """
+    if status.unavailable or status.batch is None or status.batch.used <= 0:
+        return ""
+    rest = "; the rest is kept for your chats" if status.batch.limit < status.user.limit else ""
+    return (f"Your batch is using {status.batch.used:,} of your {status.user.limit:,} requests/min (its share is "
+            f"{status.batch_share:.0%}: at most {status.batch.limit:,}{rest}).")
 
 
 def render_estimate(estimate: BatchEstimate) -> None:
@@ -38,8 +57,9 @@ def render_estimate(estimate: BatchEstimate) -> None:
     st.caption(estimate.method)
 
 
-def render_status(status: BatchStatus) -> None:
-    """The job's progress bar, Done/Failed/Remaining/ETA, and a line on why it waits or how it ended."""
+def render_status(status: BatchStatus, limits: LimitStatus | None = None) -> None:
+    """The job's progress bar, Done/Failed/Remaining/ETA, a line on why it waits or how it ended, and
+    (given the user's ``limits``) how much of their quota their batch holds."""
     settled = status.done + status.failed
     st.progress(settled / status.total if status.total else 1.0,
                 text=f"{settled:,} of {status.total:,} rows" + (f" · {status.running} running" if status.running
@@ -60,3 +80,5 @@ def render_status(status: BatchStatus) -> None:
                    f"resume runs the other {status.remaining + status.cancelled:,}.", icon="⏸️")
     elif status.status == "cancelled":
         st.warning(f"Cancelled: {status.cancelled:,} rows were not run.", icon="⏹️")
+    if limits is not None and (held := batch_quota_text(limits)):
+        st.caption(held)
