@@ -21,7 +21,15 @@ from blossom_dash import BlossomService
 from blossom_dash.errors import InvalidRequest
 from blossom_dash.gateway import TextRequest
 from blossom_dash.gateway.vision import MAX_IMAGE_BYTES, ImageInput, check_image
-from blossom_dash.ui.attachments import ACCEPT_TYPES, MAX_IMAGE_MB, limits_text, to_images, vision_warning
+from blossom_dash.ui.attachments import (
+    ACCEPT_TYPES,
+    CHAT_INPUT_ARGS,
+    MAX_IMAGE_MB,
+    limits_text,
+    read_input,
+    to_images,
+    vision_warning,
+)
 
 BLUE = (0x33, 0x66, 0xCC)
 
@@ -212,3 +220,13 @@ class TestFacadeAndUi:
         assert vision_warning(handle, "demo-swift", images) == "demo-swift cannot see images; pick one of: demo-vision."
         assert vision_warning(handle, "demo-vision", images) is None
         assert vision_warning(handle, "demo-swift", []) is None
+
+    def test_the_chat_input_value_splits_into_text_and_images(self) -> None:
+        """``read_input`` takes None, a str, or a ChatInputValue-like mapping."""
+        f = io.BytesIO(b"bytes")
+        f.name, f.type = "a.gif", "image/gif"  # type: ignore[attr-defined]
+        assert read_input(None) == (None, [])
+        assert read_input("hi") == ("hi", [])
+        assert read_input({"text": "", "files": [f]}) == ("", [{"name": "a.gif", "mime": "image/gif",
+                                                                "data": b"bytes"}])
+        assert CHAT_INPUT_ARGS == {"accept_file": "multiple", "file_type": ACCEPT_TYPES, "max_upload_size": 5}

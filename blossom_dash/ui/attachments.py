@@ -4,10 +4,9 @@ into message-contract image dicts, and drawing a user turn's images as thumbnail
 The rules are ``gateway.vision``'s (types by the bytes, sizes, counts); the service
 checks every request, so these helpers only convert and draw. Use::
 
-    typed = st.chat_input("Ask…", accept_file="multiple", file_type=ACCEPT_TYPES)
-    if typed:
-        images = to_images(typed.files)   # [{"name", "mime", "data": bytes}]
-        handle.stream_text(typed.text, images=images, ...)
+    text, images = read_input(st.chat_input("Ask…", **CHAT_INPUT_ARGS))
+    if text is not None:                  # images: [{"name", "mime", "data": bytes}]
+        handle.stream_text(text, images=images, ...)
 """
 
 from __future__ import annotations
@@ -28,6 +27,10 @@ MAX_IMAGE_MB = MAX_IMAGE_BYTES // (1024 * 1024)
 MAX_ATTACHED = MAX_IMAGES
 #: Width of a thumbnail in the chat history, px.
 THUMB_PX = 160
+#: ``st.chat_input(..., **CHAT_INPUT_ARGS)``: several files, of the accepted types, each
+#: refused by the widget itself above the real limit (which it then states), not 200 MB.
+CHAT_INPUT_ARGS: dict[str, Any] = {"accept_file": "multiple", "file_type": ACCEPT_TYPES,
+                                   "max_upload_size": MAX_IMAGE_MB}
 
 
 def limits_text(vision_models: Iterable[str] = ()) -> str:
@@ -54,6 +57,18 @@ def vision_warning(handle: Any, model: str | None, images: Iterable[Any] | None)
     able = handle.vision_models()
     pick = f"pick one of: {', '.join(able)}" if able else "this backend lists no model that does"
     return f"{model or 'The default model'} cannot see images; {pick}."
+
+
+def read_input(value: Any) -> tuple[str | None, list[dict[str, Any]]]:
+    """``(text, images)`` from what ``st.chat_input`` returned: None (nothing sent:
+    ``(None, [])``), a ``str`` (an input that takes no files), or a ``ChatInputValue``
+    (``.text`` and ``.files``; images only: ``(text or "", to_images(files))``)."""
+    if value is None:
+        return None, []
+    if isinstance(value, str):
+        return value, []
+    get = value.get if isinstance(value, Mapping) else lambda k, d=None: getattr(value, k, d)
+    return str(get("text", "") or ""), to_images(get("files", None))
 
 
 def to_images(files: Iterable[Any] | None) -> list[dict[str, Any]]:
@@ -88,5 +103,5 @@ def show_images(msg: Mapping[str, Any]) -> None:
                 st.caption(f"🖼️ {image.get('name') or 'image'} (cannot be shown)")
 
 
-__all__ = ["ACCEPT_TYPES", "MAX_ATTACHED", "MAX_IMAGE_MB", "THUMB_PX", "limits_text", "show_images", "to_images",
-           "vision_warning"]
+__all__ = ["ACCEPT_TYPES", "CHAT_INPUT_ARGS", "MAX_ATTACHED", "MAX_IMAGE_MB", "THUMB_PX", "limits_text",
+           "read_input", "show_images", "to_images", "vision_warning"]
