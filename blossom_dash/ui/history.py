@@ -161,7 +161,7 @@ def _save_open_chat(handle: SessionHandle, msg: dict[str, Any]) -> None:
         save_current_chat(handle)
 
 
-def answer_feedback(handle: SessionHandle, msg: dict[str, Any], key: str) -> bool:
+def answer_feedback(handle: SessionHandle, msg: dict[str, Any], key: str, *, where: Any = None) -> bool:
     """👍/👎 and an optional comment (≤ 1,000 characters, in a popover) under one answer.
 
     Args:
@@ -170,6 +170,8 @@ def answer_feedback(handle: SessionHandle, msg: dict[str, Any], key: str) -> boo
             (``{"score": 1|-1, "comment"}``, removed when the vote is cleared).
         key: A prefix unique on the page (the message's index will do); the widgets'
             keys add the answer's ``request_id``.
+        where: A horizontal container to draw in (e.g. the bar of Regenerate, Edit,
+            Copy); default: a row of its own.
 
     Draws nothing, and returns False, for a user message, a message without a
     ``request_id``, a ``status`` other than ok/stopped, or a viewer.
@@ -183,15 +185,16 @@ def answer_feedback(handle: SessionHandle, msg: dict[str, Any], key: str) -> boo
         return False
     old = msg.get("feedback") if isinstance(msg.get("feedback"), dict) else {}
     old_score = old.get("score") if old.get("score") in (1, -1) else None
-    picked = st.feedback("thumbs", key=f"{key}_thumbs_{rid}", default={1: 1, -1: 0}.get(old_score))
+    row = where if where is not None else st.container(horizontal=True, vertical_alignment="center", gap="small")
+    picked = row.feedback("thumbs", key=f"{key}_thumbs_{rid}", default={1: 1, -1: 0}.get(old_score))
     score = None if picked is None else (1 if picked == 1 else -1)
     changed = False
     if score != old_score:
         changed = _vote(handle, msg, score, old.get("comment", "") if score else "")
     if score is not None:
         comment = str((msg.get("feedback") or {}).get("comment") or "")
-        with st.popover("Edit comment" if comment else "Add a comment", icon=":material/chat:",
-                        key=f"{key}_comment_menu_{rid}"):
+        with row.popover("Edit comment" if comment else "Add a comment", icon=":material/chat:", type="tertiary",
+                         key=f"{key}_comment_menu_{rid}"):
             text = st.text_area("What was good or wrong? (optional)", value=comment, max_chars=1000,
                                 key=f"{key}_comment_{rid}")
             if st.button("Save comment", key=f"{key}_comment_save_{rid}"):
