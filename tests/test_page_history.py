@@ -164,6 +164,10 @@ class TestSaveAsYouGo:
         at.chat_input(key="prompt").set_value("one more").run()
         assert not at.exception
         assert any("This chat is not saved" in w and "holds 200" in w for w in texts(at, "warning"))
+        side = AppTest.from_function(_script, default_timeout=30)
+        side.session_state["history_unsaved"] = at.session_state["history_unsaved"]
+        side.run()  # the next run (e.g. the page's rerun): the sidebar still says so
+        assert any("This chat is not saved" in w for w in texts(side.sidebar, "warning"))
 
 
 class TestAnswerFeedback:

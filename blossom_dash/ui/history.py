@@ -33,6 +33,8 @@ CHAT_ID = "playground_chat_id"
 #: The Playground's pending action (Regenerate, Edit, Retry: ``ui.chat.PENDING``), dropped with the old chat.
 PENDING = "playground_pending"
 SHOWN = "history_shown"
+#: Why the open chat's last save failed (kept until a save works, so a rerun does not hide it).
+UNSAVED = "history_unsaved"
 #: Chats the sidebar shows at first and adds per "Show more".
 PAGE = 12
 
@@ -57,6 +59,7 @@ def _open_chat(chat_id: str | None, messages: list[dict[str, Any]]) -> None:
     st.session_state[MESSAGES] = messages
     st.session_state[CHAT_ID] = chat_id
     st.session_state.pop(PENDING, None)
+    st.session_state.pop(UNSAVED, None)
     if "conversation" in st.query_params:  # leave a shared read-only view for the chat
         del st.query_params["conversation"]
 
@@ -72,6 +75,7 @@ def chat_history_sidebar(handle: SessionHandle) -> None:
         if handle.role == "viewer":
             st.caption("Chats are not saved for viewers.")
             return
+        _unsaved_warning()
         open_id = st.session_state.get(CHAT_ID)
         if st.button("New chat", key="history_new", icon=":material/add:", width="stretch"):
             _open_chat(None, [])
@@ -134,8 +138,9 @@ def save_current_chat(handle: SessionHandle) -> str | None:
     call it after every turn. A new chat gets its id here (written to ``playground_chat_id``).
 
     Nothing is saved, silently, for a viewer or a chat with nothing in it yet. A chat
-    that cannot be saved (over a cap, the database down) says so in one warning and the
-    chat goes on unsaved.
+    that cannot be saved (over a cap, the database down) says so in one warning, here
+    and in the sidebar until a save works (so a rerun right after does not hide it),
+    and the chat goes on unsaved.
 
     Returns:
         The chat's id, or None when it was not saved.
@@ -147,11 +152,18 @@ def save_current_chat(handle: SessionHandle) -> str | None:
     try:
         saved = handle.save_chat(st.session_state.get(CHAT_ID), messages)
     except DashError as err:
-        st.warning(f"**This chat is not saved: {err.message}**" + (f"\n\n{err.hint}" if err.hint else ""),
-                   icon=":material/cloud_off:")
+        st.session_state[UNSAVED] = f"**This chat is not saved: {err.message}**" + (
+            f"\n\n{err.hint}" if err.hint else "")
+        _unsaved_warning()
         return None
+    st.session_state.pop(UNSAVED, None)
     st.session_state[CHAT_ID] = saved.id
     return saved.id
+
+
+def _unsaved_warning() -> None:
+    if words := st.session_state.get(UNSAVED):
+        st.warning(words, icon=":material/cloud_off:")
 
 
 def _save_open_chat(handle: SessionHandle, msg: dict[str, Any]) -> None:
