@@ -31,7 +31,8 @@ def test_a_comparison_with_long_names_and_nul_is_stored_cut(store: UsageStore) -
     refuses both as they are) are stored cut; the rest reads back unchanged."""
     comps = ComparisonStore(store.engine)
     panels = [Panel(0, "m-a", text="fine\x00answer", latency_ms=12.5, prompt_tokens=3),
-              Panel(1, "m-b", error_type="UpstreamError", error_message="502", error_hint="Try again.")]
+              Panel(1, "m-b", error_type="UpstreamError", error_message="502", error_hint="Try again."),
+              Panel(2, "m-c", text="another answer", latency_ms=9.0)]  # a vote needs two answers
     saved = comps.save(kind="text", prompt="a\x00prompt", params={"max_tokens": 32, "note": "nul\x00"},
                        panels=panels, user=LONG_USER, session="s" * 100, backend="demo")
     comps.vote(saved.id, "m-a", user=LONG_USER, session="s1")
