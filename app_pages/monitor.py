@@ -6,7 +6,9 @@ import streamlit as st
 
 from blossom_dash import ui
 from blossom_dash.telemetry import analytics
+from blossom_dash.ui import request_view
 from blossom_dash.ui import spend as spend_view
+from blossom_dash.ui.times import local_time
 
 PAGE_SIZE = 50
 
@@ -49,9 +51,9 @@ def live() -> None:
                                 csv=lambda: analytics.export_aggregates(snap, "csv", table),
                                 json=lambda: analytics.export_aggregates(snap, "json"))
         filters = "; ".join(f"{k}: {', '.join(v)}" for k, v in q.filters().items()) or "no filters"
-        st.caption(f"{controls.label} · {ui.format_time(q.since_ts)} → {ui.format_time(q.until_ts)} UTC · "
+        st.caption(f"{controls.label} · {local_time(q.since_ts)} → {local_time(q.until_ts)} · "
                    f"{ui.format_duration(snap.series.bucket_s)} buckets · {filters} · {snap.kpis['requests']:,} "
-                   f"events · as of {time.strftime('%H:%M:%S', time.localtime(snap.as_of_ts))} · computed in "
+                   f"events · as of {local_time(snap.as_of_ts, seconds=True)} · computed in "
                    f"{head.elapsed_s + snap.elapsed_s:.2f} s, once per {controls.every_s} s for every viewer of "
                    f"this server · {controls.note}")
 
@@ -79,20 +81,26 @@ def request_log() -> None:
         page = row[3].number_input("Page", min_value=1, max_value=pages, step=1, key="monitor_log_page")
         ui.render_request_table(frame)
         st.caption(f"{total:,} matching events · page {page} of {pages} · {PAGE_SIZE} per page · "
-                   f"as of {time.strftime('%H:%M:%S')} (changing a control here re-reads the log)")
+                   f"as of {local_time(time.time(), seconds=True)} (changing a control here re-reads the log)")
         ids = frame["request_id"].tolist()
-        labels = {r.request_id: f"{r.request_id} · {r.ts:%H:%M:%S} · {r.model} · {r.outcome}"
-                  for r in frame.itertuples()}
+        labels = {r.request_id: f"{r.request_id} · {local_time(r.ts.timestamp(), seconds=True)} · {r.model} · "
+                                f"{r.outcome}" for r in frame.itertuples()}
         picked = st.selectbox("Show every field of one request", ids, index=None, key="monitor_log_detail",
                               format_func=lambda i: labels.get(i, i), placeholder="Pick a request on this page")
         if picked and (detail := service.monitor("request_detail", picked, caller=handle.caller)):
-            ui.render_request_detail(detail)
+            if context := request_view.render_request_detail(detail):
+                with st.expander("Its conversation: every request of it, in order", icon="🧵"):
+                    request_view.render_conversation(service, handle.caller, context)
         ui.download_buttons("blossom-requests", key="monitor_export_log",
                             label=f"Log ({min(total, analytics.EXPORT_MAX_ROWS):,} rows)",
                             csv=lambda: service.monitor("export_log", q, search, "csv", caller=handle.caller),
                             json=lambda: service.monitor("export_log", q, search, "json", caller=handle.caller))
 
 
+if opened := request_view.conversation_query(st.query_params):  # ?chat=<id> (or comparison, batch)
+    st.subheader("Conversation")
+    with ui.guard("reading the conversation"):
+        request_view.render_conversation(service, handle.caller, opened)
 st.session_state["monitor_charts_pending"] = True  # a full run: the charts are not drawn yet
 live()
 request_log()

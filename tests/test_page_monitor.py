@@ -58,6 +58,12 @@ def _log_table(at: AppTest) -> pd.DataFrame:
     return next(d.value for d in at.dataframe if "request_id" in d.value.columns)
 
 
+def _detail_fields(at: AppTest) -> dict[str, str]:
+    """The request detail's labelled fields (its Field/Value table)."""
+    table = next(d.value for d in at.dataframe if "Field" in d.value.columns)
+    return dict(zip(table["Field"], table["Value"], strict=True))
+
+
 def _chart_specs(at: AppTest) -> dict[str, str]:
     return {c.key: c.proto.spec for c in at.get("plotly_chart")}
 
@@ -184,10 +190,9 @@ class TestRequestLog:
         at.text_input(key="monitor_log_search").input("NEEDLE").run()
         assert any("1 matching events · page 1 of 1" in c for c in texts(at, "caption"))
         at.selectbox(key="monitor_log_detail").set_value("needle").run()
-        detail = at.dataframe[-1].value
-        fields = dict(zip(detail["field"], detail["value"], strict=True))
-        assert fields["prompt"] == "where is the needle?" and fields["user"] == "frank"
-        assert set(ROW_COLUMNS) <= set(fields)
+        fields = _detail_fields(at)
+        assert fields["User"] == "frank" and fields["Model"] == "demo-deep" and fields["Request id"] == "needle"
+        assert "where is the needle?" in [c.value for c in at.code]
 
     def test_sort_by_latency(self, tmp_path: Path) -> None:
         """Sorting by latency, descending, puts the slowest request first."""
@@ -285,3 +290,76 @@ def test_large_kpis_fit_their_column_and_keep_the_exact_value_in_the_help(tmp_pa
     tokens = next(m for m in at.get("metric") if m.proto.label == "Tokens")
     assert tokens.proto.body == "409.9 M"
     assert "409,874,112 tokens" in tokens.proto.help
+
+
+class TestRequestDetailReadsWell:
+    """Issue 11: labelled fields, the viewer's time zone, ms at a readable precision,
+    the parameters, the answer, and links to the request's conversation."""
+
+    def _open(self, tmp_path: Path, **fields: Any) -> AppTest:
+        _seed(tmp_path, [_row("one", 5, **fields)])
+        at = app("app_pages/monitor.py")
+        at.context = {"timezone": "Europe/Berlin", "url": "http://127.0.0.1:8501/monitor"}
+        at.run()
+        at.selectbox(key="monitor_log_detail").set_value("one").run()
+        assert not at.exception
+        return at
+
+    def test_labelled_fields_local_time_and_ms(self, tmp_path: Path) -> None:
+        """Fields have labels, the time is Berlin time with its zone, latencies are ms with sensible precision."""
+        at = self._open(tmp_path, latency_ms=1234.5678901234, ttft_ms=12.3456789, cost=None,
+                        params='{"max_tokens":64,"model":"demo-swift","seed":7,"temperature":0.5}',
+                        answer="Tulips are spring flowers.")
+        fields = _detail_fields(at)
+        assert fields["Latency"] == "1,235 ms" and fields["Time to first token (TTFT)"] == "12.3 ms"
+        assert fields["Time"].split(" (UTC")[0].endswith(("CET", "CEST")) and "Z)" in fields["Time"]
+        assert fields["Cost"] == "unpriced" and fields["Outcome"] == "Served"
+        params = next(d.value for d in at.dataframe if "Parameter" in d.value.columns)
+        assert dict(zip(params["Parameter"], params["Value"], strict=True))["Temperature"] == "0.5"
+        assert "Tulips are spring flowers." in [c.value for c in at.code]
+        log = next(d for d in at.dataframe if "request_id" in d.value.columns)
+        assert str(log.value["ts"].dt.tz) == "Europe/Berlin"
+
+    def test_a_chat_request_links_to_its_chat_and_conversation(self, tmp_path: Path) -> None:
+        """A chat's request links to the Playground's ?chat=<id> and shows its conversation in order."""
+        _seed(tmp_path, [_row("t1", 30, context="chat:abc"), _row("t2", 20, context="chat:abc"),
+                         _row("x", 10, context="chat:other")])
+        at = app("app_pages/monitor.py")
+        at.context = {"timezone": "Europe/Berlin", "url": "http://127.0.0.1:8501/monitor"}
+        at.run()
+        at.selectbox(key="monitor_log_detail").set_value("t2").run()
+        assert _detail_fields(at)["Belongs to"] == "Chat abc"
+        links = [m.value for m in at.markdown if "](" in m.value]
+        assert any("(http://127.0.0.1:8501/?chat=abc)" in m for m in links)
+        convo = next(d.value for d in at.dataframe if "Answer" in d.value.columns)
+        assert list(convo["Request id"]) == ["t1", "t2"]
+
+    def test_monitor_opens_a_conversation_from_its_url(self, tmp_path: Path) -> None:
+        """?chat=<id> on Monitor shows that chat's requests."""
+        _seed(tmp_path, [_row("t1", 30, context="chat:abc"), _row("t2", 20, context="chat:abc")])
+        at = app("app_pages/monitor.py")
+        at.query_params["chat"] = "abc"
+        at.run()
+        assert not at.exception
+        convo = next(d.value for d in at.dataframe if "Answer" in d.value.columns)
+        assert list(convo["Request id"]) == ["t1", "t2"]
+        assert any("Chat abc · 2 requests, 2 served" in c for c in texts(at, "caption"))
+
+    def test_batch_and_comparison_links(self) -> None:
+        """A batch job links to the Batch page, a comparison to Compare's permalink."""
+        from blossom_dash.ui.request_view import context_link
+        url = "https://dash.example/app/monitor"
+        assert context_link("batch:j1", url=url)[1] == "https://dash.example/app/batch?job=j1"
+        assert context_link("comparison:c1", url=url)[1] == "https://dash.example/app/compare?comparison=c1"
+        assert context_link("chat:abc", url=None)[1] == "/?chat=abc"
+        assert context_link("", url=url) is None
+
+
+class TestFiltersFold:
+    def test_filters_sit_in_an_expander_that_says_what_they_keep(self, tmp_path: Path) -> None:
+        """The filters fold into an expander labelled with the range and the filters chosen."""
+        _seed(tmp_path, [_row("one", 5, model="demo-deep")])
+        at = app("app_pages/monitor.py").run()
+        assert [e.label for e in at.expander][:1] == ["Filters · last 1 h · all models"]
+        at.multiselect(key="monitor_filter_models").set_value(["demo-deep"]).run()
+        assert at.expander[0].label == "Filters · last 1 h · model demo-deep"

@@ -29,6 +29,9 @@ def _layout(fig: go.Figure, title: str, y_title: str, *, revision: str) -> go.Fi
         template="plotly_white", height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10},
         legend={"orientation": "h", "y": -0.2, "x": 0}, uirevision=revision,
         yaxis_title=y_title, yaxis_rangemode="tozero", hovermode="x unified",
+        # The toolbar stands on the right edge, not across the top where the title is
+        # (on a 390 px phone a horizontal one covered the titles).
+        modebar={"orientation": "v"},
     )
     return fig
 

@@ -21,6 +21,8 @@ from ..service import BlossomService
 from ..telemetry import analytics
 from . import charts
 from .feedback import show_error
+from .request_view import render_request_detail  # noqa: F401 - ui.render_request_detail lives there
+from .times import local_series, local_time, viewer_tz, zone_label
 
 log = logging.getLogger("blossom_dash.ui")
 
@@ -71,37 +73,68 @@ def load_filter_options(_service: BlossomService, store_url: str, since_ts: int)
     return _service.monitor("filter_options", float(since_ts))
 
 
-def _utc(value: dt.datetime) -> float:
-    return value.replace(tzinfo=dt.UTC).timestamp()
+def _epoch(value: dt.datetime, tz: Any) -> float:
+    """A custom range's wall time, read in the viewer's zone (``ui.times``), as epoch seconds."""
+    return value.replace(tzinfo=tz).timestamp()
+
+
+def filters_label(label: str, state: Any = None) -> str:
+    """The filter expander's label: the range and what the filters keep, e.g.
+    ``"Filters · 1 h · all models"`` or ``"Filters · 24 h · 2 models · user ann"``.
+
+    Args:
+        label: The time range's name.
+        state: Where the filter widgets keep their values (``st.session_state``).
+    """
+    state = st.session_state if state is None else state
+    parts = []
+    for name, title in MONITOR_FILTERS.items():
+        chosen = list(state.get(f"monitor_filter_{name}") or [])
+        if len(chosen) == 1:
+            parts.append(f"{title.lower()} {chosen[0]}")
+        elif chosen:
+            parts.append(f"{len(chosen)} {title.lower()}s")
+    if state.get("monitor_paused"):
+        parts.append("paused")
+    return " · ".join(["Filters", label if label == "Custom" else f"last {label}", *(parts or ["all models"])])
 
 
 def monitor_controls_ui(service: BlossomService) -> MonitorControls:
-    """The Monitor's range, refresh and filter widgets (keys ``monitor_*``)."""
-    c1, c2, c3 = st.columns([5, 2, 1.4], vertical_alignment="bottom")
-    label = c1.segmented_control("Time range", [*analytics.RANGES, "Custom"], default="1 h", key="monitor_range",
+    """The Monitor's range, refresh and filter widgets (keys ``monitor_*``).
+
+    The range stays on top; the refresh controls and the filters fold into an expander
+    whose label says what they are set to (``filters_label``), so a phone reaches the
+    first figure without scrolling past them. A custom range is entered in the viewer's
+    time zone (``ui.times``).
+    """
+    label = st.segmented_control("Time range", [*analytics.RANGES, "Custom"], default="1 h", key="monitor_range",
                                  required=True) or "1 h"
-    paused = c2.toggle("Pause live refresh", key="monitor_paused")
-    refresh_s = c3.selectbox("Refresh every", [2, 5, 10, 30, 60], index=1, key="monitor_refresh_s",
-                             format_func=lambda s: f"{s} s", disabled=paused)
+    tz = viewer_tz()
+    zone = zone_label(tz)
     now = time.time()
     fixed = None
+    box = st.expander(filters_label(label), icon=":material/filter_list:", key="monitor_filters_box")
     if label == "Custom":
-        end = dt.datetime.fromtimestamp(now // 60 * 60 + 60, dt.UTC).replace(tzinfo=None)
+        end = dt.datetime.fromtimestamp(now // 60 * 60 + 60, tz).replace(tzinfo=None)
         st.session_state.setdefault("monitor_custom_since", end - dt.timedelta(days=1))
         st.session_state.setdefault("monitor_custom_until", end)
         a, b = st.columns(2)
-        since = a.datetime_input("From (UTC)", key="monitor_custom_since", step=60)
-        until = b.datetime_input("To (UTC)", key="monitor_custom_until", step=60)
+        since = a.datetime_input(f"From ({zone})", key="monitor_custom_since", step=60)
+        until = b.datetime_input(f"To ({zone})", key="monitor_custom_until", step=60)
         if since is None or until is None or until <= since:
             st.warning("Pick a custom range whose end comes after its start.", icon="📅")
             st.stop()
-        fixed = (_utc(since), _utc(until))
+        fixed = (_epoch(since, tz), _epoch(until, tz))
+    c2, c3 = box.columns([2, 1.4], vertical_alignment="bottom")
+    paused = c2.toggle("Pause live refresh", key="monitor_paused")
+    refresh_s = c3.selectbox("Refresh every", [2, 5, 10, 30, 60], index=1, key="monitor_refresh_s",
+                             format_func=lambda s: f"{s} s", disabled=paused)
     span = fixed[1] - fixed[0] if fixed else analytics.RANGES[label]
     since_ts = fixed[0] if fixed else now - span
     step = max(60, analytics.bucket_seconds(span))
     options = load_filter_options(service, service.store_url, int(since_ts // step * step))
     filters: dict[str, tuple[str, ...]] = {}
-    for col, (name, title) in zip(st.columns(len(MONITOR_FILTERS)), MONITOR_FILTERS.items(), strict=True):
+    for col, (name, title) in zip(box.columns(len(MONITOR_FILTERS)), MONITOR_FILTERS.items(), strict=True):
         chosen = st.session_state.get(f"monitor_filter_{name}", [])
         known = analytics.OUTCOMES if name == "outcomes" else options[name]
         picked = col.multiselect(title, sorted({*known, *chosen}), key=f"monitor_filter_{name}", placeholder="All")
@@ -358,7 +391,7 @@ def retention_ui(service: BlossomService, caller: Caller | None = None) -> None:
         return
     cutoff = analytics.retention_cutoff(days)
     old = service.monitor("count_older_than", cutoff)
-    when = dt.datetime.fromtimestamp(cutoff, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = local_time(cutoff)
     st.markdown(f"**{old:,} events** are older than the retention period of {days:g} days (before {when}).")
     if (err := st.session_state.pop("monitor_retention_error", None)) is not None:
         show_error(err)
@@ -381,6 +414,9 @@ def render_users(users: Any) -> None:
         st.info("No requests in this range.", icon="👤")
         return
     num = st.column_config.NumberColumn
+    tz = viewer_tz()
+    if "last_seen" in users:
+        users = users.assign(last_seen=local_series(users["last_seen"], tz=tz))
     st.dataframe(users, key="monitor_users_table", hide_index=True, height=min(420, 38 + 35 * len(users)),
                  placeholder="—",
                  column_order=("user", "requests", "tokens", "errors", "rejected", "rate_limited", "cache_hits",
@@ -391,7 +427,7 @@ def render_users(users: Any) -> None:
                                 "rejected": num("Rejected", help="Invalid requests and replay-only refusals"),
                                 "rate_limited": num("Rate-limited"),
                                 "cache_hits": num("Cache hits"),
-                                "last_seen": st.column_config.DatetimeColumn("Last seen (UTC)",
+                                "last_seen": st.column_config.DatetimeColumn(f"Last seen ({zone_label(tz)})",
                                                                              format="YYYY-MM-DD HH:mm:ss")})
 
 
@@ -401,21 +437,16 @@ def render_request_table(frame: Any) -> None:
         st.info("No request matches this range, these filters and this search.", icon="🔎")
         return
     num, text = st.column_config.NumberColumn, st.column_config.TextColumn
+    tz = viewer_tz()
+    frame = frame.assign(ts=local_series(frame["ts"], tz=tz))
     st.dataframe(frame, key="monitor_log_table", hide_index=True, placeholder="—",
                  column_order=("ts", "request_id", "user", "model", "outcome", "latency_ms", "ttft_ms", "prompt_tokens",
                                "completion_tokens", "error_type", "status_code", "kind", "prompt"),
-                 column_config={"ts": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+                 column_config={"ts": st.column_config.DatetimeColumn(f"Time ({zone_label(tz)})",
+                                                                      format="YYYY-MM-DD HH:mm:ss"),
                                 "request_id": text("Request id"), "user": text("User"), "model": text("Model"),
-                                "outcome": text("Outcome"), "latency_ms": num("Latency (ms)", format="%.0f"),
-                                "ttft_ms": num("TTFT (ms)", format="%.0f"), "prompt_tokens": num("Prompt tok."),
+                                "outcome": text("Outcome"), "latency_ms": num("Latency (ms)", format="%.1f"),
+                                "ttft_ms": num("TTFT (ms)", format="%.1f"), "prompt_tokens": num("Prompt tok."),
                                 "completion_tokens": num("Compl. tok."), "error_type": text("Error"),
                                 "status_code": num("Status", format="%d"), "kind": text("Kind"),
                                 "prompt": text("Prompt", width="large")})
-
-
-def render_request_detail(detail: dict[str, Any]) -> None:
-    """Every stored field of one request, as a two-column table."""
-    rows = [{"field": k, "value": "" if v is None else str(v)} for k, v in detail.items()]
-    st.dataframe(rows, key="monitor_log_detail_table", hide_index=True, width="stretch", height=38 + 35 * len(rows),
-                 column_config={"field": st.column_config.TextColumn("Field", width="small"),
-                                "value": st.column_config.TextColumn("Value", width="large")})
