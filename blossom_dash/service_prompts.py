@@ -37,6 +37,12 @@ from .service_access import AccessMethods
 from .settings import Settings
 
 _HINT = "Fix it and save again."
+#: An owner's identity as the tables keep it (``prompt_templates.owner`` is 128 characters).
+_OWNER_CHARS = 128
+
+
+def _me(caller: Caller) -> str:
+    return caller.user[:_OWNER_CHARS]
 
 
 @contextmanager
@@ -71,7 +77,7 @@ class PromptMethods(AccessMethods):
 
     @staticmethod
     def _may_read(caller: Caller, template: PromptTemplate) -> bool:
-        return template.owner == caller.user or template.visibility == "team" or caller.is_admin
+        return template.owner == _me(caller) or template.visibility == "team" or caller.is_admin
 
     def _readable(self, template_id: str, caller: Caller | None) -> PromptTemplate:
         caller = caller or Caller("local")
@@ -85,7 +91,7 @@ class PromptMethods(AccessMethods):
     def _owned(self, template_id: str, caller: Caller | None, what: str) -> tuple[Caller, PromptTemplate]:
         caller = caller or Caller("local")
         template = self._readable(template_id, caller)
-        if template.owner != caller.user:
+        if template.owner != _me(caller):
             raise PermissionDenied(f"Only its owner ({template.owner}) may {what} “{template.name}”.",
                                    "Make a copy: create a template of your own from its text.")
         return caller, template
@@ -98,7 +104,7 @@ class PromptMethods(AccessMethods):
         """
         caller = caller or Caller("local")
         with _words("list the templates"):
-            return self._prompts().list(caller.user, everyone=caller.is_admin)
+            return self._prompts().list(_me(caller), everyone=caller.is_admin)
 
     def prompt_template(self, template_id: str, *, caller: Caller | None = None) -> PromptTemplate:
         """One template the caller may read, by id.
@@ -142,7 +148,7 @@ class PromptMethods(AccessMethods):
         with _words("find the template"):
             owner, name, which = parse_ref(ref)
             store = self._prompts()
-            return store.version(store.find(name, user=caller.user, owner=owner), which)
+            return store.version(store.find(name, user=_me(caller), owner=owner), which)
 
     def prompt_resolver(self, *, caller: Caller | None = None) -> Callable[[str], PromptVersion]:
         """``resolve_prompt`` for one caller, remembering each reference (for Batch's preview:
@@ -183,7 +189,7 @@ class PromptMethods(AccessMethods):
             raise PermissionDenied("An anonymous visitor cannot share templates with the team.",
                                    "Keep it private, or sign in.")
         with _words("save the template"):
-            return self._prompts().create(name, prompt, owner=caller.user[:128], system=system, model=model,
+            return self._prompts().create(name, prompt, owner=_me(caller), system=system, model=model,
                                           temperature=temperature, max_tokens=max_tokens, message=message,
                                           visibility=visibility)
 
@@ -199,7 +205,7 @@ class PromptMethods(AccessMethods):
         """
         caller, template = self._owned(template_id, caller, "add a version to")
         with _words("save the version"):
-            return self._prompts().add_version(template.id, prompt, author=caller.user[:128], system=system,
+            return self._prompts().add_version(template.id, prompt, author=_me(caller), system=system,
                                                model=model, temperature=temperature, max_tokens=max_tokens,
                                                message=message)
 
@@ -213,7 +219,7 @@ class PromptMethods(AccessMethods):
         """
         caller, template = self._owned(template_id, caller, "move the labels of")
         with _words("move the label"):
-            return self._prompts().set_label(template.id, label, version, user=caller.user[:128])
+            return self._prompts().set_label(template.id, label, version, user=_me(caller))
 
     def share_prompt(self, template_id: str, team: bool, *, caller: Caller | None = None) -> PromptTemplate:
         """Share the caller's own template with the team (``team=True``) or make it private.
@@ -234,8 +240,10 @@ class PromptMethods(AccessMethods):
             InvalidRequest: no such template among those the caller may read.
             PermissionDenied: neither the owner nor an admin.
         """
+        caller = caller or Caller("local")
         template = self._readable(template_id, caller)
-        self._owner_or_admin(caller, "prompt template", template.id, template.owner)
+        if template.owner != _me(caller):
+            self._owner_or_admin(caller, "prompt template", template.id, template.owner)
         with _words("delete the template"):
             return self._prompts().delete(template.id)
 

@@ -261,6 +261,16 @@ class TestPermissions:
             h.resolve_prompt("ok@prod")
         assert h.prompt_diff(t.id, 1, 1) == ""
 
+    def test_a_long_identity_owns_its_templates(self, svc: BlossomService) -> None:
+        """A user name longer than the owner column (cut to 128 characters there) still
+        lists, resolves, edits and deletes its own templates."""
+        h = svc.session("someone." + "x" * 300 + "@example.org", "s1")
+        t = h.create_prompt("mine", "Hi {who}")
+        assert [x.id for x in h.prompt_templates()] == [t.id] and h.resolve_prompt("mine").version == 1
+        h.add_prompt_version(t.id, "Hello {who}")
+        h.set_prompt_label(t.id, "production", 2)
+        assert h.delete_prompt(t.id)
+
     def test_resolver_reads_each_reference_once(self, svc: BlossomService) -> None:
         """The Batch resolver returns the same version for a repeated reference and raises
         InvalidRequest for a bad one, every time."""
