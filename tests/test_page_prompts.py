@@ -64,6 +64,26 @@ class TestPromptsPage:
         assert not at.exception and any("No templates yet" in i for i in texts(at, "info"))
 
 
+class TestSomeoneElsesTemplate:
+    def test_team_template_is_usable_not_editable(self) -> None:
+        """Another user's team template is listed with its owner and can be tried; only
+        its owner edits it (an admin may delete it)."""
+        from blossom_dash import ui
+
+        app("app_pages/prompts.py").run()
+        bob = ui.get_service().session("bob", "s2")
+        t = bob.create_prompt("bobs", "Hello {who}", visibility="team")
+        at = app("app_pages/prompts.py").run()
+        assert not at.exception
+        box = at.selectbox(key="prompts_selected")
+        assert "by bob" in box.format_func(box.value) and "team" in box.format_func(box.value)
+        at.text_input(key=f"prompts_try_{t.id}_who").set_value("you").run()
+        assert any(c.value == "Hello you" for c in at.code)
+        keys = {b.key for b in at.button}
+        assert f"prompts_save_{t.id}" not in keys and f"prompts_set_label_{t.id}" not in keys
+        assert f"prompts_delete_{t.id}" in keys, "local is an admin"
+
+
 def _picker_script() -> None:
     import streamlit as st
 
