@@ -186,6 +186,7 @@ class TestAnswerFeedback:
         at.text_area(key="fb1_comment_rid0000000000001").set_value("Clear and short").run()
         at.button(key="fb1_comment_save_rid0000000000001").click().run()
         assert svc.load_chat(chat.id, caller=LOCAL).messages[1]["feedback"]["comment"] == "Clear and short"
+        assert "Saved with your vote." in texts(at, "caption")
         table = svc.feedback_by_model(caller=LOCAL)
         assert (int(table.up[0]), table.comments[0]) == (1, ["Clear and short"])
         assert any(df.value["model"].tolist() == ["demo-swift"] for df in at.dataframe)

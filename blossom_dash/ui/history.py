@@ -209,8 +209,9 @@ def answer_feedback(handle: SessionHandle, msg: dict[str, Any], key: str, *, whe
                          key=f"{key}_comment_menu_{rid}"):
             text = st.text_area("What was good or wrong? (optional)", value=comment, max_chars=1000,
                                 key=f"{key}_comment_{rid}")
-            if st.button("Save comment", key=f"{key}_comment_save_{rid}"):
-                changed = _vote(handle, msg, score, text) or changed
+            if st.button("Save comment", key=f"{key}_comment_save_{rid}") and _vote(handle, msg, score, text):
+                changed = True
+                st.caption("Saved with your vote." if text.strip() else "Comment removed; your vote stays.")
     if changed:
         _save_open_chat(handle, msg)
     return changed
