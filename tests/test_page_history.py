@@ -215,6 +215,21 @@ class TestAnswerFeedback:
         at.button(key=f"history_open_{chat.id}").click().run()
         assert not at.feedback
 
+    def test_a_member_reads_the_counts_and_only_their_own_comments(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Signed in as a member, the Monitor table counts everyone's votes but shows only their comments."""
+        monkeypatch.setenv("BLOSSOM_DASH_ALLOWED_DOMAINS", "team.test")
+        at = _started({"is_logged_in": True, "email": "mia@team.test"})
+        svc = ui.get_service()
+        svc.rate_answer("rid0000000000005", 1, model="demo-swift", comment="mia liked it",
+                        caller=Caller("mia@team.test", role="member"))
+        svc.rate_answer("rid0000000000005", -1, model="demo-swift", comment="bo did not",
+                        caller=Caller("bo@team.test", role="member"))
+        at.run()
+        assert not at.exception
+        table = next(df.value for df in at.dataframe if "share_up" in df.value.columns)
+        assert table[["up", "down", "share_up", "comments"]].values.tolist() == [[1, 1, 50, "mia liked it"]]
+        assert any("this table shows your own comments only" in c for c in texts(at, "caption"))
+
     def test_monitor_table_empty_state(self) -> None:
         """Without votes the Monitor section says so in words."""
         at = _started()
