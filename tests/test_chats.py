@@ -252,3 +252,10 @@ class TestFeedback:
         assert comments(ANA) == ["ana's words"]
         assert comments(VIEWER) == []
         assert svc.feedback_by_model(60, caller=ANA, now=10**10).empty
+
+    def test_answer_votes_are_the_teams_counts(self, svc: BlossomService) -> None:
+        """The model facts' figures: every user's 👍 and 👎 per model, no comment."""
+        svc.rate_answer("r1", 1, model="demo-swift", comment="words", caller=ANA)
+        svc.rate_answer("r1", -1, model="demo-swift", caller=BO)
+        svc.rate_answer("r2", 1, model="demo-deep", caller=BO)
+        assert svc.answer_votes() == {"demo-swift": (1, 1), "demo-deep": (1, 0)}
