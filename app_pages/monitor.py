@@ -8,7 +8,7 @@ from blossom_dash import ui
 from blossom_dash.telemetry import analytics
 from blossom_dash.ui import request_view
 from blossom_dash.ui import spend as spend_view
-from blossom_dash.ui.times import local_time
+from blossom_dash.ui.times import local_time, viewer_tz
 
 PAGE_SIZE = 50
 
@@ -34,7 +34,7 @@ def live() -> None:
         slots = ui.chart_slots(loading=loading)
         snap = service.monitor("snapshot", q, every_s=controls.every_s)
         ui.time_saved_metric(saved, snap.cache.saved_ms, snap.cache.unpriced_hits)
-        figures = ui.monitor_figures(snap)
+        figures = ui.monitor_figures(snap, tz=str(viewer_tz()))
         for name, slot in slots.items():
             slot.plotly_chart(figures[name], key=f"monitor_chart_{name}")
         spend_view.spend_panel(service, handle.caller, q, every_s=controls.every_s)

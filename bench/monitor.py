@@ -256,7 +256,10 @@ def server_figures(data_dir: Path, n_viewers: int, seconds: float, repeat: int) 
     """Print a new session's times on a warm server, then the CPU of 1 and ``n_viewers`` viewers."""
     proc, url = start_server(data_dir)
     try:
-        asyncio.run(_open_once(url, 10.0))  # warm: the service starts, the store opens, the first snapshot
+        cold = asyncio.run(_open_once(url, 10.0))  # warm: the service starts, the store opens, the first snapshot
+        print(f"\nreal server, the first Monitor session after start (cold: the service starts, the store opens): "
+              f"KPIs sent at {cold.kpis_s or float('nan'):.2f} s, all {CHARTS} charts at "
+              f"{cold.charts_s or float('nan'):.2f} s")
         firsts, nexts = [], []
         for _ in range(repeat):
             time.sleep(5 - time.time() % 5 + 0.05)  # just into a new 5 s interval: this session computes

@@ -87,7 +87,10 @@ def synthetic_events(n: int, start: float, end: float, seed: int = 1,
             cost = (Decimal((prompt or 100) * 150 + (completion or 400) * 600) * PICO).quantize(PICO)
         yield (ts, f"{prefix}{i:08x}", rng.choice(USERS), "s", kind, model, "demo", outcome, error_type, status,
                latency, latency * 0.3 if ok and kind == "stream" else None, prompt, completion,
-               rng.randint(100, 5000), "seeded prompt", cost)
+               rng.randint(100, 5000), "seeded prompt", cost, "", None, None)  # no context, params, answer
+
+
+_COST = ROW_COLUMNS.index("cost")
 
 
 def seed_bulk(store: UsageStore, n: int, now: float) -> tuple[float, float]:
@@ -103,8 +106,8 @@ def seed_bulk(store: UsageStore, n: int, now: float) -> tuple[float, float]:
     try:
         cur, batch = raw.cursor(), []
         for event in synthetic_events(n, now - SPAN_S, now):
-            cost = event[-1]  # raw SQL stores schema.Pollen's whole 1e-12 steps
-            batch.append((*event[:-1], None if cost is None else int(cost.scaleb(12))))
+            cost = event[_COST]  # raw SQL stores schema.Pollen's whole 1e-12 steps
+            batch.append((*event[:_COST], None if cost is None else int(cost.scaleb(12)), *event[_COST + 1:]))
             if len(batch) == 50_000:
                 cur.executemany(sql, batch)
                 raw.commit()

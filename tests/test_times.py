@@ -83,3 +83,15 @@ class TestViewerTz:
         at.context = {"timezone": "Mars/Olympus_Mons"}
         at.run()
         assert at.markdown[0].value == "UTC"
+
+
+class TestChartsInTheViewersZone:
+    def test_time_axis_reads_in_the_zone(self):
+        """A time chart given tz draws its bars at the wall-clock time of that zone."""
+        from blossom_dash.ui import charts
+        frame = pd.DataFrame({"ts": pd.to_datetime([TS], unit="s", utc=True), "outcome": ["ok"], "rpm": [2.0],
+                              "requests": [2]})
+        utc = charts.rpm_by_outcome(frame, bucket_s=60, span=(TS - 60, TS + 60))
+        berlin = charts.rpm_by_outcome(frame, bucket_s=60, span=(TS - 60, TS + 60), tz="Europe/Berlin")
+        assert pd.Timestamp(utc.data[0].x[0]).hour == 13 and pd.Timestamp(berlin.data[0].x[0]).hour == 14
+        assert '"2026-12-01T14:05:09' in berlin.to_json()

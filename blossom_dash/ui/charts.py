@@ -3,7 +3,8 @@
 Each builder takes one of the small SQL aggregates of ``analytics`` (never raw
 events). Every figure sets ``uirevision`` (a constant per chart) so a live refresh
 keeps the user's zoom; the time buckets come with the aggregate (``bucket_s``), which
-keeps a chart within a few hundred points.
+keeps a chart within a few hundred points. The time charts take ``tz`` (an IANA zone
+name, the viewer's: ``ui.times``) and draw their axis in it; the aggregates stay UTC.
 """
 
 from __future__ import annotations
@@ -55,12 +56,20 @@ def model_color(model: str) -> str:
     return _PALETTE[zlib.crc32(model.encode()) % len(_PALETTE)]
 
 
-def _span_axis(fig: go.Figure, bucket_s: int, span: _SPAN | None) -> go.Figure:
+def _span_axis(fig: go.Figure, bucket_s: int, span: _SPAN | None, tz: str = "UTC") -> go.Figure:
     """Bars one bucket wide starting at their bucket; the x axis spans the whole range."""
     fig.update_traces(width=bucket_s * 1000 * 0.9, offset=0, selector={"type": "bar"})
     if span is not None:
-        fig.update_xaxes(range=[pd.Timestamp(int(t * 1000), unit="ms", tz="UTC") for t in span])
+        fig.update_xaxes(range=[pd.Timestamp(int(t * 1000), unit="ms", tz="UTC").tz_convert(tz) for t in span])
     return fig
+
+
+def _in_zone(frame: pd.DataFrame, tz: str) -> pd.DataFrame:
+    """``frame`` with its ``ts`` (UTC) in the zone ``tz``: Plotly draws a zone-aware time
+    at its wall-clock time there, so the axis reads in the viewer's zone (``ui.times``)."""
+    if tz == "UTC" or frame.empty or "ts" not in frame:
+        return frame
+    return frame.assign(ts=pd.to_datetime(frame["ts"], utc=True).dt.tz_convert(tz))
 
 
 def _rev(name: str, revision: str) -> str:
@@ -72,7 +81,7 @@ def _per(bucket_s: int) -> str:
 
 
 def rpm_by_outcome(requests: pd.DataFrame, *, bucket_s: int, span: _SPAN | None = None,
-                   revision: str = "monitor") -> go.Figure:
+                   revision: str = "monitor", tz: str = "UTC") -> go.Figure:
     """Requests per minute, stacked by outcome.
 
     Args:
@@ -81,6 +90,7 @@ def rpm_by_outcome(requests: pd.DataFrame, *, bucket_s: int, span: _SPAN | None 
         span: ``(since_ts, until_ts)`` epoch seconds the x axis spans.
         revision: Plotly ``uirevision`` prefix: constant, so a refresh keeps the zoom.
     """
+    requests = _in_zone(requests, tz)
     title = f"Requests per minute by outcome ({_per(bucket_s)} buckets)"
     if requests.empty:
         return _empty(title, _rev("rpm", revision))
@@ -91,13 +101,14 @@ def rpm_by_outcome(requests: pd.DataFrame, *, bucket_s: int, span: _SPAN | None 
             fig.add_bar(x=part["ts"], y=part["rpm"], name=OUTCOME_LABELS[outcome], marker_color=color,
                         customdata=part["requests"], hovertemplate="%{y:,.2f} RPM (%{customdata:,} requests)")
     fig.update_layout(barmode="stack")
-    return _layout(_span_axis(fig, bucket_s, span), title, "RPM", revision=_rev("rpm", revision))
+    return _layout(_span_axis(fig, bucket_s, span, tz), title, "RPM", revision=_rev("rpm", revision))
 
 
 def latency_over_time(latency: pd.DataFrame, *, bucket_s: int, span: _SPAN | None = None,
-                      revision: str = "monitor") -> go.Figure:
+                      revision: str = "monitor", tz: str = "UTC") -> go.Figure:
     """p50/p95/p99 latency of served requests and p50 TTFT of served streams per bucket (ms),
     from ``analytics.latency_percentiles``."""
+    latency = _in_zone(latency, tz)
     title = "Latency percentiles (served requests) and TTFT (streams)"
     if latency.empty:
         return _empty(title, _rev("latency", revision))
@@ -109,7 +120,7 @@ def latency_over_time(latency: pd.DataFrame, *, bucket_s: int, span: _SPAN | Non
         fig.add_scatter(x=latency["ts"], y=latency[col], name=name, mode="lines+markers", connectgaps=False,
                         line={"color": color, "dash": dash, "width": 2}, marker={"size": 4},
                         hovertemplate="%{y:,.0f} ms")
-    return _layout(_span_axis(fig, bucket_s, span), title, "ms", revision=_rev("latency", revision))
+    return _layout(_span_axis(fig, bucket_s, span, tz), title, "ms", revision=_rev("latency", revision))
 
 
 def latency_distribution(summary: pd.DataFrame, *, revision: str = "monitor") -> go.Figure:
@@ -150,12 +161,13 @@ def _ms_label(ms: float) -> str:
 
 
 def tokens_by_model(tokens: pd.DataFrame, *, bucket_s: int, span: _SPAN | None = None,
-                    revision: str = "monitor") -> go.Figure:
+                    revision: str = "monitor", tz: str = "UTC") -> go.Figure:
     """Tokens per minute (prompt + completion, served requests), stacked by model.
 
     Args:
         tokens: ``analytics.Timeseries.tokens`` (``ts``, ``model``, ``tpm``, ...).
     """
+    tokens = _in_zone(tokens, tz)
     title = "Tokens per minute by model"
     if tokens.empty or tokens["tokens"].sum() == 0:
         return _empty(title, _rev("tokens", revision))
@@ -165,7 +177,7 @@ def tokens_by_model(tokens: pd.DataFrame, *, bucket_s: int, span: _SPAN | None =
                     customdata=part[["prompt_tokens", "completion_tokens"]].to_numpy(),
                     hovertemplate="%{y:,.0f} tokens/min (%{customdata[0]:,} prompt + %{customdata[1]:,} completion)")
     fig.update_layout(barmode="stack")
-    return _layout(_span_axis(fig, bucket_s, span), title, "tokens / min", revision=_rev("tokens", revision))
+    return _layout(_span_axis(fig, bucket_s, span, tz), title, "tokens / min", revision=_rev("tokens", revision))
 
 
 def errors_by_type(errors: pd.DataFrame, *, revision: str = "monitor") -> go.Figure:
@@ -192,13 +204,14 @@ def errors_by_type(errors: pd.DataFrame, *, revision: str = "monitor") -> go.Fig
 
 
 def cache_over_time(over_time: pd.DataFrame, *, bucket_s: int, span: _SPAN | None = None,
-                    revision: str = "monitor") -> go.Figure:
+                    revision: str = "monitor", tz: str = "UTC") -> go.Figure:
     """Time saved by the cache per bucket (bars, seconds) and its hit rate (line, %).
 
     Args:
         over_time: ``analytics.CacheSavings.over_time`` (``ts``, ``hits``, ``hit_rate``,
             ``saved_ms``).
     """
+    over_time = _in_zone(over_time, tz)
     title = "Cache: hit rate and time saved"
     if over_time.empty or over_time["looked_up"].sum() == 0:
         return _empty(title, _rev("cache", revision))
@@ -209,7 +222,7 @@ def cache_over_time(over_time: pd.DataFrame, *, bucket_s: int, span: _SPAN | Non
     fig.add_scatter(x=over_time["ts"], y=over_time["hit_rate"] * 100, name="Hit rate (%)", yaxis="y2",
                     mode="lines+markers", line={"color": OUTCOME_COLORS["cache_hit"], "width": 2}, marker={"size": 4},
                     hovertemplate="%{y:.0f}% hit rate")
-    fig = _layout(_span_axis(fig, bucket_s, span), title, "seconds saved", revision=_rev("cache", revision))
+    fig = _layout(_span_axis(fig, bucket_s, span, tz), title, "seconds saved", revision=_rev("cache", revision))
     fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "range": [0, 100], "title": "hit rate",
                               "showgrid": False, "tickmode": "array", "tickvals": [0, 25, 50, 75, 100],
                               "ticksuffix": "%"})
@@ -241,7 +254,7 @@ def _pollen(values: pd.Series) -> pd.Series:
 
 
 def cost_by_model(cost: pd.DataFrame, *, bucket_s: int, span: _SPAN | None = None,
-                  revision: str = "monitor") -> go.Figure:
+                  revision: str = "monitor", tz: str = "UTC") -> go.Figure:
     """Spend per bucket (pollen, served requests with a price), stacked by model.
 
     Args:
@@ -250,6 +263,7 @@ def cost_by_model(cost: pd.DataFrame, *, bucket_s: int, span: _SPAN | None = Non
         bucket_s: Bucket width in seconds.
         span: ``(since_ts, until_ts)`` epoch seconds the x axis spans.
     """
+    cost = _in_zone(cost, tz)
     title = f"Cost over time by model ({_per(bucket_s)} buckets)"
     if cost.empty or int(cost["priced"].sum()) == 0:
         return _empty(title, _rev("cost", revision), text="No requests with a price in this range")
@@ -258,7 +272,7 @@ def cost_by_model(cost: pd.DataFrame, *, bucket_s: int, span: _SPAN | None = Non
         fig.add_bar(x=part["ts"], y=_pollen(part["cost"]), name=str(model), marker_color=model_color(str(model)),
                     customdata=part["priced"], hovertemplate="%{y:,.4f} pollen (%{customdata:,} priced requests)")
     fig.update_layout(barmode="stack")
-    return _layout(_span_axis(fig, bucket_s, span), title, "pollen", revision=_rev("cost", revision))
+    return _layout(_span_axis(fig, bucket_s, span, tz), title, "pollen", revision=_rev("cost", revision))
 
 
 def cost_by_user(users: pd.DataFrame, *, revision: str = "monitor", limit: int = 25) -> go.Figure:

@@ -309,11 +309,12 @@ figure_builds = 0
 @dataclass
 class _Figures:
     lock: threading.Lock = field(default_factory=threading.Lock)
-    figures: dict[str, go.Figure] | None = None
+    figures: dict[str, dict[str, go.Figure]] = field(default_factory=dict)  # by time zone
 
 
-def monitor_figures(snap: analytics.MonitorSnapshot) -> dict[str, go.Figure]:
-    """The Monitor's seven figures for ``snap`` (``GRID_CHARTS`` and ``limited``), built once per snapshot.
+def monitor_figures(snap: analytics.MonitorSnapshot, tz: str = "UTC") -> dict[str, go.Figure]:
+    """The Monitor's seven figures for ``snap`` (``GRID_CHARTS`` and ``limited``), built once per
+    snapshot and time zone (``tz``: the viewer's IANA zone, the time axes read in it).
 
     A shared snapshot (``monitor(..., every_s=...)``) serves every viewer of the
     process, so its figures do too: building them costs more CPU than reading the
@@ -328,21 +329,21 @@ def monitor_figures(snap: analytics.MonitorSnapshot) -> dict[str, go.Figure]:
         if entry is None:
             entry = _FIGURES[snap] = _Figures()
     with entry.lock:
-        if entry.figures is None:
+        if tz not in entry.figures:
             q, b = snap.query, snap.series.bucket_s
             span = (q.since_ts, q.until_ts)
-            entry.figures = {
-                "rpm": charts.rpm_by_outcome(snap.series.requests, bucket_s=b, span=span),
-                "latency": charts.latency_over_time(snap.latency, bucket_s=b, span=span),
-                "tokens": charts.tokens_by_model(snap.series.tokens, bucket_s=b, span=span),
+            entry.figures[tz] = {
+                "rpm": charts.rpm_by_outcome(snap.series.requests, bucket_s=b, span=span, tz=tz),
+                "latency": charts.latency_over_time(snap.latency, bucket_s=b, span=span, tz=tz),
+                "tokens": charts.tokens_by_model(snap.series.tokens, bucket_s=b, span=span, tz=tz),
                 "distribution": charts.latency_distribution(analytics.model_latency_summary(snap.latency_hist)),
-                "cache": charts.cache_over_time(snap.cache.over_time, bucket_s=b, span=span),
+                "cache": charts.cache_over_time(snap.cache.over_time, bucket_s=b, span=span, tz=tz),
                 "errors": charts.errors_by_type(snap.errors),
                 "limited": charts.rate_limited_by_user(snap.rate_limited),
             }
             with _FIGURES_LOCK:
                 figure_builds += 1
-        return entry.figures
+        return entry.figures[tz]
 
 
 def download_buttons(name: str, *, csv: Callable[[], bytes], json: Callable[[], bytes], key: str,
