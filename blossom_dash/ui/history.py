@@ -8,6 +8,7 @@
 - ``answer_feedback(handle, msg, key)``: ``st.feedback("thumbs")`` and an optional
   comment for one assistant message; the vote is stored (``rate_answer``), written into
   ``msg["feedback"]`` and the open chat saved again, so reopening it shows the vote.
+- ``start_new_chat()``: what any "New chat" button calls (the id goes with the messages).
 - ``save_current_chat(handle)``: the Playground calls it after every turn (saves the chat
   as it goes; a new chat gets its ``playground_chat_id``).
 - ``feedback_table(handle)``: Monitor's "Answer feedback by model".
@@ -64,6 +65,13 @@ def _open_chat(chat_id: str | None, messages: list[dict[str, Any]]) -> None:
         del st.query_params["conversation"]
 
 
+def start_new_chat() -> None:
+    """Empty the Playground for a new chat: no messages, no ``playground_chat_id`` (so the next
+    save makes a new chat instead of overwriting the open one), no pending action. Safe in a
+    button's ``on_click``."""
+    _open_chat(None, [])
+
+
 def chat_history_sidebar(handle: SessionHandle) -> None:
     """The user's saved chats in ``st.sidebar`` (call it from the Playground only).
 
@@ -77,9 +85,7 @@ def chat_history_sidebar(handle: SessionHandle) -> None:
             return
         _unsaved_warning()
         open_id = st.session_state.get(CHAT_ID)
-        if st.button("New chat", key="history_new", icon=":material/add:", width="stretch"):
-            _open_chat(None, [])
-            st.rerun()
+        st.button("New chat", key="history_new", icon=":material/add:", width="stretch", on_click=start_new_chat)
         search = st.text_input("Search your chats", key="history_search", placeholder="Search your chats",
                                label_visibility="collapsed", max_chars=200)
         try:
@@ -264,4 +270,5 @@ def feedback_table(handle: SessionHandle, since_s: float | None = None) -> None:
     })
 
 
-__all__ = ["PAGE", "answer_feedback", "chat_history_sidebar", "feedback_table", "relative_age", "save_current_chat"]
+__all__ = ["PAGE", "answer_feedback", "chat_history_sidebar", "feedback_table", "relative_age", "save_current_chat",
+           "start_new_chat"]
