@@ -110,6 +110,18 @@ class TestExpansion:
         assert sorted(results["prompt"]) == ["Summarise alpha.", "Summarise beta."]
 
 
+class TestBatchFileFor:
+    def test_the_file_reads_back_with_its_variables(self, ana: SessionHandle) -> None:
+        """The Prompts page's Batch file names the template and one column per variable; filled
+        in, it parses to valid rows."""
+        from blossom_dash.features.batch_templates import batch_file_for
+
+        data = batch_file_for("summary@production", ana.resolve_prompt("summary@production"), rows=1)
+        assert data.decode().splitlines() == ["template,tone,text,words", "summary@production,,,"]
+        parsed = _parse(ana, data.decode().replace("summary@production,,,", "summary@production,calm,x,5"))
+        assert parsed.rows[0].valid and parsed.rows[0].prompt == "Summarise x in 5 words."
+
+
 class TestPreviewPage:
     def test_preview_lists_template_problems(self) -> None:
         """On the Batch page a template file shows the filled prompts and the rows that cannot run."""

@@ -125,4 +125,13 @@ def expand_templates(df: pd.DataFrame, resolve: Resolver | None) -> Expanded:
     return Expanded(out, errors, var_columns, notes)
 
 
-__all__ = ["Expanded", "Resolver", "expand_templates"]
+def batch_file_for(ref: str, version: PromptVersion, rows: int = 2) -> bytes:
+    """A Batch file to fill in for one template: a ``template`` column holding ``ref`` and
+    one blank column per variable, ``rows`` rows (UTF-8 CSV, as ``batch_files.template_csv``).
+    """
+    frame = pd.DataFrame([{"template": ref, **dict.fromkeys(version.variables, "")} for _ in range(max(rows, 1))],
+                         columns=["template", *version.variables])
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+__all__ = ["Expanded", "Resolver", "batch_file_for", "expand_templates"]

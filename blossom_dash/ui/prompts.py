@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from ..features.batch_templates import batch_file_for
 from ..features.prompt_text import PromptError, PromptTemplate, PromptVersion, RenderedPrompt, render, variables
 from ..session import SessionHandle
 from .feedback import guard
@@ -114,11 +115,16 @@ def render_versions(handle: SessionHandle, t: PromptTemplate) -> list[PromptVers
 
 
 def try_ui(handle: SessionHandle, t: PromptTemplate) -> RenderedPrompt | None:
-    """"Try it": pick a version, fill its variables, see the rendered system prompt and prompt."""
+    """"Try it": pick a version, fill its variables, see the rendered system prompt and prompt;
+    and a Batch file for that version (``batch_templates.batch_file_for``)."""
     choice = st.selectbox("Version", version_choices(t), key=f"prompts_try_version_{t.id}",
                           format_func=lambda c: _choice_label(t, c))
     version = handle.prompt_version(t.id, choice)
     values = {v: st.text_input(f"{{{v}}}", key=f"prompts_try_{t.id}_{v}") for v in version.variables}
+    ref = t.name if choice == "latest" else f"{t.name}@{choice}"
+    st.download_button("Batch file for this template", batch_file_for(ref, version), key=f"prompts_batch_{t.id}",
+                       file_name=f"{t.name}-batch.csv", mime="text/csv", icon="🗂️", on_click="ignore",
+                       help=f"A CSV with a template column ({ref}) and one column per variable, for the Batch page.")
     if missing := [v for v, value in values.items() if not value.strip()]:
         st.caption("Fill in " + ", ".join(code_span("{" + v + "}") for v in missing) + " to see the prompt.")
         return None
