@@ -317,3 +317,31 @@ class TestReplayOnly:
         warnings = " ".join(texts(at, "warning"))
         assert "0 model(s) recorded for this prompt" in warnings and "Controls" in warnings
         assert not at.error, "nothing was sent, so no model failed"
+
+
+class TestTemplateAndForms:
+    def test_a_template_fills_the_prompt_and_system(self) -> None:
+        """📚 Use a template: the filled-in template becomes the prompt, its system prompt is sent too."""
+        from blossom_dash import ui
+
+        at = app(PAGE).run()
+        ui.get_service().session("local").create_prompt("ask", "Explain {topic} briefly.", system="Be brief.")
+        at.run()
+        at.selectbox(key="compare_template_template").select_index(1).run()
+        tid = at.selectbox(key="compare_template_template").value
+        at.text_input(key=f"compare_template_{tid}_topic").set_value("moving windows").run()
+        assert at.text_area(key="compare_prompt").value == "Explain moving windows briefly."
+        assert any("Be brief." in c for c in texts(at, "caption"))
+        at.multiselect(key="compare_models").set_value(["demo-swift", "demo-deep"])
+        next(b for b in at.button if b.label == "Compare").click().run()
+        assert not at.exception and not at.error
+        assert list(_model_columns(at)) == ["demo-swift", "demo-deep"]
+
+    def test_the_forms_keep_their_values_through_a_blind_vote(self, monkeypatch: Any) -> None:
+        """The blind stage does not draw the forms; after the vote they hold what was typed and picked."""
+        at = _blind(TestBlindVote.PICKED, 5, monkeypatch)
+        at.button(key="compare_text_vote_tie").click().run()
+        assert not at.exception and not at.warning
+        assert at.text_area(key="compare_prompt").value == "Which is clearer? (5)"
+        assert at.multiselect(key="compare_models").value == TestBlindVote.PICKED
+        assert at.number_input(key="compare_max_tokens").value == 256
