@@ -8,7 +8,7 @@ import base64
 from pathlib import Path
 
 import pytest
-from helpers import make_service
+from helpers import make_service, run_in_threads
 from sqlalchemy import create_engine, inspect, text
 
 from blossom_dash import BlossomService, InvalidRequest
@@ -219,6 +219,16 @@ class TestFeedback:
         rows = {r.model: r for r in store.by_model().itertuples()}
         assert (rows["demo-swift"].up, rows["demo-swift"].down) == (1, 0) and rows["demo-swift"].comments == []
         assert list(store.by_model(since_ts=10**10).model) == []
+        engine.dispose()
+
+    def test_votes_at_once_leave_one(self, database_url: str) -> None:
+        """The same user voting on one answer from several tabs at once: no error, one vote stays."""
+        engine = create_engine(database_url, pool_size=8)
+        store = FeedbackStore(engine)
+        errors = run_in_threads(lambda k: store.vote("req9", 1 if k % 2 else -1, user="ana", model="m"), 8)
+        assert errors == []
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM answer_feedback")).scalar() == 1
         engine.dispose()
 
     @pytest.mark.parametrize(("kwargs", "words"), [

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Column, Float, Integer, String, Table, Text, and_, case, delete, func, insert, select
+from sqlalchemy import Column, Float, Integer, String, Table, Text, and_, case, delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -86,6 +86,17 @@ def _store_errors(what: str) -> Iterator[None]:
     except SQLAlchemyError as exc:
         raise FeedbackStorageFailed(f"The feedback could not be {what}: the usage database refused.",
                                     "Try again; if it repeats, check the database.") from exc
+
+
+def _upsert(dialect: str, vote: AnswerVote) -> Any:
+    """``INSERT ... ON CONFLICT (request_id, user) DO UPDATE``: one statement, so votes from two
+    tabs at once never collide (SQLite and PostgreSQL spell it alike; the usage store is one of them)."""
+    module = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
+    values = {"request_id": vote.request_id, "user": vote.user, "model": vote.model, "score": vote.score,
+              "comment": vote.comment, "ts": vote.ts}
+    stmt = module.insert(answer_feedback).values(**values)
+    return stmt.on_conflict_do_update(index_elements=["request_id", "user"],
+                                      set_={k: stmt.excluded[k] for k in ("model", "score", "comment", "ts")})
 
 
 def check_request_id(request_id: object) -> str:
@@ -162,14 +173,13 @@ class FeedbackStore:
                                  "Try again in a moment.")
         user = str(user)[:128]
         key = and_(answer_feedback.c.request_id == request_id, answer_feedback.c.user == user)
-        with _store_errors("saved"), self.engine.begin() as conn:  # delete + insert: one portable upsert
-            conn.execute(delete(answer_feedback).where(key))
-            if score is None:
-                return None
-            vote = AnswerVote(request_id, user, model[:128], int(score), comment, self._clock())
-            conn.execute(insert(answer_feedback).values(request_id=vote.request_id, user=vote.user,
-                                                        model=vote.model, score=vote.score,
-                                                        comment=vote.comment, ts=vote.ts))
+        if score is None:
+            with _store_errors("removed"), self.engine.begin() as conn:
+                conn.execute(delete(answer_feedback).where(key))
+            return None
+        vote = AnswerVote(request_id, user, model[:128], int(score), comment, self._clock())
+        with _store_errors("saved"), self.engine.begin() as conn:
+            conn.execute(_upsert(conn.dialect.name, vote))
         return vote
 
     def by_model(self, *, since_ts: float | None = None, comments_of: str | None = None,
