@@ -111,3 +111,18 @@ class TestTemplatePicker:
         got = at.session_state["picked"]
         assert (got.system, got.prompt, got.model, got.temperature, got.ref) == (
             "Be brief.", "Explain moving windows to a child.", "demo-swift", 0.3, "ask@1")
+
+    def test_production_label_is_the_default(self) -> None:
+        """When a template has a production label, the picker starts on it, not on the latest version."""
+        at = AppTest.from_function(_picker_script, default_timeout=30).run()
+        from blossom_dash import ui
+
+        handle = ui.get_service().session("local", "", role="admin")
+        t = handle.prompt_templates()[0]
+        handle.add_prompt_version(t.id, "Newer {topic} for {audience}.")
+        handle.set_prompt_label(t.id, "production", 1)
+        at.selectbox(key="test_picker_template").select_index(1).run()
+        assert at.selectbox(key=f"test_picker_version_{t.id}").value == "production"
+        at.text_input(key=f"test_picker_{t.id}_topic").set_value("x")
+        at.text_input(key=f"test_picker_{t.id}_audience").set_value("y").run()
+        assert at.session_state["picked"].ref == "ask@1"

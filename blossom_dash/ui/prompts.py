@@ -35,6 +35,11 @@ def version_choices(t: PromptTemplate) -> list[str]:
     return ["latest", *sorted(t.labels), *(str(n) for n in range(t.latest, 0, -1))]
 
 
+def _default_index(t: PromptTemplate) -> int:
+    """``production`` when the template has that label (as Langfuse serves by default), else ``latest``."""
+    return version_choices(t).index("production") if "production" in t.labels else 0
+
+
 def _choice_label(t: PromptTemplate, choice: str) -> str:
     if choice == "latest":
         return f"latest (v{t.latest})"
@@ -117,7 +122,7 @@ def render_versions(handle: SessionHandle, t: PromptTemplate) -> list[PromptVers
 def try_ui(handle: SessionHandle, t: PromptTemplate) -> RenderedPrompt | None:
     """"Try it": pick a version, fill its variables, see the rendered system prompt and prompt;
     and a Batch file for that version (``batch_templates.batch_file_for``)."""
-    choice = st.selectbox("Version", version_choices(t), key=f"prompts_try_version_{t.id}",
+    choice = st.selectbox("Version", version_choices(t), key=f"prompts_try_version_{t.id}", index=_default_index(t),
                           format_func=lambda c: _choice_label(t, c))
     version = handle.prompt_version(t.id, choice)
     values = {v: st.text_input(f"{{{v}}}", key=f"prompts_try_{t.id}_{v}") for v in version.variables}
@@ -231,7 +236,7 @@ def template_picker(handle: SessionHandle, key: str) -> RenderedPrompt | None:
             if chosen is None:
                 return None
             t = by_id[chosen]
-            choice = st.selectbox("Version", version_choices(t), key=f"{key}_version_{t.id}",
+            choice = st.selectbox("Version", version_choices(t), key=f"{key}_version_{t.id}", index=_default_index(t),
                                   format_func=lambda c: _choice_label(t, c))
             version = handle.prompt_version(t.id, choice)
             values = {v: st.text_input(f"{{{v}}}", key=f"{key}_{t.id}_{v}") for v in version.variables}
