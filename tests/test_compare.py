@@ -423,7 +423,7 @@ class TestBlindOrder:
                 monkeypatch.setattr(compare, "BLIND_RNG", random.Random(seed))
                 run, _, comp = run_text(svc, f"hi {seed}", picked, blind=True)
                 assert run.models == comp.models and sorted(comp.models) == sorted(picked)
-                assert comp.blind and comp.params["blind"] is True
+                assert comp.blind and comp.params["blind"] is True and "blind vote" in comp.summary()
                 for panel in comp.panels:
                     assert f"`{panel.model}`" in panel.text, "a panel holds the answer of the model it names"
                 orders.add(tuple(comp.models))
@@ -445,6 +445,8 @@ class TestBlindOrder:
         names = ["demo-swift", "demo-swift-2"]
         said = "I am demo-swift-2, not demo-swift."
         assert compare.mask_names(said, names) == "I am Model B, not Model A."
+        assert compare.mask_names("from Model A and demo-sw", names, partial=True) == "from Model A and "
+        assert compare.mask_names("from demo-swift-2", names, partial=True) == "from Model B"
 
 
 class TestRecordedModels:

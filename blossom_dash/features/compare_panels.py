@@ -92,13 +92,20 @@ def panel_label(position: int) -> str:
     return f"Model {chr(ord('A') + position)}"
 
 
-def mask_names(text: str, names: list[str]) -> str:
+def mask_names(text: str, names: list[str], *, partial: bool = False) -> str:
     """``text`` with each of ``names`` (a blind comparison's models, in panel order)
     replaced by its panel label (``Model A`` …), longest name first, so that an answer
-    or an error that names its model does not give the blind vote away."""
+    or an error that names its model does not give the blind vote away.
+
+    With ``partial`` (a stream still arriving), a tail that could be the start of a
+    name (``"… I am demo-sw"``) is left out until the rest arrives.
+    """
     for position, name in sorted(enumerate(names), key=lambda pn: -len(pn[1])):
         if name:
             text = text.replace(name, panel_label(position))
+    if partial:
+        cut = max((k for name in names for k in range(1, len(name)) if text.endswith(name[:k])), default=0)
+        text = text[: len(text) - cut]
     return text
 
 
@@ -195,6 +202,8 @@ class Comparison:
         shown = [f"{label} {self.params[key]}" for key, label in names.items() if self.params.get(key) is not None]
         if self.params.get("system"):
             shown.append("with a system prompt")
+        if self.blind:
+            shown.append("blind vote")
         return " · ".join([f"{self.kind.capitalize()} comparison of {len(self.panels)} models", when,
                            f"{self.backend} backend", *shown])
 

@@ -121,8 +121,8 @@ def stream_comparison(run: cmp.TextComparison) -> None:
     """
     blind = bool(run.params.get("blind"))
 
-    def mask(text: str) -> str:
-        return cmp.mask_names(text, run.models) if blind else text
+    def mask(text: str, partial: bool = False) -> str:
+        return cmp.mask_names(text, run.models, partial=partial) if blind else text
 
     boxes, captions = [], []
     for i, col in enumerate(st.columns(len(run.models))):
@@ -135,7 +135,8 @@ def stream_comparison(run: cmp.TextComparison) -> None:
             with boxes[update.index].container():
                 show_error(DashError(mask(update.error.message), mask(update.error.hint)) if blind else update.error)
         else:
-            boxes[update.index].markdown(safe_markdown(mask(update.text)) + ("" if update.done else " ▌"))
+            boxes[update.index].markdown(safe_markdown(mask(update.text, not update.done))
+                                         + ("" if update.done else " ▌"))
     for panel, caption in zip(run.panels(), captions, strict=True):
         if panel.ok:
             caption.caption(result_caption(cmp.blind_panel(panel, run.models) if blind else panel))
