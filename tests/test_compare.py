@@ -29,6 +29,8 @@ from blossom_dash.features.compare import (
     permalink,
     wilson_interval,
 )
+from blossom_dash.features.compare_quota import quota_refusal
+from blossom_dash.policies.ratelimit import LimitStatus, WindowStatus
 from blossom_dash.telemetry.store import UsageStore, events, metadata
 
 
@@ -476,3 +478,35 @@ class TestRequestLinks:
         contexts = {model: context for model, context in rows}
         assert contexts["demo-swift"] == contexts["demo-deep"] == f"comparison:{comp.id}"
         assert contexts["demo-sketch"] == contexts["demo-mosaic"] == f"comparison:{image.id}"
+
+
+class TestQuotaRefusal:
+    """``compare_quota.quota_refusal`` on windows made by hand."""
+
+    @staticmethod
+    def _status(user_used: int, user_limit: int = 30, global_used: int = 0, global_limit: int = 120,
+                unavailable: str = "") -> LimitStatus:
+        def window(used: int, limit: int) -> WindowStatus:
+            return WindowStatus(limit, max(0, limit - used), 12.0 if used else 0.0, used)
+
+        return LimitStatus(window(user_used, user_limit), window(global_used, global_limit), unavailable)
+
+    def test_fits_or_names_the_window(self) -> None:
+        """Enough room: None; the global window short: said as everyone's; the user's: as yours."""
+        assert quota_refusal(3, self._status(27)) is None
+        short = quota_refusal(3, self._status(0, global_used=118))
+        assert isinstance(short, RateLimited) and short.scope == "global"
+        assert "all users together have 2 of 120" in short.message and short.retry_after_s == 12.0
+        mine = quota_refusal(4, self._status(27))
+        assert mine is not None and "you have 3 of 30 per minute left" in mine.message
+
+    def test_a_kiosk_visitor_counts_against_their_own_lower_limit(self) -> None:
+        """A kiosk visitor with 8 of their 10 used has 2 left, though the member limit is 30."""
+        refusal = quota_refusal(3, self._status(8), kiosk_rpm=10)
+        assert refusal is not None and "you have 2 of 10 per minute left" in refusal.message
+        assert quota_refusal(2, self._status(8), kiosk_rpm=10) is None
+
+    def test_unreadable_windows_refuse(self) -> None:
+        """Shared Redis down: nothing is admitted, so the comparison is refused with the reason."""
+        refusal = quota_refusal(2, self._status(0, unavailable="Redis did not answer."))
+        assert refusal is not None and "Redis did not answer." in refusal.message
