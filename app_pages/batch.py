@@ -1,12 +1,10 @@
 """Batch: run a CSV of prompts as a background job, watch its progress, download the answers."""
 
-import time
-
 import streamlit as st
 
 from blossom_dash import DashError, ui
 from blossom_dash.features import batch
-from blossom_dash.ui import batch_view
+from blossom_dash.ui import batch_view, times
 from blossom_dash.ui import budget as budget_ui
 
 handle = ui.session_handle()
@@ -21,7 +19,7 @@ LABELS = {"row": "Row", "status": "Status", "prompt": "Prompt", "answered_by": "
 
 
 def _label(job: batch.BatchStatus) -> str:
-    when = time.strftime("%d %b %H:%M", time.localtime(job.created_ts))
+    when = times.local_time(job.created_ts)  # the viewer's zone, named
     owner = f" · {job.user}" if st.session_state.get("batch_all_jobs") else ""
     return f"{job.name or 'batch'} · {when} · {job.total:,} rows{owner}"  # its state is in the panel, kept live
 
@@ -57,6 +55,7 @@ if upload is not None:
         if invalid and st.toggle("Show only invalid rows", key="batch_only_invalid"):
             preview = preview[preview["problem"] != ""]
         st.dataframe(preview, hide_index=True, key="batch_preview", height=min(38 + 35 * len(preview), 300),
+                     placeholder="",  # a blank cell is blank, not "None"
                      column_order=["row", "problem", *parsed.columns],  # only the columns the file has
                      column_config={**LABELS, "row": st.column_config.NumberColumn("Row", help="As a spreadsheet "
                                                                                           "numbers it"),
@@ -125,7 +124,7 @@ def job_panel(job_id: str, was_active: bool) -> None:
     if status.active and status.total > LIVE_ROWS:
         st.caption(f"Showing the first {LIVE_ROWS:,} of {status.total:,} rows while the job runs; the downloads "
                    "have every row.")
-    st.dataframe(results, hide_index=True, key="batch_results_table",
+    st.dataframe(results, hide_index=True, key="batch_results_table", placeholder="",  # blank, never "None"
                  column_order=["row", "status", "prompt", "answer", "answered_by", "latency_ms", "prompt_tokens",
                                "completion_tokens", "cached", "error", "model", "system", "temperature",
                                "max_tokens", "seed", "request_id"],

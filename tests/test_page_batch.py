@@ -137,6 +137,17 @@ class TestJobs:
         assert "eight.csv" in at.selectbox(key="batch_job_select").format_func(
             at.selectbox(key="batch_job_select").value)
 
+    def test_blank_cells_are_blank(self) -> None:
+        """Cells without a value (no model, no seed, no error) show empty, never "None" or "nan"."""
+        at = upload(app("app_pages/batch.py").run(), csv(2))
+        preview = at.dataframe[0]
+        assert preview.proto.HasField("placeholder") and preview.proto.placeholder == ""
+        at.button(key="batch_run").click().run()
+        until(at, finished_rows, "the job to finish")
+        results = at.dataframe[-1]
+        assert results.value["error"].isna().all() and results.value["seed"].isna().all()
+        assert results.proto.HasField("placeholder") and results.proto.placeholder == ""
+
     def test_job_survives_page_switch_and_reload(self) -> None:
         """Submit, switch page, reload: a fresh session finds the job finished with all rows."""
         first = app("app.py").run()
@@ -204,6 +215,10 @@ class TestJobs:
         assert [m.value for m in at.metric][:3] == ["5", "0", "3"]
         assert ("Your batch is using 5 of your 10 requests/min (its share is 50%: at most 5; the rest is kept for "
                 "your chats).") in texts(at, "caption")
+        eta = at.metric[3]
+        assert eta.label == "ETA" and eta.value.startswith("about "), "paced by the window: an estimate, said so"
+        assert "Paced by the rate limit: at most 5 rows a minute for this batch" in eta.proto.help
+        assert any("for the 3 rows left" in i for i in texts(at, "info"))
         at.button(key="batch_cancel").click().run()
         assert not at.exception
 

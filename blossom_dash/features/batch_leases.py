@@ -274,9 +274,8 @@ class ActiveJob:
     drained: bool = False  # the last claim found nothing; the poller looks again
     cancelled: bool = False
     not_before: float = 0.0  # monotonic s: paused on a rate limit until then
-    wait_scope: str = ""  # "user" / "global" (our limiter) or "upstream" (the backend's 429)
+    wait_scope: str = ""  # "user" / "global" / "batch" (our limiter), "upstream" (a 429), "budget"
     waits: Counter[int] = field(default_factory=Counter)
-    limited: bool = False  # has met our own limiter (the ETA then respects the RPM)
     shared_wait: tuple[float | None, str | None] = (None, None)  # what we wrote to the job's row
     budget_seen: Any = None  # the budgets in force when one refused a row (a change resumes the job)
     ended: bool = False

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 
 from ..errors import BudgetExceeded, DashError, RateLimited
 from ..gateway.requests import Caller, TextRequest
+from .batch_eta import EtaSmoother, estimate_eta, recent_finishes
 from .batch_files import BatchRow
 from .batch_leases import ActiveJob, Claim, RowLeases
 from .batch_store import BatchJobs, check_owner, job_status
@@ -144,6 +145,7 @@ class BatchRunner:
         self._wall = wall
         self._leases = RowLeases(engine, self.runner_id, lease_s=lease_s, wall=wall)
         self._db = BatchJobs(engine, self.runner_id, wall=wall)
+        self._etas = EtaSmoother()
         self._cond = threading.Condition()
         self._jobs: dict[str, ActiveJob] = {}
         self._order: deque[str] = deque()
@@ -239,29 +241,29 @@ class BatchRunner:
         self.reap()
         job = self._db.job(job_id)
         now = self._wall()
-        counts, recent = self._db.counts(job_id, job["run_started_ts"])
+        counts, _ = self._db.counts(job_id, job["run_started_ts"])
         st = job_status(job, counts)
         waiting_s, scope = 0.0, ""
-        limited = job["wait_scope"] in ("user", "global", "batch")
         if job["wait_until"] is not None and job["wait_until"] > now:
             waiting_s, scope = job["wait_until"] - now, job["wait_scope"] or ""
         with self._cond:
             active = self._jobs.get(job_id)
             if active is not None:
-                limited = limited or active.limited
                 if active.not_before > self._clock():  # fresher than what the poller wrote
                     waiting_s, scope = active.not_before - self._clock(), active.wait_scope
-        eta = None
-        if st.active and recent:
-            eta = st.remaining * (now - job["run_started_ts"]) / recent
-        if st.active and limited:
-            # Paced by the moving window: after the wait, up to one window's worth (RPM)
-            # goes at once as the old slots free up, the rest at RPM per minute.
-            rpm = self._gateway.limits[0]
-            floor = waiting_s + max(0, st.remaining - rpm) * 60.0 / rpm
-            eta = floor if eta is None else max(eta, floor)
-        return replace(st, eta_s=eta, waiting_s=round(waiting_s, 1) if st.active else 0.0,
-                       wait_reason=_WAIT_REASONS.get(scope, "") if st.active and waiting_s else "")
+        if not st.active:
+            self._etas.forget(job_id)
+            return replace(st, waiting_s=0.0)
+        limits = self._gateway.limit_status(job["user"])  # the pace its rows may take (batch_eta)
+        window = limits.batch or limits.user
+        started = job["run_started_ts"]
+        est = estimate_eta(remaining=st.remaining, finishes=recent_finishes(self._engine, job_id, started),
+                           run_started=started, now=now, rpm=window.limit,
+                           free=min(window.remaining, limits.user.remaining), used=window.used,
+                           reset_in_s=window.reset_in_s, waiting_s=waiting_s)
+        return replace(st, eta_s=self._etas.smooth(job_id, est.eta_s, now), eta_paced=est.paced,
+                       pace_rpm=window.limit, waiting_s=round(waiting_s, 1),
+                       wait_reason=_WAIT_REASONS.get(scope, "") if waiting_s else "")
 
     def list(self, user: str | None, *, limit: int = 50) -> list[BatchStatus]:
         """The newest ``limit`` jobs of ``user`` (all users when None), newest first."""
@@ -348,7 +350,7 @@ class BatchRunner:
         for scope, window in (("user", status.user), ("batch", status.batch), ("global", status.global_)):
             if window is not None and window.remaining <= 0:
                 job.not_before = now + min(max(window.reset_in_s, 0.05), MAX_WAIT_S)
-                job.wait_scope, job.limited = scope, True
+                job.wait_scope = scope
                 return False
         return True
 
@@ -455,7 +457,6 @@ class BatchRunner:
                     pause = min(err.retry_after_s, MAX_WAIT_S)
                     job.not_before = max(job.not_before, self._clock() + pause)
                     job.wait_scope = err.scope
-                    job.limited = job.limited or err.scope != "upstream"
                     if err.scope == "upstream":
                         job.parallel = max(1, job.parallel // 2)
                         upstream_until = self._wall() + pause

@@ -149,7 +149,11 @@ class BatchStatus:
         done / failed / cancelled: Rows answered, failed, skipped by a cancel.
         running: Rows claimed right now, by any replica.
         created_ts / finished_ts: Epoch seconds.
-        eta_s: Estimated seconds to finish (running jobs, once a row has finished).
+        eta_s: Estimated seconds to finish (running jobs; ``batch_eta``): None until a
+            row has settled, unless the rate limit alone already says how long.
+        eta_paced: Whether the rate limit, not the rows' own pace, sets ``eta_s``.
+        pace_rpm: Requests per minute the job's rows may take (the user's batch share
+            of their limit), for a running job; None otherwise.
         waiting_s: Seconds until the job tries again after a rate limit (0: not waiting).
         wait_reason: Which limit it waits for, in words.
     """
@@ -168,6 +172,8 @@ class BatchStatus:
     eta_s: float | None = None
     waiting_s: float = 0.0
     wait_reason: str = ""
+    eta_paced: bool = False
+    pace_rpm: int | None = None
 
     @property
     def remaining(self) -> int:

@@ -68,10 +68,18 @@ def render_status(status: BatchStatus, limits: LimitStatus | None = None) -> Non
     k[0].metric("Done", f"{status.done:,}")
     k[1].metric("Failed", f"{status.failed:,}")
     k[2].metric("Remaining", f"{status.remaining:,}")
-    k[3].metric("ETA", _duration(status.eta_s) if status.active else "—")
+    paced = status.active and status.eta_paced and status.eta_s is not None
+    pace = f"at most {status.pace_rpm:,} rows a minute for this batch" if status.pace_rpm else "the rate limit"
+    k[3].metric("ETA", ("about " if paced else "") + _duration(status.eta_s) if status.active else "—",
+                help=f"Paced by the rate limit: {pace}." if paced else
+                "From the pace of the last rows (smoothed), never faster than the rate limit allows.")
     if status.waiting_s > 0:
-        st.info(f"Waiting for {status.wait_reason}: next row in {_duration(status.waiting_s)}. Rows wait for the "
-                "window instead of failing; an admin can raise the limit on the Controls page.", icon="⏳")
+        rest = (f"; about {_duration(status.eta_s)} for the {status.remaining:,} rows left"
+                if status.eta_s is not None and status.remaining else "")
+        st.info(f"Waiting for {status.wait_reason}: next row in {_duration(status.waiting_s)}{rest}. Rows wait "
+                "for the window instead of failing; an admin can raise the limit on the Controls page.", icon="⏳")
+    elif paced:
+        st.caption(f"Paced by the rate limit ({pace}): about {_duration(status.eta_s)} left.")
     elif status.status == "finished":
         st.success(f"Finished: {status.done:,} answered, {status.failed:,} failed.", icon="✅")
     elif status.status == "interrupted":
