@@ -38,7 +38,7 @@ blind = st.toggle("Blind vote", key="compare_blind", help="Shuffle the columns a
                   "off reveals a pending comparison's names.")
 go = {kind: state.pop(f"compare_{kind}_go", False) for kind in ("text", "image")}
 if blind and (go["text"] or go["image"] or (pending := view.pending_blind(handle)) is not None):
-    view.blind_header(None if go["text"] or go["image"] else pending.kind)
+    view.blind_header(None if go["text"] or go["image"] else pending)
     if go["text"]:
         view.run_text(handle, blind=blind)
     elif not go["image"] or view.run_images(handle, SIZES, blind=blind):

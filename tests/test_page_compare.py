@@ -166,7 +166,11 @@ class TestBlindVote:
         captions = texts(at, "caption")
         for i in range(len(shown)):
             assert f"was {cmp.panel_label(i)} in the blind vote" in captions
-        assert at.multiselect(key="compare_models"), "the picker is back after the vote"
+        assert any("Revealed" in str(m.value) for m in at.success), "the reveal is shown at the top, in view"
+        assert not at.multiselect, "the forms stay away until Next comparison"
+        at.button(key="compare_blind_next").click().run()
+        assert at.multiselect(key="compare_models"), "the picker is back"
+        assert list(_model_columns(at)) == shown, "the revealed comparison stays below the forms"
 
     def test_the_order_differs_from_the_picker_across_seeds(self, monkeypatch: Any) -> None:
         """Over a few seeded runs the columns are not always in the picker's order."""
@@ -175,6 +179,7 @@ class TestBlindVote:
             at = _blind(self.PICKED, seed, monkeypatch)
             at.button(key="compare_text_vote_tie").click().run()
             orders.add(tuple(_model_columns(at)))
+            at.button(key="compare_blind_next").click().run()
         assert len(orders) > 1 and any(order != tuple(self.PICKED) for order in orders)
 
     def test_skip_leaves_the_vote_without_revealing(self, monkeypatch: Any) -> None:
@@ -341,6 +346,7 @@ class TestTemplateAndForms:
         """The blind stage does not draw the forms; after the vote they hold what was typed and picked."""
         at = _blind(TestBlindVote.PICKED, 5, monkeypatch)
         at.button(key="compare_text_vote_tie").click().run()
+        at.button(key="compare_blind_next").click().run()
         assert not at.exception and not at.warning
         assert at.text_area(key="compare_prompt").value == "Which is clearer? (5)"
         assert at.multiselect(key="compare_models").value == TestBlindVote.PICKED

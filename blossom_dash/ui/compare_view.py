@@ -30,6 +30,7 @@ FORM_KEYS = ("compare_prompt", "compare_models", "compare_max_tokens", "compare_
 #: Session keys: the comparison awaiting its blind vote, and a refusal's retry time (epoch s).
 RETRY_AT = "compare_retry_at"
 GALLERY_PENDING = "compare_image_gallery_pending"
+REVEALED = "compare_blind_revealed"
 
 
 def keep_form_state() -> None:
@@ -52,6 +53,8 @@ def _vote(handle: SessionHandle, comp: cmp.Comparison, choice: str) -> None:
     except DashError as err:  # shown on the next run; a callback cannot draw in place
         st.session_state[f"compare_{comp.kind}_vote_error"] = err
         return
+    if comp.blind:
+        st.session_state[REVEALED] = comp.id  # the reveal stays at the top, in view
     pending = st.session_state.get(GALLERY_PENDING)
     if pending is not None and pending.id == comp.id:  # a blind image comparison's images, now that it is voted
         to_gallery(st.session_state.pop(GALLERY_PENDING))
@@ -150,14 +153,15 @@ def stream_comparison(run: cmp.TextComparison) -> None:
 
 
 def pending_blind(handle: SessionHandle) -> cmp.Comparison | None:
-    """This session's last comparison that is blind and not voted yet (text first), or None."""
+    """This session's last comparison that is blind and not voted yet (text first), or the
+    one just revealed by its vote (shown at the top until "Next comparison"), or None."""
     for kind in ("text", "image"):
         if cid := st.session_state.get(f"compare_{kind}_last"):
             try:
                 comp = handle.load_comparison(cid)
             except DashError:
                 continue
-            if comp.blind and comp.vote is None and comp.votable:
+            if comp.blind and comp.votable and (comp.vote is None or st.session_state.get(REVEALED) == comp.id):
                 return comp
     return None
 
@@ -167,13 +171,20 @@ def _skip(kind: str) -> None:
     st.session_state.pop(GALLERY_PENDING, None)
 
 
-def blind_header(kind: str | None) -> None:
-    """The blind stage's heading: what is hidden and why, and a way out without voting."""
+def blind_header(comp: cmp.Comparison | None) -> None:
+    """The blind stage's heading: what is hidden and why, and a way out without voting; once
+    voted, the reveal and "Next comparison" (back to the forms)."""
     left, right = st.columns([4, 1], vertical_alignment="center")
+    if comp is not None and comp.vote is not None:
+        left.success(f"**Revealed.** {safe_markdown(comp.vote.describe())}: each column now shows its model and "
+                     "the letter it had.", icon="🎉")
+        right.button("Next comparison", key="compare_blind_next", icon="➡️", width="stretch", type="primary",
+                     on_click=st.session_state.pop, args=(REVEALED, None))
+        return
     left.info("**Blind vote.** The columns are in a random order and every model name is hidden (the picker, "
               "the model facts, the leaderboard too) until you vote; then the names are revealed.", icon="🙈")
-    if kind is not None:
-        right.button("Skip this vote", key="compare_blind_skip", icon="⏭️", on_click=_skip, args=(kind,),
+    if comp is not None:
+        right.button("Skip this vote", key="compare_blind_skip", icon="⏭️", on_click=_skip, args=(comp.kind,),
                      width="stretch", help="Back to the forms without voting; the names stay hidden.")
 
 
@@ -308,6 +319,6 @@ def new_seed() -> None:
     st.session_state["compare_image_go"] = True
 
 
-__all__ = ["ANSWER_HEIGHT", "FORM_KEYS", "GALLERY_PENDING", "RETRY_AT", "blind_header", "keep_form_state",
-           "new_seed", "pending_blind", "read_only", "render_comparison", "replay_caption", "replay_note",
-           "run_images", "run_text", "show_refusal", "stream_comparison", "to_gallery"]
+__all__ = ["ANSWER_HEIGHT", "FORM_KEYS", "GALLERY_PENDING", "RETRY_AT", "REVEALED", "blind_header",
+           "keep_form_state", "new_seed", "pending_blind", "read_only", "render_comparison", "replay_caption",
+           "replay_note", "run_images", "run_text", "show_refusal", "stream_comparison", "to_gallery"]
