@@ -5,6 +5,7 @@ import streamlit as st
 from blossom_dash import ui
 from blossom_dash.ui import account as account_ui
 from blossom_dash.ui import admin as admin_ui
+from blossom_dash.ui import batch_view
 from blossom_dash.ui import budget as budget_ui
 
 handle = ui.session_handle()
@@ -64,7 +65,9 @@ with limit_col:
     user_rpm, global_rpm = service.rate_limits()
     if admin:
         with st.form("controls_limits_form"):
-            new_user = st.number_input("Per-user limit (RPM)", 1, 100_000, user_rpm, key="controls_user_rpm")
+            new_user = st.number_input("Per-user limit (RPM)", 1, 100_000, user_rpm, key="controls_user_rpm",
+                                       help=f"A user's batch may take {service.settings.batch_share:.0%} of it "
+                                            "(`BLOSSOM_DASH_BATCH_SHARE`); the rest stays free for their chats.")
             new_global = st.number_input("Global limit (RPM)", 1, 1_000_000, global_rpm, key="controls_global_rpm")
             if st.form_submit_button("Apply limits", type="primary"):
                 with ui.guard("applying the limits"):
@@ -91,6 +94,8 @@ with limit_col:
             st.warning(f"You are at your limit: the next slot frees in {status.user.reset_in_s:.0f} s.", icon="⏳")
         elif status.user.reset_in_s:
             st.caption(f"Your oldest request leaves the window in {status.user.reset_in_s:.0f} s.")
+        if held := batch_view.batch_quota_text(status):  # a running batch holds part of the window
+            st.caption(held)
 
     quota()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pages_helpers import app, texts
 from streamlit.testing.v1 import AppTest
@@ -56,6 +58,20 @@ class TestLimitControls:
         warnings = texts(chat, "warning")
         assert any("limit of 1 requests per minute" in w and "Wait" in w for w in warnings), warnings
 
+
+    def test_the_batch_share_is_stated_and_what_a_batch_holds(self) -> None:
+        """The per-user limit says what share a batch may take; a batch that ran says how much it holds."""
+        from blossom_dash import ui
+
+        at = app("app_pages/controls.py").run()
+        assert "A user's batch may take 50% of it" in at.number_input(key="controls_user_rpm").help
+        ui.get_service().submit_batch([{"prompt": "held"}], user="local", name="one.csv")
+        deadline = time.monotonic() + 60  # a guard against hanging, not a timing claim
+        while not any(c.startswith("Your batch is using") for c in texts(at.run(), "caption")):
+            assert time.monotonic() < deadline, "the batch row never showed in the quota"
+            time.sleep(0.05)
+        assert any("Your batch is using 1 of your 30 requests/min (its share is 50%: at most 15" in c
+                   for c in texts(at, "caption")), texts(at, "caption")
 
 class TestBackendControls:
     def test_health_is_shown(self) -> None:
