@@ -67,6 +67,20 @@ class TestLimiterShare:
         assert (status.user.used, status.batch.used, status.batch.limit, status.batch_share) == (10, 5, 5, 0.5)
         assert take(limiter, "bob", batch=True) == 5, "each user has their own batch window"
 
+    def test_a_refused_chat_says_how_much_the_batch_took(self, limiter: RateLimiter) -> None:
+        """When the window is full, the refusal says the user's batch made part of it."""
+        take(limiter, "ana", batch=True)
+        take(limiter, "ana", batch=False)
+        with pytest.raises(RateLimited) as info:
+            limiter.acquire("ana")
+        assert info.value.scope == "user"
+        assert info.value.message == ("You have reached the limit of 10 requests per minute. "
+                                      "Your batch jobs made 5 of them.")
+        take(limiter, "bob", batch=False)
+        with pytest.raises(RateLimited) as other:
+            limiter.acquire("bob")
+        assert "batch" not in other.value.message
+
     def test_chat_first_leaves_the_batch_what_is_left(self, limiter: RateLimiter) -> None:
         """The share bounds the batch, not the chats: 8 chats leave the batch 2 slots of the window."""
         for _ in range(8):

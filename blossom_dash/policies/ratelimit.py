@@ -351,8 +351,11 @@ class RateLimiter:
                 retry_after_s=max(status.reset_in_s, 0.001), scope="batch", status_code=None,
             )
         who = "You have" if scope == "user" else "All users together have"
+        held = ""
+        if scope == "user" and (batch := self._window(self._batch_item(item), ident).used):
+            held = f" Your batch jobs made {batch:,} of them."  # the words the user never got
         return RateLimited(
-            f"{who} reached the limit of {item.amount} requests per minute.",
+            f"{who} reached the limit of {item.amount} requests per minute.{held}",
             f"Wait {status.reset_in_s:.0f} s, or raise the limit on the Controls page.",
             retry_after_s=max(status.reset_in_s, 0.001), scope=scope, status_code=None,
         )
