@@ -40,6 +40,7 @@ if chat and bar.button("🔗 Share", key="playground_share", help="Save this cha
         st.success("Anyone with this link sees the chat as it is now, read-only:", icon="🔗")
         st.code(conversations.share_link(st.context.url, handle.save_conversation(chat).id), language=None)
 
+ui_chat.template_button(handle, dock)
 prompt = dock.chat_input("Ask a model…", key="playground_prompt", submit_mode="stop")
 if prompt is not None and not prompt.strip():
     st.error("The prompt is empty: type a question or an instruction, then press Enter.", icon="✏️")
@@ -54,6 +55,7 @@ ui_chat.render_chat(chat, answering=answer_now)
 if answer_now:
     params = {"model": model, "system": system or None, "max_tokens": int(max_tokens),
               "temperature": None if temperature == 1.0 else float(temperature),
-              "seed": new_seed if new_seed is not None else (None if seed is None else int(seed))}
+              "seed": new_seed if new_seed is not None else (None if seed is None else int(seed)),
+              **ui_chat.template_overrides()}
     ui_chat.answer(handle, chat, params, stream_on=stream_on)
     st.rerun()  # redraw from the chat, so the turn sits above the input with its actions

@@ -287,3 +287,21 @@ class TestChatActions:
                 {"role": "user", "content": "d"}]
         assert history_for(chat) == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "A"},
                                      {"role": "user", "content": "c"}, {"role": "assistant", "content": "C…"}]
+
+    def test_a_template_fills_and_sends_a_prompt_with_its_settings(self) -> None:
+        """📚 Template: pick one, fill its variables, Send: the rendered prompt is the turn, and the
+        template's system prompt and model apply to that turn (the code shows them)."""
+        from blossom_dash import ui
+
+        at = app("app_pages/playground.py").run()
+        t = ui.get_service().session("local", "", role="admin").create_prompt(
+            "explain", "Explain {topic} in one paragraph.", system="Be brief.", model="demo-swift")
+        at.run()
+        at.selectbox(key="playground_template_template").set_value(t.id).run()
+        at.text_input(key=f"playground_template_{t.id}_topic").set_value("a moving window").run()
+        at.button(key="playground_template_send").click().run()
+        assert not at.exception
+        chat = at.session_state["playground_messages"]
+        assert chat[0]["content"] == "Explain a moving window in one paragraph."
+        assert chat[1]["status"] == "ok" and "moving window" in chat[1]["content"]
+        assert "Be brief." in chat[1]["code"] and "demo-swift" in chat[1]["code"]

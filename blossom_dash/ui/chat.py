@@ -28,12 +28,16 @@ import streamlit as st
 
 from ..errors import DashError, RateLimited
 from ..features import conversations, snippets
+from ..features.prompt_text import RenderedPrompt
 from ..session import SessionHandle
 from .feedback import guard
+from .prompts import template_picker
 from .safe import safe_markdown
 
 MESSAGES = "playground_messages"
 PENDING = "playground_pending"
+#: A template's own settings for the turn it sends (system, model, temperature, max_tokens).
+TEMPLATE = "playground_template_params"
 #: Set (a plain dict, so no Streamlit call is needed) when an answer was stopped; read by ``stop_watcher``.
 STOPPED = "playground_stopped"
 #: How often the stop watcher looks, seconds (a stopped answer is redrawn as stopped within this).
@@ -77,8 +81,9 @@ class PendingTurn:
     Attributes:
         mode: ``"regenerate"`` (the last answer again, a new seed), ``"edit"`` (the last
             prompt replaced by ``text``), ``"retry"`` (the last, refused or failed, prompt
-            again) or ``"reask"`` (an earlier prompt at ``index`` asked again at the end).
-        text: The edited prompt (``edit``).
+            again), ``"reask"`` (an earlier prompt at ``index`` asked again at the end) or
+            ``"template"`` (``text``, a filled-in template, sent as a new prompt).
+        text: The edited prompt (``edit``) or the rendered template (``template``).
         index: The message to ask again (``reask``).
     """
 
@@ -129,6 +134,9 @@ def take_turn(chat: list[dict[str, Any]], prompt: str | None, images: list[dict[
     if prompt is not None or images:
         chat.append({"role": "user", "content": prompt or "", **({"images": images} if images else {})})
         return True, None
+    if pending is not None and pending.mode == "template":
+        chat.append({"role": "user", "content": pending.text})
+        return True, None
     if pending is None or not chat:
         return False, None
     if pending.mode == "reask" and 0 <= pending.index < len(chat) and chat[pending.index].get("role") == "user":
@@ -146,6 +154,28 @@ def take_turn(chat: list[dict[str, Any]], prompt: str | None, images: list[dict[
 
 def _later(mode: str, text: str = "", index: int = -1) -> None:
     st.session_state[PENDING] = PendingTurn(mode, text, index)
+
+
+def _send_template(used: RenderedPrompt) -> None:
+    _later("template", used.prompt)
+    st.session_state[TEMPLATE] = {k: v for k, v in (("system", used.system), ("model", used.model),
+                                                    ("temperature", used.temperature),
+                                                    ("max_tokens", used.max_tokens)) if v is not None}
+
+
+def template_overrides() -> dict[str, Any]:
+    """The settings of the template this run sends (taken once), for ``answer``'s params."""
+    return st.session_state.pop(TEMPLATE, None) or {}
+
+
+def template_button(handle: SessionHandle, where: Any) -> None:
+    """📚 beside the input: pick a prompt-library template, fill its variables, send it."""
+    with where.popover("Template", icon="📚", help="Fill in a template from the Prompts page and send it"):
+        used = template_picker(handle, "playground_template")
+        if used is not None:
+            st.caption("The template's system prompt and settings apply to this turn only.")
+            st.button("Send", key="playground_template_send", type="primary", icon="📨", on_click=_send_template,
+                      args=(used,))
 
 
 def _edit_submitted(key: str) -> None:
@@ -348,6 +378,7 @@ def shared_conversation_ui(handle: SessionHandle, shared_id: str) -> None:
 __all__ = [
     "MESSAGES",
     "PENDING",
+    "TEMPLATE",
     "PendingTurn",
     "answer",
     "history_for",
@@ -358,4 +389,6 @@ __all__ = [
     "shared_conversation_ui",
     "stop_watcher",
     "take_turn",
+    "template_button",
+    "template_overrides",
 ]
