@@ -109,7 +109,7 @@ def latency_over_time(latency: pd.DataFrame, *, bucket_s: int, span: _SPAN | Non
     """p50/p95/p99 latency of served requests and p50 TTFT of served streams per bucket (ms),
     from ``analytics.latency_percentiles``."""
     latency = _in_zone(latency, tz)
-    title = "Latency percentiles (served requests) and TTFT (streams)"
+    title = "Latency percentiles and TTFT"  # short: a title does not wrap on a phone
     if latency.empty:
         return _empty(title, _rev("latency", revision))
     fig = go.Figure()

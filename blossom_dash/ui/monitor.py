@@ -205,13 +205,18 @@ def _delta(cur: Any, prev: Any, kind: str) -> str | int | None:
     return ("+" if diff > 0 else "-") + format_ms(abs(diff))
 
 
+#: Width of one KPI metric, px: two fit a 390 px phone (358 px of content), six the ~980 px beside
+#: the sidebar at 1440 px (the two rows of six the page had).
+KPI_WIDTH_PX = 140
+
+
 def kpi_row(current: dict[str, Any], previous: dict[str, Any], *, vs: str, saved_ms: float | None = 0.0,
             unpriced_hits: int = 0) -> DeltaGenerator:
     """The Monitor's KPIs, each with its change against the previous period.
 
-    Two rows of six: the counts and rates (requests, error rate, rejected,
-    rate-limited, cache hit rate, time saved by the cache), then latency, TTFT and
-    tokens. A rise in the error rate, a latency, the TTFT or the rejected or
+    One wrapping row of ``KPI_WIDTH_PX``-wide metrics: the counts and rates (requests,
+    error rate, rejected, rate-limited, cache hit rate, time saved by the cache), then
+    latency, TTFT and tokens. A rise in the error rate, a latency, the TTFT or the rejected or
     rate-limited count reads as bad (``delta_color="inverse"``). Without requests in
     the previous period, no change is shown rather than an infinite one. The figures'
     definitions are ``analytics.kpis``'s.
@@ -222,7 +227,7 @@ def kpi_row(current: dict[str, Any], previous: dict[str, Any], *, vs: str, saved
             the slot this returns.
 
     Returns:
-        The slot of the "Time saved by cache" metric.
+        The slot of the "Saved by cache" metric.
     """
     has_prev = previous["requests"] > 0
     estimate = (f"Estimated from a log-spaced histogram: within {analytics.LATENCY_BIN_ERROR:.1%} of the exact "
@@ -252,23 +257,28 @@ def kpi_row(current: dict[str, Any], previous: dict[str, Any], *, vs: str, saved
     ]
     bad_when_up = {"error_rate", "rejected", "rate_limited", "p50_latency_ms", "p95_latency_ms", "p99_latency_ms",
                    "p50_ttft_ms"}
-    top, bottom = st.columns(6), st.columns(6)
-    for col, (label, value, key, kind, help_text) in zip([*top[:5], *bottom[:5]], specs, strict=True):
-        col.metric(label, value, _delta(current[key], previous[key], kind) if has_prev else None,
+    # One wrapping row of fixed-width metrics, not st.columns: columns stack one metric a
+    # line below 640 px (eleven lines on a phone before the first chart); these wrap two
+    # a line on a 390 px phone and six a line at 1440 px.
+    row = st.container(horizontal=True, gap="small", key="monitor_kpis")
+    slot: Any = None
+    for i, (label, value, key, kind, help_text) in enumerate(specs):
+        if i == 5:
+            slot = row.container(width=KPI_WIDTH_PX).empty()
+        row.metric(label, value, _delta(current[key], previous[key], kind) if has_prev else None,
                    delta_color="inverse" if key in bad_when_up else "normal",
-                   delta_description=vs if has_prev else None, help=help_text)
-    slot = top[5].empty()
+                   delta_description=vs if has_prev else None, help=help_text, width=KPI_WIDTH_PX)
     if saved_ms is None:
-        slot.metric("Time saved by cache", "…", help="Being computed with the charts.")
+        slot.metric("Saved by cache", "…", help="Being computed with the charts.")
     else:
         time_saved_metric(slot, saved_ms, unpriced_hits)
     return slot
 
 
 def time_saved_metric(slot: DeltaGenerator, saved_ms: float, unpriced_hits: int = 0) -> None:
-    """The "Time saved by cache" KPI (``CacheSavings.saved_ms``, ms) in ``slot``."""
+    """The "Saved by cache" KPI (``CacheSavings.saved_ms``, ms) in ``slot``."""
     exact = f"{format_duration(saved_ms / 1000)} in all. " if saved_ms >= 60_000 else ""
-    slot.metric("Time saved by cache", format_saved(saved_ms),
+    slot.metric("Saved by cache", format_saved(saved_ms),
                 help=exact + "Each hit is priced at the median latency of served requests of the same model in this "
                      "range (an estimate)." + (f" {unpriced_hits:,} hits had no such reference." if unpriced_hits
                                                else ""))
