@@ -181,7 +181,7 @@ def render_request_detail(detail: dict[str, Any], *, key: str = "monitor_log_det
         st.markdown("**Answer**")
         if answer:
             st.code(answer, language=None, wrap_lines=True)
-            st.caption("The first characters only, as many as the prompt keeps (BLOSSOM_DASH_PROMPT_CHARS).")
+            st.caption("Kept up to BLOSSOM_DASH_PROMPT_CHARS characters, like the prompt.")
         else:
             st.caption("Not stored: answers are kept only when prompts are (BLOSSOM_DASH_STORE_PROMPTS), "
                        "and only for requests that were answered.")
@@ -218,7 +218,8 @@ def render_conversation(service: BlossomService, caller: Caller, context: str, *
         "Latency": frame["latency_ms"].map(format_latency_ms),
         "TTFT": frame["ttft_ms"].map(format_latency_ms),
         "Prompt tok.": frame["prompt_tokens"], "Compl. tok.": frame["completion_tokens"],
-        "Cost": frame["cost"].map(lambda c: "" if c is None else format_cost(c)),
+        "Cost": [format_cost(c) if c is not None or o == "ok" else "" for c, o in zip(frame["cost"], frame["outcome"],
+                                                                                       strict=True)],
         "Prompt": frame["prompt"].fillna(""), "Answer": frame["answer"].fillna(""),
     })
     zone = zone_label(tz)
