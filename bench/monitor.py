@@ -54,7 +54,7 @@ from blossom_dash.telemetry.store import UsageStore  # noqa: E402
 
 TARGET_CPU_PCT = 25.0
 TARGET_CHARTS_S = 1.5
-KPI_METRICS = 11  # ten KPIs and "Saved by cache" (its placeholder first)
+KPI_METRICS = 11  # ten KPIs and "Cache time saved" (its placeholder first)
 CHARTS = 9  # seven usage charts and the spend panel's two
 
 

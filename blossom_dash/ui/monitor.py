@@ -227,7 +227,7 @@ def kpi_row(current: dict[str, Any], previous: dict[str, Any], *, vs: str, saved
             the slot this returns.
 
     Returns:
-        The slot of the "Saved by cache" metric.
+        The slot of the "Cache time saved" metric.
     """
     has_prev = previous["requests"] > 0
     estimate = (f"Estimated from a log-spaced histogram: within {analytics.LATENCY_BIN_ERROR:.1%} of the exact "
@@ -269,16 +269,16 @@ def kpi_row(current: dict[str, Any], previous: dict[str, Any], *, vs: str, saved
                    delta_color="inverse" if key in bad_when_up else "normal",
                    delta_description=vs if has_prev else None, help=help_text, width=KPI_WIDTH_PX)
     if saved_ms is None:
-        slot.metric("Saved by cache", "…", help="Being computed with the charts.")
+        slot.metric("Cache time saved", "…", help="Being computed with the charts.")
     else:
         time_saved_metric(slot, saved_ms, unpriced_hits)
     return slot
 
 
 def time_saved_metric(slot: DeltaGenerator, saved_ms: float, unpriced_hits: int = 0) -> None:
-    """The "Saved by cache" KPI (``CacheSavings.saved_ms``, ms) in ``slot``."""
+    """The "Cache time saved" KPI (``CacheSavings.saved_ms``, ms) in ``slot``."""
     exact = f"{format_duration(saved_ms / 1000)} in all. " if saved_ms >= 60_000 else ""
-    slot.metric("Saved by cache", format_saved(saved_ms),
+    slot.metric("Cache time saved", format_saved(saved_ms),
                 help=exact + "Each hit is priced at the median latency of served requests of the same model in this "
                      "range (an estimate)." + (f" {unpriced_hits:,} hits had no such reference." if unpriced_hits
                                                else ""))
