@@ -113,7 +113,7 @@ def event(rid: str, ago: float, **fields: Any) -> tuple[Any, ...]:
         "ttft_ms": None, "prompt_tokens": 10, "completion_tokens": 20, "bytes": 64, "prompt": "p", "cost": None,
     }
     values.update(fields)
-    return tuple(values[c] for c in ROW_COLUMNS)
+    return tuple(values.get(c) for c in ROW_COLUMNS)  # context, params, answer: None unless given
 
 
 EVENTS = [
