@@ -101,6 +101,7 @@ if opened := request_view.conversation_query(st.query_params):  # ?chat=<id> (or
     st.subheader("Conversation")
     with ui.guard("reading the conversation"):
         request_view.render_conversation(service, handle.caller, opened)
+    st.button("Close the conversation", key="monitor_conversation_close", on_click=request_view.close_conversation)
 st.session_state["monitor_charts_pending"] = True  # a full run: the charts are not drawn yet
 live()
 request_log()

@@ -344,6 +344,8 @@ class TestRequestDetailReadsWell:
         convo = next(d.value for d in at.dataframe if "Answer" in d.value.columns)
         assert list(convo["Request id"]) == ["t1", "t2"]
         assert any("Chat abc · 2 requests, 2 served" in c for c in texts(at, "caption"))
+        at.button(key="monitor_conversation_close").click().run()
+        assert "chat" not in at.query_params and not any(d.value.columns.isin(["Answer"]).any() for d in at.dataframe)
 
     def test_batch_and_comparison_links(self) -> None:
         """A batch job links to the Batch page, a comparison to Compare's permalink."""

@@ -22,8 +22,8 @@ from ..pricing import format_cost
 from ..service import BlossomService
 from .times import local_series, local_time, utc_iso, viewer_tz, zone_label
 
-__all__ = ["CONTEXT_PAGES", "PARAM_LABELS", "app_link", "context_link", "conversation_query", "format_latency_ms",
-           "render_conversation", "render_request_detail"]
+__all__ = ["CONTEXT_PAGES", "PARAM_LABELS", "app_link", "close_conversation", "context_link", "conversation_query",
+           "format_latency_ms", "render_conversation", "render_request_detail"]
 
 #: Labels of the parameters an event records (``gateway.event_detail.event_params``).
 PARAM_LABELS = {"model": "Model", "max_tokens": "Max tokens", "temperature": "Temperature", "seed": "Seed",
@@ -199,6 +199,13 @@ def conversation_query(params: Mapping[str, Any]) -> str | None:
         if isinstance(value, str) and value.strip():
             return f"{kind}:{value.strip()}"
     return None
+
+
+def close_conversation() -> None:
+    """Drop ``?chat=``/``?comparison=``/``?batch=`` from the Monitor's URL (a button's callback)."""
+    for kind in CONTEXT_PAGES:
+        if kind in st.query_params:
+            del st.query_params[kind]
 
 
 def render_conversation(service: BlossomService, caller: Caller, context: str, *,
