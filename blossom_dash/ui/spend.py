@@ -22,6 +22,7 @@ from ..telemetry.spend import SPEND_TABLES, Spend, export_spend
 from . import charts
 from .model_facts import price_text
 from .monitor import download_buttons, format_duration
+from .times import viewer_tz
 
 
 def format_pollen(value: Decimal | None, *, unit: bool = True) -> str:
@@ -130,26 +131,28 @@ def _words(frame: Any, column: str) -> Any:
     return frame[column].map(format_pollen)
 
 
-_FIGURES: weakref.WeakKeyDictionary[Spend, dict[str, go.Figure]] = weakref.WeakKeyDictionary()
+_FIGURES: weakref.WeakKeyDictionary[Spend, dict[str, dict[str, go.Figure]]] = weakref.WeakKeyDictionary()
 _FIGURES_LOCK = threading.Lock()
 
 
-def spend_figures(s: Spend, *, own_only: bool = False) -> dict[str, go.Figure]:
-    """The panel's two figures (``cost``, ``cost_users``) for ``s``, built once per result.
+def spend_figures(s: Spend, *, own_only: bool = False, tz: str = "UTC") -> dict[str, go.Figure]:
+    """The panel's two figures (``cost``, ``cost_users``) for ``s``, built once per result
+    and time zone (``tz``: the viewer's IANA zone, which the cost chart's time axis reads in).
 
     A shared ``spend`` read serves every admin viewer of the process, so its figures do
     too (as ``monitor.monitor_figures``); a member's copy (``Spend.only_user``) is its own
     result with its own figures. Read-only: ``st.plotly_chart`` copies a figure.
     """
     with _FIGURES_LOCK:
-        if (built := _FIGURES.get(s)) is not None:
+        by_zone = _FIGURES.setdefault(s, {})
+        if (built := by_zone.get(tz)) is not None:
             return built
         q = s.query
         users = charts.cost_by_user(s.by_user)
         if own_only:
             users.update_layout(title_text="Your cost (members see their own)")
-        built = _FIGURES[s] = {
-            "cost": charts.cost_by_model(s.over_time, bucket_s=s.bucket_s, span=(q.since_ts, q.until_ts)),
+        built = by_zone[tz] = {
+            "cost": charts.cost_by_model(s.over_time, bucket_s=s.bucket_s, span=(q.since_ts, q.until_ts), tz=tz),
             "cost_users": users}
         return built
 
@@ -167,7 +170,7 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
     """
     st.subheader("Spend")
     spend_kpis(s, vs=vs)
-    figures = spend_figures(s, own_only=own_only)
+    figures = spend_figures(s, own_only=own_only, tz=str(viewer_tz()))
     left, right = st.columns(2)
     left.plotly_chart(figures["cost"], key="monitor_chart_cost")
     right.plotly_chart(figures["cost_users"], key="monitor_chart_cost_users")
