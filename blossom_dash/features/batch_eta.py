@@ -1,27 +1,28 @@
-"""A batch job's time to finish that does not jump: the pace of its recent rows, bounded by its rate limit.
+"""A batch job's time to finish that does not jump: its rows' own pace, bounded by its rate limit.
 
 The earlier estimate (rows left × the run's mean time per row, with the rate limit counted
 only once the job had waited for it) read 6 s while the first rows ran at once and 68 s a
-moment later when the window filled. Here the estimate is, from the first poll:
+moment later when the window filled. Here the estimate is, from the first poll, the
+longer of:
 
-- the **recent pace**: the last ``RECENT_ROWS`` settled rows of this run over the time
-  since the row before them (or the run's start), measured up to now, so a job that
-  stalls slows its estimate smoothly instead of holding on to an old pace;
-- bounded below by the **rate limit** the rows go through (``window_floor``): of the
-  rows left, those expected to need a slot (the share of recent rows that were not
-  cache hits) beyond the slots free now wait for the moving window's slots to free.
-  The window's counted requests are taken as spread evenly from its oldest (which
-  leaves in ``reset_in_s``) to now, and the slots used now as leaving in 60 s; the
-  ``j``-th waiting row goes when the ``j``-th of those leaves, a whole window later
-  for each ``rpm`` rows before it (``rpm`` the batch's share of the user's limit,
-  ``policies.ratelimit.batch_rpm``). So a job that can send its first 30 rows at once
-  at 30 RPM says "about 60 s" for 45 rows from the start, not 6 s and then 68 s;
-- then **smoothed** between polls (``EtaSmoother``: exponential smoothing of the
-  estimate, the previous one counted down by the time since), so one slow row moves it
-  by a fraction.
+- the **rows' own pace**: the rows left × the mean latency of the last ``RECENT_ROWS``
+  settled rows (cache hits included, at their few milliseconds) ÷ the rows run at the
+  same time (``parallel``). Waits are not in it: they are the next bound's;
+- the **rate limit** the rows go through (``window_floor``), plus one row's latency: of
+  the rows left, those expected to need a slot (the share of recent rows that were not
+  cache hits) beyond the slots free now wait for the moving window's slots to free. The
+  window's counted requests are taken as spread evenly from its oldest (which leaves in
+  ``reset_in_s``) to the job's newest settled row (its slot leaves 60 s after it, or
+  about), and the slots used now as leaving in 60 s; the ``j``-th waiting row goes when
+  the ``j``-th of those leaves, a whole window later for each ``rpm`` rows before it
+  (``rpm`` the batch's share of the user's limit, ``policies.ratelimit.batch_rpm``). So
+  45 rows at 30 requests/min say "about 60 s" from the start, not 6 s and then 68 s;
+- a current wait (a full window, a backend's Retry-After, a budget).
 
-No streamlit here; the runner calls ``estimate_eta`` with plain values, the page shows
-the result (``BatchStatus.eta_s``, ``eta_paced``, ``pace_rpm``).
+The figure is then **smoothed** between polls (``EtaSmoother``: exponential smoothing of
+the estimate, the previous one counted down by the time since), so one slow row moves it
+by a fraction. No streamlit here; the runner calls ``estimate_eta`` with plain values,
+the page shows the result (``BatchStatus.eta_s``, ``eta_paced``, ``pace_rpm``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Eta:
     paced: bool = False
 
 
-def window_floor(waiting_rows: int, *, rpm: int, used: int, reset_in_s: float) -> float:
+def window_floor(waiting_rows: int, *, rpm: int, used: int, reset_in_s: float, newest_in_s: float = 60.0) -> float:
     """Seconds until the last of ``waiting_rows`` rows beyond the free slots gets a slot (module docstring).
 
     Args:
@@ -66,6 +67,8 @@ def window_floor(waiting_rows: int, *, rpm: int, used: int, reset_in_s: float) -
         rpm: The window's limit, requests per 60 s.
         used: Requests counted in the window now.
         reset_in_s: Seconds until its oldest counted request leaves (0 if empty).
+        newest_in_s: Seconds until its newest counted request leaves (60 if it was
+            just made); the counted ones are taken as spread evenly between the two.
 
     Returns:
         Seconds from now; 0.0 when no row waits.
@@ -73,25 +76,27 @@ def window_floor(waiting_rows: int, *, rpm: int, used: int, reset_in_s: float) -
     if waiting_rows <= 0:
         return 0.0
     used = min(max(0, used), rpm)
+    newest_in_s = min(60.0, max(reset_in_s, newest_in_s))
     windows, j = divmod(waiting_rows - 1, rpm)  # the last row: whole windows before it, then its place in one
-    if j < used:  # a slot of a request counted now, spread evenly from the oldest to now
-        leaves = reset_in_s + (60.0 - reset_in_s) * (j / (used - 1) if used > 1 else 0.0)
+    if j < used:  # a slot of a request counted now
+        leaves = reset_in_s + (newest_in_s - reset_in_s) * (j / (used - 1) if used > 1 else 0.0)
     else:  # a slot taken now (a free one), back in 60 s
         leaves = 60.0
     return 60.0 * windows + max(0.0, leaves)
 
 
-def estimate_eta(*, remaining: int, finishes: Sequence[tuple[float, bool]], run_started: float, now: float,
+def estimate_eta(*, remaining: int, finishes: Sequence[tuple[float, bool, float]], now: float, parallel: int = 1,
                  rpm: int | None = None, free: int = 0, used: int = 0, reset_in_s: float = 0.0,
                  waiting_s: float = 0.0) -> Eta:
     """Seconds left for a running job (module docstring).
 
     Args:
         remaining: Rows not yet settled.
-        finishes: ``(finished_ts, cached)`` of this run's newest settled rows, newest
-            first, up to ``RECENT_ROWS + 1`` (epoch seconds; ``recent_finishes``).
-        run_started: When this run (submit or resume) started, epoch seconds.
+        finishes: ``(finished_ts, cached, latency_ms)`` of this run's newest settled
+            rows, newest first (epoch seconds; ``recent_finishes``); the first
+            ``RECENT_ROWS`` are used.
         now: Epoch seconds.
+        parallel: Rows of the job run at the same time (at least 1).
         rpm: Requests per minute the job's rows may take (its batch share); None:
             unknown, no bound from the limit.
         free: Slots free in that window now.
@@ -101,24 +106,25 @@ def estimate_eta(*, remaining: int, finishes: Sequence[tuple[float, bool]], run_
             Retry-After, a budget), 0 if not waiting.
 
     Returns:
-        The estimate; ``Eta(0.0)`` when nothing is left.
+        The estimate; ``Eta(0.0)`` when nothing is left; ``Eta(None)`` when no row has
+        settled and nothing bounds it (the window has room for every row left).
     """
     if remaining <= 0:
         return Eta(0.0)
     recent = list(finishes[:RECENT_ROWS])
-    pace: float | None = None
-    if recent:
-        since = finishes[RECENT_ROWS][0] if len(finishes) > RECENT_ROWS else run_started
-        pace = remaining * max(now - since, 1e-3) / len(recent)
+    latency_s = sum(lat for _, _, lat in recent) / len(recent) / 1000.0 if recent else None
+    pace = remaining * latency_s / max(1, parallel) if latency_s is not None else None
     floor: float | None = None
     if rpm:
         # Cache hits take no slot; judge the rows left by the recent ones (all need a slot when none settled).
-        needing = sum(not cached for _, cached in recent) / len(recent) if recent else 1.0
+        needing = sum(not cached for _, cached, _ in recent) / len(recent) if recent else 1.0
         waits_for = max(0, math.ceil(remaining * needing) - max(0, free))
-        if waits_for or waiting_s > 0:
-            floor = max(waiting_s, window_floor(waits_for, rpm=rpm, used=used, reset_in_s=reset_in_s))
-    elif waiting_s > 0:
-        floor = waiting_s
+        if waits_for:
+            newest_in = 60.0 - (now - recent[0][0]) if recent else 60.0
+            floor = (window_floor(waits_for, rpm=rpm, used=used, reset_in_s=reset_in_s, newest_in_s=newest_in)
+                     + (latency_s or 0.0))
+    if waiting_s > 0:
+        floor = max(floor or 0.0, waiting_s + (latency_s or 0.0))
     if pace is None and floor is None:
         return Eta(None)
     if pace is None or (floor is not None and floor > pace):
@@ -126,18 +132,20 @@ def estimate_eta(*, remaining: int, finishes: Sequence[tuple[float, bool]], run_
     return Eta(pace)
 
 
-def recent_finishes(engine: Engine, job_id: str, since_ts: float, n: int = RECENT_ROWS + 1) -> list[tuple[float, bool]]:
-    """``(finished_ts, cached)`` of the job's newest ``n`` rows settled since ``since_ts``, newest first.
+def recent_finishes(engine: Engine, job_id: str, since_ts: float,
+                    n: int = RECENT_ROWS) -> list[tuple[float, bool, float]]:
+    """``(finished_ts, cached, latency_ms)`` of the job's newest ``n`` rows settled since
+    ``since_ts``, newest first (a failed row without a latency counts 0 ms).
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database failed.
     """
     r = batch_rows.c
     with engine.connect() as conn:
-        rows = conn.execute(select(r.finished_ts, r.cached).where(
+        rows = conn.execute(select(r.finished_ts, r.cached, r.latency_ms).where(
             r.job_id == job_id, r.status.in_([ROW_OK, ROW_ERROR]), r.finished_ts >= since_ts)
             .order_by(r.finished_ts.desc()).limit(n)).all()
-    return [(float(ts), bool(cached)) for ts, cached in rows]
+    return [(float(ts), bool(cached), float(lat or 0.0)) for ts, cached, lat in rows]
 
 
 class EtaSmoother:

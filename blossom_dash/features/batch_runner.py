@@ -258,7 +258,7 @@ class BatchRunner:
         window = limits.batch or limits.user
         started = job["run_started_ts"]
         est = estimate_eta(remaining=st.remaining, finishes=recent_finishes(self._engine, job_id, started),
-                           run_started=started, now=now, rpm=window.limit,
+                           now=now, parallel=active.parallel if active is not None else self.workers, rpm=window.limit,
                            free=min(window.remaining, limits.user.remaining), used=window.used,
                            reset_in_s=window.reset_in_s, waiting_s=waiting_s)
         return replace(st, eta_s=self._etas.smooth(job_id, est.eta_s, now), eta_paced=est.paced,
