@@ -64,6 +64,13 @@ class TestEstimate:
                              rpm=30, free=0, used=30, reset_in_s=8.0, waiting_s=8.0)
         assert later.paced and 10.0 <= later.eta_s <= 22.0  # type: ignore[operator]
 
+    def test_rows_in_flight_hold_their_slots(self) -> None:
+        """45 rows at 15 RPM, 4 in flight among the 41 left and 7 slots free: 30 wait, about two windows, as at the
+        start (in-flight rows counted again read about three)."""
+        est = estimate_eta(remaining=41, finishes=finishes(4, every_s=0.1, last=2.0), now=2.0, parallel=4, running=4,
+                           rpm=15, free=7, used=8, reset_in_s=58.0)
+        assert est.paced and 115.0 <= est.eta_s <= 125.0  # type: ignore[operator]
+
     def test_the_rows_own_pace_when_the_limit_is_far(self) -> None:
         """A roomy window: rows left x their mean latency / rows at a time."""
         est = estimate_eta(remaining=10, finishes=finishes(RECENT_ROWS, every_s=0.5, last=100.0, latency_ms=2000.0),

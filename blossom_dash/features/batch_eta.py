@@ -9,8 +9,8 @@ longer of:
   settled rows (cache hits included, at their few milliseconds) ÷ the rows run at the
   same time (``parallel``). Waits are not in it: they are the next bound's;
 - the **rate limit** the rows go through (``window_floor``), plus one row's latency: of
-  the rows left, those expected to need a slot (the share of recent rows that were not
-  cache hits) beyond the slots free now wait for the moving window's slots to free. The
+  the rows left and not in flight, those expected to need a slot (the share of recent
+  rows that were not cache hits) beyond the slots free now wait for the moving window's slots to free. The
   window's counted requests are taken as spread evenly from its oldest (which leaves in
   ``reset_in_s``) to the job's newest settled row (its slot leaves 60 s after it, or
   about), and the slots used now as leaving in 60 s; the ``j``-th waiting row goes when
@@ -86,7 +86,7 @@ def window_floor(waiting_rows: int, *, rpm: int, used: int, reset_in_s: float, n
 
 
 def estimate_eta(*, remaining: int, finishes: Sequence[tuple[float, bool, float]], now: float, parallel: int = 1,
-                 rpm: int | None = None, free: int = 0, used: int = 0, reset_in_s: float = 0.0,
+                 running: int = 0, rpm: int | None = None, free: int = 0, used: int = 0, reset_in_s: float = 0.0,
                  waiting_s: float = 0.0) -> Eta:
     """Seconds left for a running job (module docstring).
 
@@ -97,6 +97,7 @@ def estimate_eta(*, remaining: int, finishes: Sequence[tuple[float, bool, float]
             ``RECENT_ROWS`` are used.
         now: Epoch seconds.
         parallel: Rows of the job run at the same time (at least 1).
+        running: Rows of ``remaining`` in flight now: they hold their slots already.
         rpm: Requests per minute the job's rows may take (its batch share); None:
             unknown, no bound from the limit.
         free: Slots free in that window now.
@@ -118,7 +119,7 @@ def estimate_eta(*, remaining: int, finishes: Sequence[tuple[float, bool, float]
     if rpm:
         # Cache hits take no slot; judge the rows left by the recent ones (all need a slot when none settled).
         needing = sum(not cached for _, cached, _ in recent) / len(recent) if recent else 1.0
-        waits_for = max(0, math.ceil(remaining * needing) - max(0, free))
+        waits_for = max(0, math.ceil(max(0, remaining - running) * needing) - max(0, free))
         if waits_for:
             newest_in = 60.0 - (now - recent[0][0]) if recent else 60.0
             floor = (window_floor(waits_for, rpm=rpm, used=used, reset_in_s=reset_in_s, newest_in_s=newest_in)

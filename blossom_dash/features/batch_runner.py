@@ -240,6 +240,10 @@ class BatchRunner:
         """
         self.reap()
         job = self._db.job(job_id)
+        # The windows before the rows: a row claimed in between then counts as running
+        # without its slot (an ETA a row short), not with its slot and not running (a row
+        # counted twice, which at a window's edge reads a whole window longer).
+        limits = self._gateway.limit_status(job["user"]) if job["status"] == JOB_RUNNING else None
         now = self._wall()
         counts, _ = self._db.counts(job_id, job["run_started_ts"])
         st = job_status(job, counts)
@@ -251,14 +255,14 @@ class BatchRunner:
             if active is not None:
                 if active.not_before > self._clock():  # fresher than what the poller wrote
                     waiting_s, scope = active.not_before - self._clock(), active.wait_scope
-        if not st.active:
+        if not st.active or limits is None:
             self._etas.forget(job_id)
             return replace(st, waiting_s=0.0)
-        limits = self._gateway.limit_status(job["user"])  # the pace its rows may take (batch_eta)
         window = limits.batch or limits.user
         started = job["run_started_ts"]
         est = estimate_eta(remaining=st.remaining, finishes=recent_finishes(self._engine, job_id, started),
-                           now=now, parallel=active.parallel if active is not None else self.workers, rpm=window.limit,
+                           now=now, parallel=active.parallel if active is not None else self.workers,
+                           running=st.running, rpm=window.limit,
                            free=min(window.remaining, limits.user.remaining), used=window.used,
                            reset_in_s=window.reset_in_s, waiting_s=waiting_s)
         return replace(st, eta_s=self._etas.smooth(job_id, est.eta_s, now), eta_paced=est.paced,
