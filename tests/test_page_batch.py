@@ -222,6 +222,14 @@ class TestJobs:
         at.button(key="batch_cancel").click().run()
         assert not at.exception
 
+    def test_the_sidebar_says_what_a_batch_holds(self) -> None:
+        """The shared sidebar's quota line adds how much of the window the user's batch holds."""
+        at = app("app.py").run()
+        ui.get_service().submit_batch([{"prompt": "sidebar"}], user="local", name="one.csv")
+        until(at, lambda a: any(c.value.startswith("Your batch is using 1 of your") for c in a.sidebar.caption),
+              "the sidebar to count the batch row")
+        assert not at.exception
+
     def test_retry_failed_rows_then_delete(self) -> None:
         """A failed row says why; Retry failed rows answers it; Delete removes the job."""
         at = app("app_pages/batch.py").run()
