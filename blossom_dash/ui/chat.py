@@ -3,8 +3,8 @@
 A chat is a list of message dicts in ``st.session_state["playground_messages"]``
 (``MESSAGES``), oldest first: ``role`` ("user" | "assistant"), ``content``, and for an
 answer ``caption``, ``code``, ``model``, ``request_id`` and ``status`` ("ok", "stopped",
-"refused" or "failed"; with ``error``, the words shown, and for a rate-limit refusal
-``retry_at``, epoch seconds). A prompt is appended before it is sent, so a refused or
+"refused" or "failed"; with ``error``, the words shown, ``severity``, the error's, and for
+a rate-limit refusal ``retry_at``, epoch seconds). A prompt is appended before it is sent, so a refused or
 failed one stays in the chat with its error and a Retry.
 
 The actions under the newest turn (Regenerate, Edit, Retry) are callbacks that leave a
@@ -195,7 +195,8 @@ def render_turn(msg: dict[str, Any]) -> None:
     if status == "stopped":
         st.caption(":orange-badge[⏹ Stopped] The answer was stopped here; what arrived is kept.")
     elif status in ("refused", "failed") and msg.get("error"):
-        (st.warning if status == "refused" else st.error)(msg["error"], icon="⏳" if status == "refused" else "⚠️")
+        warn = msg.get("severity") == "warning"  # the error's own severity, as ``show_error`` draws it
+        (st.warning if warn else st.error)(msg["error"], icon="⏳" if warn else "⚠️")
     if msg.get("caption"):
         st.caption(msg["caption"])
     if msg.get("code"):
@@ -314,7 +315,7 @@ def answer(handle: SessionHandle, chat: list[dict[str, Any]], params: dict[str, 
         _finish(reply, result, prompt, params)
         reply["status"] = "ok"
     except DashError as err:
-        reply.update(status="refused" if _refusal(err) else "failed",
+        reply.update(status="refused" if _refusal(err) else "failed", severity=err.severity,
                      error=f"**{err.message}**" + (f"\n\n{err.hint}" if err.hint and not _waits(err) else ""))
         if isinstance(err, RateLimited) and err.scope in ("user", "global"):
             reply["retry_at"] = time.time() + err.retry_after_s
