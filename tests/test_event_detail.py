@@ -70,6 +70,22 @@ class TestRecordedDetail:
         assert (first["outcome"], second["outcome"]) == ("ok", "cache_hit")
         assert first["context"] == second["context"] == "chat:s1"
 
+    def test_a_stopped_stream_says_so(self, tmp_path: Path) -> None:
+        """A stream closed after its first delta records "stopped" in its parameters and its partial answer;
+        one read to the end does not."""
+        with make_service(tmp_path) as svc:
+            stream = svc.stream_text("Stop me early", max_tokens=400, context="chat:stop")
+            first = next(iter(stream))
+            stream.close()
+            whole = svc.stream_text("Read me whole")
+            "".join(whole)
+            svc.metrics.flush()
+            frame = requests_log.conversation(svc.store, "chat:stop")
+            stopped = detail(svc, frame["request_id"].iloc[0])
+            done = detail(svc, whole.result.request_id)
+        assert json.loads(stopped["params"])["stopped"] is True and stopped["answer"].startswith(first)
+        assert "stopped" not in json.loads(done["params"])
+
     def test_image_params_hold_the_drawn_seed(self, tmp_path: Path) -> None:
         """An image records its size and the seed it drew; an image has no answer text."""
         with make_service(tmp_path) as svc:

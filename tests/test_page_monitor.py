@@ -320,6 +320,13 @@ class TestRequestDetailReadsWell:
         log = next(d for d in at.dataframe if "request_id" in d.value.columns)
         assert str(log.value["ts"].dt.tz) == "Europe/Berlin"
 
+    def test_a_stopped_stream_reads_as_stopped(self, tmp_path: Path) -> None:
+        """A stream stopped before its end says so beside its outcome and among its parameters."""
+        at = self._open(tmp_path, kind="stream", params='{"model":"demo-swift","stopped":true}')
+        assert "stopped before the end" in _detail_fields(at)["Outcome"]
+        params = next(d.value for d in at.dataframe if "Parameter" in d.value.columns)
+        assert dict(zip(params["Parameter"], params["Value"], strict=True))["Stopped before the end"] == "yes"
+
     def test_a_chat_request_links_to_its_chat_and_conversation(self, tmp_path: Path) -> None:
         """A chat's request links to the Playground's ?chat=<id> and shows its conversation in order."""
         _seed(tmp_path, [_row("t1", 30, context="chat:abc"), _row("t2", 20, context="chat:abc"),

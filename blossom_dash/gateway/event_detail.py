@@ -9,6 +9,8 @@ Monitor's request detail shows them (schema 6). Three rules:
 - ``context`` says what the request belongs to: ``"chat:<id>"``, ``"comparison:<id>"``,
   ``"batch:<job_id>"``; a request's own ``context`` field, "" when none; cut to the
   column's 128 characters by the store.
+- A stream stopped before its end says so in its ``params`` (``"stopped": true``,
+  ``stopped_params``): its answer and usage are the partial ones.
 - ``answer`` is kept exactly when the prompt is (``settings.store_prompts``), cut to the
   same ``settings.prompt_chars``: a deployment that does not keep what users ask does not
   keep what they were told either.
@@ -22,7 +24,7 @@ import orjson
 from ..settings import Settings
 from .requests import Prepared
 
-__all__ = ["CONTEXT_KINDS", "event_context", "event_params", "parse_context", "stored_text"]
+__all__ = ["CONTEXT_KINDS", "event_context", "event_params", "parse_context", "stopped_params", "stored_text"]
 
 #: The kinds of context a request may carry, ``"<kind>:<id>"``.
 CONTEXT_KINDS = ("chat", "comparison", "batch")
@@ -83,3 +85,13 @@ def event_context(request: Any) -> str:
     """A request's ``context`` as recorded: its text, or "" when absent or not text."""
     context = getattr(request, "context", "")
     return context.strip() if isinstance(context, str) else ""
+
+
+def stopped_params(params: str | None, done: bool) -> str | None:
+    """``params`` of a stream, with ``"stopped": true`` when its reader stopped before the
+    end (Stop, or a page left mid-answer): its answer and usage are partial. Unchanged
+    for a stream read to the end."""
+    if done:
+        return params
+    value = orjson.loads(params) if params else {}
+    return orjson.dumps({**value, "stopped": True}, option=orjson.OPT_SORT_KEYS).decode()

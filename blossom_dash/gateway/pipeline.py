@@ -56,7 +56,7 @@ from ..telemetry.collector import Event, MetricsCollector, new_request_id
 from .answers import BUILDERS as _BUILDERS
 from .answers import from_cache as _from_cache
 from .costs import cost_of
-from .event_detail import event_context, event_params, stored_text
+from .event_detail import event_context, event_params, stopped_params, stored_text
 from .models import ModelCatalog, ModelInfo, ModelList, no_models
 from .requests import Caller, Prepared, Request, TextRequest, check_model
 from .streams import DONE, StreamEnd, TextStream
@@ -443,6 +443,7 @@ class Gateway:
             items.put(DONE)
 
             def replayed(end: StreamEnd) -> TextResult:
+                ticket.params = stopped_params(ticket.params, end.done)
                 saved = cached.cost if cached.cost is not None else cost_of(
                     "stream", self.prices("text", cached.model), cached.usage)
                 result = TextResult(end.text, cached.model, cached.backend, end.latency_ms, end.ttft_ms,
@@ -494,7 +495,7 @@ class Gateway:
             usage = Usage.from_dict(end.usage) if end.usage else Usage.estimate(wire["messages"], end.text)
             result = TextResult(end.text, prepared.model, backend.name, end.latency_ms, end.ttft_ms, usage, False,
                                 ticket.request_id, end.finish_reason, stopped_early=not end.done)
-            nbytes = len(end.text.encode())
+            nbytes, ticket.params = len(end.text.encode()), stopped_params(ticket.params, end.done)
             cost = self._record(ticket, "ok", latency_ms=end.latency_ms, ttft_ms=end.ttft_ms, usage=usage,
                                 nbytes=nbytes, status_code=seen.status_code, answer=end.text)
             result = dataclasses.replace(result, cost=cost)

@@ -28,7 +28,8 @@ __all__ = ["CONTEXT_PAGES", "PARAM_LABELS", "app_link", "close_conversation", "c
 #: Labels of the parameters an event records (``gateway.event_detail.event_params``).
 PARAM_LABELS = {"model": "Model", "max_tokens": "Max tokens", "temperature": "Temperature", "seed": "Seed",
                 "history_turns": "Earlier turns sent", "system_prompt": "System prompt", "images": "Images attached",
-                "width": "Width (px)", "height": "Height (px)", "voice": "Voice", "format": "Audio format"}
+                "width": "Width (px)", "height": "Height (px)", "voice": "Voice", "format": "Audio format",
+                "stopped": "Stopped before the end"}
 _KIND_LABELS = {"text": "Text", "stream": "Text (streamed)", "image": "Image", "audio": "Speech"}
 _OUTCOME_LABELS = {"ok": "Served", "cache_hit": "Cache hit", "rate_limited": "Rate-limited", "rejected": "Rejected",
                    "error": "Error"}
@@ -147,7 +148,9 @@ def render_request_detail(detail: dict[str, Any], *, key: str = "monitor_log_det
         ("Kind", _KIND_LABELS.get(detail.get("kind") or "", detail.get("kind") or "")),
         ("Model", detail.get("model") or ""),
         ("Backend", detail.get("backend") or ""),
-        ("Outcome", _OUTCOME_LABELS.get(detail.get("outcome") or "", detail.get("outcome") or "")),
+        ("Outcome", _OUTCOME_LABELS.get(detail.get("outcome") or "", detail.get("outcome") or "")
+         + (" (stopped before the end: partial answer and usage)" if _params(detail.get("params")).get("stopped")
+            else "")),
         ("Error", detail.get("error_type") or "—"),
         ("HTTP status", "—" if detail.get("status_code") is None else str(detail["status_code"])),
         ("Latency", format_latency_ms(detail.get("latency_ms")) or "—"),
