@@ -178,7 +178,6 @@ class TextRequest:
         return bool(self.images) or any(isinstance(m, dict) and m.get("role") == "user" and m.get("images")
                                         for m in self.history or [])
 
-
     @property
     def event_prompt(self) -> str | None:
         """What the usage store may keep of the request (truncated there)."""
