@@ -92,6 +92,9 @@ if not jobs:
             "switch pages or reload, and you come back to it here.")
     st.stop()
 by_id = {j.job_id: j for j in jobs}
+if (linked := st.query_params.get("job")) in by_id:  # a link from Monitor's request detail: ?job=<id>
+    st.session_state["batch_job_select"] = linked
+    del st.query_params["job"]
 if st.session_state.get("batch_job_select") not in by_id:
     st.session_state["batch_job_select"] = jobs[0].job_id
 job_id = st.selectbox("Job", list(by_id), format_func=lambda j: _label(by_id[j]), key="batch_job_select")

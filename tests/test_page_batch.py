@@ -253,3 +253,21 @@ class TestJobs:
         at.run()
         assert not [s for s in at.selectbox if s.key == "batch_job_select"]
         assert any("No batch jobs yet" in i for i in texts(at, "info"))
+
+
+class TestLinkedJob:
+    def test_a_job_link_opens_that_job(self) -> None:
+        """/batch?job=<id> (Monitor's link from a batch row's request) selects that job, not the newest."""
+        at = upload(app("app_pages/batch.py").run(), csv(2, prefix="first"), name="first.csv")
+        at.button(key="batch_run").click().run()
+        until(at, finished_rows, "the first job to finish")
+        first = at.selectbox(key="batch_job_select").value
+        upload(at, csv(2, prefix="second"), name="second.csv")
+        at.button(key="batch_run").click().run()
+        until(at, finished_rows, "the second job to finish")
+        assert at.selectbox(key="batch_job_select").value != first
+        linked = app("app_pages/batch.py")
+        linked.query_params["job"] = first
+        linked.run()
+        assert not linked.exception
+        assert linked.selectbox(key="batch_job_select").value == first and "job" not in linked.query_params
