@@ -4,7 +4,7 @@ tiny script (AppTest), in local mode and signed in as team members."""
 from __future__ import annotations
 
 import pytest
-from pages_helpers import texts
+from pages_helpers import app, texts
 from streamlit.testing.v1 import AppTest
 from test_auth import AUTH
 
@@ -229,6 +229,16 @@ class TestAnswerFeedback:
         table = next(df.value for df in at.dataframe if "share_up" in df.value.columns)
         assert table[["up", "down", "share_up", "comments"]].values.tolist() == [[1, 1, 50, "mia liked it"]]
         assert any("this table shows your own comments only" in c for c in texts(at, "caption"))
+
+    def test_the_monitor_page_shows_the_table(self) -> None:
+        """Monitor has the section, with a vote made in its range."""
+        at = app("app_pages/monitor.py").run()
+        ui.get_service().rate_answer("rid0000000000006", 1, model="demo-swift", caller=LOCAL)
+        at.run()
+        assert not at.exception
+        assert "Answer feedback by model" in texts(at, "subheader")
+        assert any("share_up" in df.value.columns and df.value.model.tolist() == ["demo-swift"]
+                   for df in at.dataframe)
 
     def test_monitor_table_empty_state(self) -> None:
         """Without votes the Monitor section says so in words."""

@@ -237,15 +237,23 @@ def _vote(handle: SessionHandle, msg: dict[str, Any], score: int | None, comment
 
 
 def feedback_table(handle: SessionHandle, since_s: float | None = None) -> None:
+    """Monitor's section "Answer feedback by model" as this session's caller sees it
+    (``render_feedback_table``)."""
+    render_feedback_table(handle.service, handle.caller, since_s)
+
+
+def render_feedback_table(service: Any, caller: Any, since_s: float | None = None) -> None:
     """Monitor's section "Answer feedback by model": 👍, 👎, votes, the share of 👍 and the
-    newest comments this viewer may read (an admin's: everyone's; a member's: their own).
+    newest comments ``caller`` may read (an admin's: everyone's; a member's: their own).
 
     Args:
-        since_s: Only the last ``since_s`` seconds (the Monitor's window); None: all time.
+        service: The facade (``feedback_by_model``).
+        caller: Who reads (a ``gateway.Caller``).
+        since_s: Only the last ``since_s`` seconds (the Monitor's range); None: all time.
     """
     st.subheader("Answer feedback by model")
     try:
-        table = handle.feedback_by_model(since_s)
+        table = service.feedback_by_model(since_s, caller=caller)
     except DashError as err:
         show_error(err)
         return
@@ -253,8 +261,8 @@ def feedback_table(handle: SessionHandle, since_s: float | None = None) -> None:
         st.info("No answer has a 👍 or 👎 yet" + (" in this period" if since_s else "")
                 + ". Vote under any answer on the Playground.", icon=":material/thumbs_up_down:")
         return
-    who = ("everyone's comments" if handle.role == "admin" else
-           "no comments (viewers see the counts)" if handle.role == "viewer" else "your own comments only")
+    who = ("everyone's comments" if caller.is_admin else
+           "no comments (viewers see the counts)" if caller.role == "viewer" else "your own comments only")
     st.caption(f"Every user's votes are counted, one per user per answer; this table shows {who}.")
     shown = pd.DataFrame({
         "model": table["model"], "up": table["up"], "down": table["down"], "votes": table["votes"],
@@ -270,5 +278,5 @@ def feedback_table(handle: SessionHandle, since_s: float | None = None) -> None:
     })
 
 
-__all__ = ["PAGE", "answer_feedback", "chat_history_sidebar", "feedback_table", "relative_age", "save_current_chat",
-           "start_new_chat"]
+__all__ = ["PAGE", "answer_feedback", "chat_history_sidebar", "feedback_table", "relative_age", "render_feedback_table",
+           "save_current_chat", "start_new_chat"]

@@ -9,6 +9,7 @@ are counted and named, never drawn or summed as 0.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from decimal import Decimal
@@ -20,6 +21,7 @@ import streamlit as st
 from ..errors import DashError
 from ..telemetry.spend import SPEND_TABLES, Spend, export_spend
 from . import charts
+from .history import render_feedback_table
 from .model_facts import price_text
 from .monitor import download_buttons, format_duration
 from .times import viewer_tz
@@ -213,10 +215,12 @@ def render_spend(s: Spend, *, vs: str, own_only: bool, price_of: Callable[[str],
 def spend_panel(service: Any, caller: Any, q: Any, *, every_s: float | None) -> None:
     """The Monitor's spend panel for ``q`` as ``caller`` sees it: the shared ``spend``
     read (a member's per-user rows are their own), the catalog's prices and the
-    Compare votes per model."""
+    Compare votes per model; then the 👍/👎 on answers per model since the range's start
+    (``history.render_feedback_table``)."""
     s = service.monitor("spend", q, caller=caller, every_s=every_s)
     render_spend(s, vs=f"vs prior {format_duration(s.query.span_s)}", own_only=not caller.is_admin,
                  price_of=price_labels(service), feedback=feedback_labels(service))
+    render_feedback_table(service, caller, since_s=max(0.0, time.time() - q.since_ts))  # 👍/👎 on answers
 
 
 __all__ = ["feedback_labels", "format_pollen", "price_labels", "render_spend", "spend_figures", "spend_kpis",
