@@ -97,7 +97,7 @@ def _pick_model(page: object, name: str) -> None:
     picker = page.get_by_test_id("stPopoverBody").get_by_test_id("stSelectbox").first  # type: ignore[attr-defined]
     picker.click()
     page.keyboard.type(name)  # type: ignore[attr-defined]
-    page.keyboard.press("Enter")  # type: ignore[attr-defined]
+    page.get_by_role("option", name=name, exact=True).first.click()  # type: ignore[attr-defined]
     page.get_by_role("button", name=f"Model: {name}").wait_for(timeout=15_000)  # type: ignore[attr-defined]
     page.keyboard.press("Escape")  # type: ignore[attr-defined]
 

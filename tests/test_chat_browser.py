@@ -23,6 +23,7 @@ VIEWPORT = {"width": 1440, "height": 900}
 def chat_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app on the demo backend with simulated latency, its own data dir."""
     yield from _serve({"BLOSSOM_DASH_BACKEND": "demo", "BLOSSOM_DASH_DEMO_LATENCY": "true",
+                       "BLOSSOM_DASH_DEMO_FAULTS": "true",  # the test mode: GET /_demo/last-chat
                        "BLOSSOM_DASH_DATA_DIR": str(tmp_path_factory.mktemp("chat-browser"))})
 
 
@@ -48,7 +49,7 @@ def _pick_model(page: object, name: str) -> None:
     expect(picker).to_be_visible(timeout=15_000)
     picker.click()
     page.keyboard.type(name)  # type: ignore[attr-defined]
-    page.keyboard.press("Enter")  # type: ignore[attr-defined]
+    page.get_by_role("option", name=name, exact=True).first.click()  # type: ignore[attr-defined]
     expect(page.get_by_role("button", name=f"Model: {name}")).to_be_visible(timeout=15_000)  # type: ignore[attr-defined]
     page.keyboard.press("Escape")  # type: ignore[attr-defined]
 
@@ -67,7 +68,8 @@ def test_the_streaming_answer_stays_in_view_and_stop_keeps_it(chat_url: str, tmp
         for n, question in enumerate(["What is a moving window?", "And what is a fencing token?"], start=1):
             _ask(page, question)
             expect(messages).to_have_count(2 * n, timeout=30_000)
-            expect(page.get_by_role("button", name="Regenerate")).to_be_visible(timeout=30_000)
+            expect(messages.nth(2 * n - 1)).to_contain_text("TTFT", timeout=30_000)  # this answer is done
+            expect(messages.nth(2 * n - 1).get_by_role("button", name="Regenerate")).to_be_visible(timeout=30_000)
         _pick_model(page, "demo-deep")
         _ask(page, "Explain p95 latency at length")
         streaming = messages.nth(5)
@@ -89,4 +91,59 @@ def test_the_streaming_answer_stays_in_view_and_stop_keeps_it(chat_url: str, tmp
         expect(page.get_by_role("button", name="Regenerate")).to_be_visible()
         _keep(page, tmp_path, "chat-stopped.png")
         assert page.get_by_text("Traceback").count() == 0
+        browser.close()
+
+
+def test_a_saved_chat_reopens_after_a_reload(chat_url: str, tmp_path: Path) -> None:
+    """A chat is saved as it goes and the URL names it (?chat=<id>): a reload shows it again,
+    and it is listed under Your chats in the sidebar."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(chat_url)
+        expect(page.get_by_placeholder("Ask a model…")).to_be_visible(timeout=30_000)
+        _ask(page, "Remember the word heliotrope")
+        expect(page.get_by_test_id("stChatMessage").nth(1)).to_contain_text("TTFT", timeout=30_000)
+        page.wait_for_url(re.compile(r"[?&]chat=[A-Za-z0-9_-]+"), timeout=15_000)
+        page.reload()
+        messages = page.get_by_test_id("stChatMessage")
+        expect(messages.first).to_contain_text("Remember the word heliotrope", timeout=30_000)
+        expect(messages).to_have_count(2)
+        expect(page.get_by_test_id("stSidebar")).to_contain_text("Remember the word heliotrope")
+        _keep(page, tmp_path, "chat-reloaded.png")
+        browser.close()
+
+
+def test_an_attached_image_reaches_the_backend_as_an_image_url_part(chat_url: str, tmp_path: Path) -> None:
+    """A PNG attached in the chat input goes to a vision model as an OpenAI image_url part (a
+    data: URL), as the demo backend received it, and its answer describes the image."""
+    import httpx
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    picture = tmp_path / "blue.png"
+    Image.new("RGB", (64, 48), (40, 90, 200)).save(picture)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(chat_url)
+        expect(page.get_by_placeholder("Ask a model…")).to_be_visible(timeout=30_000)
+        demo = re.search(r"http://127\.0\.0\.1:\d+", page.get_by_text("DEMO BACKEND").first.inner_text()
+                         + page.inner_text("body"))
+        assert demo, "the badge names the demo backend's URL"
+        _pick_model(page, "demo-vision")
+        page.get_by_test_id("stChatInput").locator("input[type=file]").set_input_files(str(picture))
+        _ask(page, "What is in this picture?")
+        answer = page.get_by_test_id("stChatMessage").nth(1)
+        expect(answer).to_contain_text("1 image", timeout=30_000)
+        expect(page.get_by_test_id("stChatMessage").first.get_by_role("img")).to_have_count(1)
+        body = httpx.get(f"{demo.group(0)}/_demo/last-chat", timeout=5).json()["body"]
+        parts = body["messages"][-1]["content"]
+        kinds = [part["type"] for part in parts]
+        assert "image_url" in kinds and "text" in kinds, parts
+        url = next(part["image_url"]["url"] for part in parts if part["type"] == "image_url")
+        assert url.startswith("data:image/png;base64,")
+        _keep(page, tmp_path, "chat-image.png")
         browser.close()

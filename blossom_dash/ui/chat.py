@@ -30,7 +30,9 @@ from ..errors import DashError, RateLimited
 from ..features import conversations, snippets
 from ..features.prompt_text import RenderedPrompt
 from ..session import SessionHandle
+from .attachments import show_images
 from .feedback import guard
+from .history import answer_feedback
 from .prompts import template_picker
 from .safe import safe_markdown
 
@@ -40,6 +42,11 @@ PENDING = "playground_pending"
 TEMPLATE = "playground_template_params"
 #: Set (a plain dict, so no Streamlit call is needed) when an answer was stopped; read by ``stop_watcher``.
 STOPPED = "playground_stopped"
+#: The ``?chat=`` id this session last followed (so a link is opened once, not on every run).
+LINKED = "playground_linked_chat"
+CHAT_ID = "playground_chat_id"
+#: Set by ``stop_watcher`` for the run that redraws a stopped answer: the chat is saved then.
+RESAVE = "playground_resave"
 #: How often the stop watcher looks, seconds (a stopped answer is redrawn as stopped within this).
 WATCH_EVERY_S = 0.5
 
@@ -185,10 +192,9 @@ def _edit_submitted(key: str) -> None:
 
 
 def render_turn(msg: dict[str, Any]) -> None:
-    """One chat message: its text (made inert: no images load, no links), status, figures, code."""
-    for image in msg.get("images") or ():
-        if image.get("data"):
-            st.image(image["data"], caption=image.get("name") or None, width=160)
+    """One chat message: its images, its text (made inert: no images load, no links), status,
+    figures, code."""
+    show_images(msg)
     if msg.get("content"):
         st.markdown(safe_markdown(msg["content"]))
     status = msg.get("status", "ok")
@@ -203,8 +209,9 @@ def render_turn(msg: dict[str, Any]) -> None:
         st.expander("Show code", icon="🐍").code(msg["code"], language="python")
 
 
-def render_chat(chat: list[dict[str, Any]], *, answering: bool) -> None:
-    """Every turn, with the actions under the newest: Regenerate, Edit, Copy; Retry on a refusal.
+def render_chat(handle: SessionHandle, chat: list[dict[str, Any]], *, answering: bool) -> None:
+    """Every turn: 👍/👎 under each answer, and under the newest Regenerate, Edit, Copy; Retry
+    on a refusal.
 
     Args:
         answering: A prompt is about to be answered in this run (no actions are shown).
@@ -221,13 +228,15 @@ def render_chat(chat: list[dict[str, Any]], *, answering: bool) -> None:
                 else:
                     st.button("Ask again", key=f"playground_reask_{i}", icon="↩️", type="tertiary",
                               on_click=_later, args=("reask", "", i - 1), help="Send this prompt again at the end")
-            elif msg["role"] == "assistant" and i == last:
-                _answer_actions(chat, msg)
+            elif msg["role"] == "assistant":
+                bar = st.container(horizontal=True, gap="small", vertical_alignment="center")
+                answer_feedback(handle, msg, f"playground_vote_{i}", where=bar)
+                if i == last:
+                    _answer_actions(chat, msg, bar)
 
 
-def _answer_actions(chat: list[dict[str, Any]], msg: dict[str, Any]) -> None:
-    """Regenerate, Edit the prompt and resend, Copy: the newest answer's tools."""
-    bar = st.container(horizontal=True, gap="small")
+def _answer_actions(chat: list[dict[str, Any]], msg: dict[str, Any], bar: Any) -> None:
+    """Regenerate, Edit the prompt and resend, Copy: the newest answer's tools, in ``bar``."""
     bar.button("Regenerate", key="playground_regenerate", icon="🔄", type="tertiary", on_click=_later,
                args=("regenerate",), help="Ask the same prompt again with a new seed")
     prompt = chat[-2].get("content", "") if len(chat) > 1 and chat[-2].get("role") == "user" else ""
@@ -265,7 +274,39 @@ def stop_watcher() -> None:
     """Redraws the chat once an answer was stopped (``answer`` flags it without Streamlit)."""
     flags = st.session_state.setdefault(STOPPED, {})
     if flags.pop("stopped", False):
+        st.session_state[RESAVE] = True
         st.rerun(scope="app")
+
+
+def needs_save() -> bool:
+    """Whether this run redraws a stopped answer that is not saved yet (taken once)."""
+    return bool(st.session_state.pop(RESAVE, False))
+
+
+def follow_chat_link(handle: SessionHandle) -> None:
+    """Keep ``?chat=<id>`` and the open saved chat together, so a reload or a link resumes it.
+
+    A link this session has not followed yet (a fresh tab, a reload, Monitor's request
+    detail) opens that chat, if it is the user's (else the reason is shown and the link
+    dropped); afterwards the URL names whichever chat is open (none for a new chat).
+    """
+    linked = st.query_params.get("chat")
+    if linked and linked != st.session_state.get(LINKED):
+        st.session_state[LINKED] = linked
+        if linked != st.session_state.get(CHAT_ID):
+            try:
+                saved = handle.load_chat(linked)
+            except DashError as err:
+                st.warning(f"**The linked chat cannot be opened: {err.message}**" + (
+                    f"\n\n{err.hint}" if err.hint else ""), icon="🔗")
+            else:
+                st.session_state[MESSAGES], st.session_state[CHAT_ID] = saved.messages, saved.id
+                st.session_state.pop(PENDING, None)
+    open_id = st.session_state.get(CHAT_ID)
+    if open_id and st.query_params.get("chat") != open_id:
+        st.query_params["chat"] = st.session_state[LINKED] = open_id
+    elif not open_id and "chat" in st.query_params:
+        del st.query_params["chat"]
 
 
 def answer(handle: SessionHandle, chat: list[dict[str, Any]], params: dict[str, Any], *, stream_on: bool,
@@ -382,6 +423,8 @@ __all__ = [
     "TEMPLATE",
     "PendingTurn",
     "answer",
+    "follow_chat_link",
+    "needs_save",
     "history_for",
     "messages",
     "render_chat",
