@@ -137,7 +137,23 @@ def tour(page: object, url: str, shoot: Callable[[str], None]) -> list[tuple[str
 
     def compare() -> None:
         _nav(page, url, "compare")
-        shoot("compare")
+        page.get_by_test_id("stCheckbox").filter(has_text="Blind vote").first.click()  # type: ignore[attr-defined]
+        _settle(page, 500)
+        page.get_by_label("Prompt").first.fill("Explain p95 latency to a product manager in three sentences.")  # type: ignore[attr-defined]
+        picker = page.get_by_test_id("stMultiSelect").first  # type: ignore[attr-defined]
+        for name in ("demo-swift", "demo-deep"):
+            if name not in picker.inner_text():
+                picker.click()
+                page.keyboard.type(name)  # type: ignore[attr-defined]
+                page.keyboard.press("Enter")  # type: ignore[attr-defined]
+        page.keyboard.press("Escape")  # type: ignore[attr-defined]
+        page.get_by_role("button", name="Compare", exact=True).first.click()  # type: ignore[attr-defined]
+        expect(page.get_by_role("button", name="👍 Best").first).to_be_enabled(timeout=60_000)  # type: ignore[attr-defined]
+        _settle(page)
+        shoot("compare-blind")
+        page.get_by_role("button", name="👍 Best").first.click()  # type: ignore[attr-defined]
+        _settle(page)
+        shoot("compare-revealed")
 
     def batch() -> None:
         _nav(page, url, "batch")
@@ -166,7 +182,7 @@ def tour(page: object, url: str, shoot: Callable[[str], None]) -> list[tuple[str
         shoot("controls")
 
     return [("playground", playground), ("playground-stopped", stopped), ("image", image),
-            ("compare", compare), ("batch", batch), ("prompts", prompts), ("monitor", monitor),
+            ("compare-blind", compare), ("batch", batch), ("prompts", prompts), ("monitor", monitor),
             ("controls", controls)]
 
 
@@ -198,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                         step()
                     except Exception as exc:  # noqa: BLE001 - report the step and go on with the tour
                         failed += 1
-                        print(f"step {name} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                        where = next((ln for ln in lines if ln.startswith("- waiting for")), "")
+                        print(f"step {name} failed: {type(exc).__name__}: {lines[0] if lines else ''} {where}")
                 phone = browser.new_page(viewport=PHONE, is_mobile=True, device_scale_factor=2)
                 try:
                     _nav(phone, url, "monitor")
