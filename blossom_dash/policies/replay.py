@@ -588,20 +588,7 @@ def _check_entry(zf: zipfile.ZipFile, names: set[str], line: bytes, n: int) -> t
 
 
 __all__ = [
-    "MAX_IMPORT_MEMBERS",
-    "MAX_MANIFEST_BYTES",
-    "RATIO_FREE_BYTES",
-    "EXPORT_FORMAT",
-    "EXPORT_VERSION",
-    "MAX_COMPRESSION_RATIO",
-    "MAX_IMPORT_BYTES",
-    "MAX_IMPORT_ENTRIES",
-    "ImportReport",
-    "RecordError",
-    "Recording",
-    "RecordingStore",
-    "canonical_key",
-    "lookup_alias",
-    "not_recorded",
-    "replay_aliases",
+    "EXPORT_FORMAT", "EXPORT_VERSION", "MAX_COMPRESSION_RATIO", "MAX_IMPORT_BYTES", "MAX_IMPORT_ENTRIES",
+    "MAX_IMPORT_MEMBERS", "MAX_MANIFEST_BYTES", "RATIO_FREE_BYTES", "ImportReport", "RecordError", "Recording",
+    "RecordingStore", "canonical_key", "lookup_alias", "not_recorded", "replay_aliases",
 ]
