@@ -117,14 +117,16 @@ def test_a_saved_chat_reopens_after_a_reload(chat_url: str, tmp_path: Path) -> N
 
 
 def test_an_attached_image_reaches_the_backend_as_an_image_url_part(chat_url: str, tmp_path: Path) -> None:
-    """A PNG attached in the chat input goes to a vision model as an OpenAI image_url part (a
-    data: URL), as the demo backend received it, and its answer describes the image."""
+    """Attach a PNG, ask demo-vision: the backend got an image_url part holding a data: URL of
+    exactly those bytes after the text part, and the answer describes the image."""
+    import base64
+
     import httpx
     from PIL import Image
     from playwright.sync_api import expect, sync_playwright
 
     picture = tmp_path / "blue.png"
-    Image.new("RGB", (64, 48), (40, 90, 200)).save(picture)
+    Image.new("RGB", (320, 240), (0x33, 0x66, 0xCC)).save(picture, "PNG")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT)
@@ -135,15 +137,18 @@ def test_an_attached_image_reaches_the_backend_as_an_image_url_part(chat_url: st
         assert demo, "the badge names the demo backend's URL"
         _pick_model(page, "demo-vision")
         page.get_by_test_id("stChatInput").locator("input[type=file]").set_input_files(str(picture))
+        expect(page.get_by_test_id("stChatInput")).to_contain_text("blue.png", timeout=15_000)
         _ask(page, "What is in this picture?")
         answer = page.get_by_test_id("stChatMessage").nth(1)
-        expect(answer).to_contain_text("1 image", timeout=30_000)
+        expect(answer).to_contain_text("I received 1 image: PNG 320×240", timeout=30_000)
+        expect(answer).to_contain_text(re.compile(r"mostly blue #"))
         expect(page.get_by_test_id("stChatMessage").first.get_by_role("img")).to_have_count(1)
         body = httpx.get(f"{demo.group(0)}/_demo/last-chat", timeout=5).json()["body"]
-        parts = body["messages"][-1]["content"]
-        kinds = [part["type"] for part in parts]
-        assert "image_url" in kinds and "text" in kinds, parts
-        url = next(part["image_url"]["url"] for part in parts if part["type"] == "image_url")
-        assert url.startswith("data:image/png;base64,")
+        content = body["messages"][-1]["content"]
+        assert content[0] == {"type": "text", "text": "What is in this picture?"}
+        assert content[1]["type"] == "image_url"
+        sent = "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()
+        assert content[1]["image_url"]["url"] == sent
         _keep(page, tmp_path, "chat-image.png")
+        assert page.get_by_text("Traceback").count() == 0
         browser.close()
