@@ -130,7 +130,8 @@ def _keep(page: object, tmp_path: Path, name: str) -> None:
 
 def test_badge_goes_red_on_a_dead_backend(dead_backend_url: str, tmp_path: Path) -> None:
     """On a backend that refuses connections, the Playground says so in words and after two
-    failed calls every page's badge is red: failing, requests paused, when it is tried again."""
+    failed calls (its text models, then the Image page's image models) every page's badge is
+    red: failing, requests paused, when it is tried again."""
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
@@ -142,6 +143,9 @@ def test_badge_goes_red_on_a_dead_backend(dead_backend_url: str, tmp_path: Path)
         box.fill("anyone there?")
         box.press("Enter")
         expect(page.get_by_test_id("stAlert").first).to_be_visible(timeout=30_000)
+        page.get_by_role("link", name="Image").click()  # the second failed call: the image models
+        expect(page.get_by_text("Describe the image").first).to_be_visible(timeout=30_000)
+        page.get_by_role("link", name="Playground").click()
         page.reload()
         badge = page.get_by_text("failing, requests paused").first
         expect(badge).to_be_visible(timeout=30_000)
