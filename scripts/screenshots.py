@@ -127,6 +127,24 @@ def tour(page: object, url: str, shoot: Callable[[str], None]) -> list[tuple[str
         _settle(page, 800)
         shoot("playground-stopped")
 
+    def image_in() -> None:
+        from PIL import Image, ImageDraw
+
+        picture = Path(tempfile.mkdtemp()) / "chart.png"
+        drawn = Image.new("RGB", (480, 320), (250, 246, 240))
+        pen = ImageDraw.Draw(drawn)
+        for i, h in enumerate((120, 190, 150, 260, 210)):  # a small bar chart to ask about
+            pen.rectangle((40 + i * 85, 300 - h, 100 + i * 85, 300), fill=(214, 51, 108))
+        drawn.save(picture)
+        page.get_by_role("button", name="New chat").first.click()  # type: ignore[attr-defined]
+        _settle(page, 500)
+        _pick_model(page, "demo-vision")
+        page.get_by_test_id("stChatInput").locator("input[type=file]").set_input_files(str(picture))  # type: ignore[attr-defined]
+        _ask(page, "What does this chart show?")
+        expect(page.get_by_test_id("stChatMessage").nth(1)).to_contain_text("TTFT", timeout=30_000)  # type: ignore[attr-defined]
+        _settle(page, 800)
+        shoot("playground-image-in")
+
     def image() -> None:
         _nav(page, url, "image")
         page.get_by_label("Describe the image").fill("A watercolour lighthouse at dawn, soft light")  # type: ignore[attr-defined]
@@ -181,7 +199,8 @@ def tour(page: object, url: str, shoot: Callable[[str], None]) -> list[tuple[str
         _nav(page, url, "controls")
         shoot("controls")
 
-    return [("playground", playground), ("playground-stopped", stopped), ("image", image),
+    return [("playground", playground), ("playground-stopped", stopped),
+            ("playground-image-in", image_in), ("image", image),
             ("compare-blind", compare), ("batch", batch), ("prompts", prompts), ("monitor", monitor),
             ("controls", controls)]
 
