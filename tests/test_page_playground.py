@@ -76,11 +76,18 @@ class TestImage:
         assert any("image prompt is empty" in e for e in texts(at, "error"))
 
     def test_new_seed_changes_the_seed_and_the_image(self) -> None:
-        """The new-seed button picks another seed."""
+        """🎲 picks another seed and draws at once: the image shown is the new seed's, never the old one."""
         at = app("app_pages/image.py").run()
-        before = at.session_state["playground_image_seed"]
+        at.text_area(key="playground_image_prompt").set_value("a lighthouse at dawn")
+        at.number_input(key="playground_image_seed").set_value(7)
+        next(b for b in at.button if "Generate image" in str(b.label)).click().run()
+        first = at.session_state["playground_last_image"]
         at.button(key="playground_new_seed").click().run()
-        assert at.session_state["playground_image_seed"] != before
+        assert not at.exception
+        seed = at.session_state["playground_image_seed"]
+        shown = at.session_state["playground_last_image"]
+        assert seed != 7 and shown.seed == seed and shown.data != first.data
+        assert any(f"seed={seed}" in c.value or f"SEED = {seed}" in c.value for c in at.code), "the code matches"
 
 
 def _speak(text: str, **choices: str) -> object:
