@@ -312,3 +312,18 @@ class TestChatActions:
         assert chat[0]["content"] == "Explain a moving window in one paragraph."
         assert chat[1]["status"] == "ok" and "moving window" in chat[1]["content"]
         assert "Be brief." in chat[1]["code"] and "demo-swift" in chat[1]["code"]
+
+    def test_an_unexpected_error_is_a_sentence_not_a_traceback(self, monkeypatch: object) -> None:
+        """A bug while answering (here: the service raising a plain RuntimeError) leaves the prompt
+        in the chat with one sentence and a Retry, and no traceback on the page."""
+        from blossom_dash.session import SessionHandle
+
+        def broken(self: object, prompt: str, **kwargs: object) -> object:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(SessionHandle, "stream_text", broken)  # type: ignore[attr-defined]
+        at = _chat("hello")
+        assert not at.exception
+        assert at.session_state["playground_messages"][-1]["status"] == "failed"
+        assert any("Something went wrong while answering: RuntimeError" in e for e in texts(at, "error"))
+        assert at.button(key="playground_retry")

@@ -19,6 +19,7 @@ while an answer streams) to redraw the chat with the answer marked stopped.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from .history import answer_feedback
 from .prompts import template_picker
 from .safe import safe_markdown
 
+log = logging.getLogger("blossom_dash.ui")
 MESSAGES = "playground_messages"
 PENDING = "playground_pending"
 #: A template's own settings for the turn it sends (system, model, temperature, max_tokens).
@@ -360,6 +362,11 @@ def answer(handle: SessionHandle, chat: list[dict[str, Any]], params: dict[str, 
                      error=f"**{err.message}**" + (f"\n\n{err.hint}" if err.hint and not _waits(err) else ""))
         if isinstance(err, RateLimited) and err.scope in ("user", "global"):
             reply["retry_at"] = time.time() + err.retry_after_s
+        return reply
+    except Exception as exc:  # a bug: logged with its traceback on the server, one sentence here
+        log.exception("unexpected error while answering")
+        reply.update(status="failed", severity="error", error=f"Something went wrong while answering: "
+                     f"{type(exc).__name__}. The rest of the app still works; try again, and report it if it repeats.")
         return reply
     finally:
         if reply["status"] == "streaming":  # stopped: no Streamlit call may run from here
