@@ -138,7 +138,15 @@ def test_an_attached_image_reaches_the_backend_as_an_image_url_part(chat_url: st
         _pick_model(page, "demo-vision")
         page.get_by_test_id("stChatInput").locator("input[type=file]").set_input_files(str(picture))
         expect(page.get_by_test_id("stChatInput")).to_contain_text("blue.png", timeout=15_000)
-        _ask(page, "What is in this picture?")
+        box = page.get_by_placeholder("Ask a model…")
+        box.fill("What is in this picture?")
+        send = page.get_by_role("button", name="Send message")
+        for _ in range(20):  # a send pressed while the file is still uploading is ignored by the widget
+            if not box.input_value():
+                break  # sent: the input clears
+            if send.count() and send.is_enabled():
+                send.click()
+            page.wait_for_timeout(500)
         answer = page.get_by_test_id("stChatMessage").nth(1)
         expect(answer).to_contain_text("I received 1 image: PNG 320×240", timeout=30_000)
         expect(answer).to_contain_text(re.compile(r"mostly blue #"))
