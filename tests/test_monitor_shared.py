@@ -333,7 +333,12 @@ class TestPageViewers:
         lock = threading.Lock()
 
         def viewer(_k: int) -> None:
-            at = session().run()
+            try:
+                at = session().run()
+            except KeyError as exc:  # AppTest's own bookkeeping races across threads now and then
+                if "STREAMLIT_INTERNAL_KEY" not in str(exc):
+                    raise
+                at = session().run()  # the harness's race, not the page's: run this viewer again
             with lock:
                 results.append(at)
 
