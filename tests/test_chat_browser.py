@@ -44,12 +44,18 @@ def _pick_model(page: object, name: str) -> None:
     """Open the model popover and choose ``name`` in its picker."""
     from playwright.sync_api import expect
 
-    page.get_by_role("button", name=re.compile(r"^(Model:|Model and parameters)")).click()  # type: ignore[attr-defined]
-    picker = page.get_by_test_id("stPopoverBody").get_by_test_id("stSelectbox").first  # type: ignore[attr-defined]
-    expect(picker).to_be_visible(timeout=15_000)
-    picker.click()
-    page.keyboard.type(name)  # type: ignore[attr-defined]
-    page.get_by_role("option", name=name, exact=True).first.click()  # type: ignore[attr-defined]
+    for _ in range(3):  # a rerun that lands while the popover opens redraws it: try again
+        page.get_by_role("button", name=re.compile(r"^(Model:|Model and parameters)")).click()  # type: ignore[attr-defined]
+        picker = page.get_by_test_id("stPopoverBody").get_by_test_id("stSelectbox").first  # type: ignore[attr-defined]
+        try:
+            expect(picker).to_be_visible(timeout=10_000)
+            picker.click()
+            page.keyboard.type(name)  # type: ignore[attr-defined]
+            page.get_by_role("option", name=name, exact=True).first.click(timeout=5_000)  # type: ignore[attr-defined]
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError or an assertion: close and retry
+            page.keyboard.press("Escape")  # type: ignore[attr-defined]
+            page.wait_for_timeout(1000)  # type: ignore[attr-defined]
     expect(page.get_by_role("button", name=f"Model: {name}")).to_be_visible(timeout=15_000)  # type: ignore[attr-defined]
     page.keyboard.press("Escape")  # type: ignore[attr-defined]
 
